@@ -1,0 +1,1 @@
+"""lmforge: the whole life of a language model, natively on PyTorch."""

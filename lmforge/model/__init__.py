@@ -1,0 +1,7 @@
+"""The native Llama-style decoder, its configuration and generation."""
+
+from lmforge.model.attention import KVCache
+from lmforge.model.config import ModelConfig, preset
+from lmforge.model.gpt import CausalLM, CausalLMOutput
+
+__all__ = ["CausalLM", "CausalLMOutput", "KVCache", "ModelConfig", "preset"]

@@ -1,0 +1,162 @@
+"""Grouped-query self-attention with rotary positions and a preallocated KV cache.
+
+    x ─► q_proj ─► RoPE ─┐
+    x ─► k_proj ─► RoPE ─┼─► cache ─► softmax(q·kᵀ/√d + mask)·v ─► o_proj
+    x ─► v_proj ─────────┘
+
+Grouped-query attention (Ainslie et al., 2023): n_kv_head key/value heads are
+shared by groups of n_head / n_kv_head query heads. RoPE (Su et al., 2021)
+rotates each (x_i, x_{i+d/2}) pair of a head by angle pos·θ^(-2i/d), the
+"rotate half" layout that transformers' Llama checkpoints use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.model.config import ModelConfig
+from lmforge.registry import Registry
+
+# An attention kernel: (q, k, v, mask, dropout_p, is_causal) -> out; q (B,nh,T,hd), k/v (B,nkv,S,hd)
+AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor | None, float, bool], Tensor]
+ATTENTION: Registry[AttentionFn] = Registry("attention backend")
+
+
+@ATTENTION.register("sdpa")
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float,
+                   is_causal: bool) -> Tensor:
+    """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels)."""
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, enable_gqa=gqa
+    )
+
+
+@ATTENTION.register("naive")
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float,
+                    is_causal: bool) -> Tensor:
+    """The textbook formula, materialising the (T, S) score matrix; the reference."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if is_causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
+            else scores + mask
+    weights = F.dropout(scores.softmax(dim=-1), p=p)
+    return weights @ v  # (B, nh, T, hd)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        angles = position_ids[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (B, T, hd)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, h, T, hd); cos/sin (B, T, hd)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class KVCache:
+    """Keys and values of every layer in buffers (B, n_kv, capacity, hd), filled in place.
+
+    Layers write the new positions at `length`; the model advances `length` once
+    all layers have run. Capacity doubles if a forward call outgrows it, but
+    `allocate` with the final length avoids any copy during generation.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, capacity: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        shape = (batch, n_kv_head, capacity, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.length = 0
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, batch: int, capacity: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
+        return cls(config.n_layer, batch, config.n_kv_head, config.head_dim, capacity, dtype,
+                   device)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def _grow(self, needed: int) -> None:
+        new = max(needed, 2 * self.capacity)
+        for store in (self.keys, self.values):
+            for i, buf in enumerate(store):
+                bigger = buf.new_empty(*buf.shape[:2], new, buf.shape[3])
+                bigger[:, :, : self.length] = buf[:, :, : self.length]
+                store[i] = bigger
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k/v (B, n_kv, T, hd) after the cached positions; return all positions so far."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            self._grow(end)
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only the batch rows `rows` (finished sequences leave the batch)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
+        self.dropout = config.dropout
+        self.kernel = ATTENTION.get(config.attention)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B,nh,T,hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B,nkv,T,hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, past+T, hd)
+        # Without a mask, a fresh sequence is plainly causal; one new token sees everything.
+        is_causal = mask is None and past == 0 and T > 1
+        if mask is None and past > 0 and T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+        p = self.dropout if self.training else 0.0
+        y = self.kernel(q, k, v, mask, p, is_causal)  # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))

@@ -1,0 +1,163 @@
+"""The native decoder: embed → blocks → norm → head, Llama-style.
+
+    tokens ─► embed_tokens ─► [ x + Attn(RMSNorm(x)) ; x + SwiGLU(RMSNorm(x)) ] × n_layer
+           ─► RMSNorm ─► lm_head ─► logits
+
+Module names follow transformers' LlamaForCausalLM (`model.layers.0.self_attn.q_proj`, ...),
+so one target list serves both backends and checkpoints map one to one.
+The call follows transformers' convention too:
+
+    out = model(input_ids, attention_mask=..., position_ids=..., past_key_values=...,
+                labels=..., use_cache=...)
+    out.loss, out.logits, out.past_key_values
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.model.attention import Attention, KVCache, RotaryEmbedding
+from lmforge.model.config import ModelConfig
+from lmforge.model.mlp import RMSNorm, SwiGLU
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CausalLMOutput:
+    loss: Tensor | None
+    logits: Tensor
+    past_key_values: KVCache | None = None
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None) -> Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class Decoder(nn.Module):
+    """The stack without the head (transformers' LlamaModel)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+
+def _attention_mask(attention_mask: Tensor | None, T: int, past: int) -> Tensor | None:
+    """Turn a (B, past+T) padding mask into a (B, 1, T, past+T) boolean causal mask.
+
+    None when nothing is padded, so the fused causal kernel can run. A 4-D mask
+    (for example block-diagonal over packed examples) is passed through as given.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 4:
+        return attention_mask
+    keep = attention_mask.bool()
+    if bool(keep.all()):
+        return None
+    S = keep.shape[1]
+    causal = torch.ones(T, S, dtype=torch.bool, device=keep.device).tril(past)  # (T, S)
+    allowed = causal[None, None] & keep[:, None, None, :]  # (B, 1, T, S)
+    # A padding query sees no key at all; let it see every key so softmax stays finite.
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+def _position_ids(attention_mask: Tensor | None, B: int, T: int, past: int,
+                  device: torch.device) -> Tensor:
+    if attention_mask is not None and attention_mask.dim() == 2:
+        # Left padding: count real tokens so each sequence starts at position 0.
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+    return torch.arange(past, past + T, device=device).expand(B, T)
+
+
+class CausalLM(nn.Module):
+    """Decoder plus language-model head (transformers' LlamaForCausalLM)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init_weights)
+        # Residual projections scaled by 1/√(2L) (GPT-2) keep the stream's variance steady.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=config.init_std / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+                attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                past_key_values: KVCache | None = None, labels: Tensor | None = None,
+                use_cache: bool = False) -> CausalLMOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T, _ = x.shape  # (B, T, d)
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = KVCache.allocate(self.config, B, T, x.dtype, x.device)
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {past + T} tokens is longer than the model's context "
+                f"(max_seq_len={self.config.max_seq_len}); truncate the input"
+            )
+        if position_ids is None:
+            position_ids = _position_ids(attention_mask, B, T, past, x.device)
+        cos, sin = self.model.rotary(position_ids, x.dtype)  # (B, T, hd)
+        mask = _attention_mask(attention_mask, T, past)
+        for block in self.model.layers:
+            x = block(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.model.norm(x))  # (B, T, V)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutput(loss, logits, cache if use_cache else None)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
+        return sum(p.numel() for p in params.values())
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        """Matmul FLOPs per token (Kaplan et al. 2020; PaLM appendix B): 2N + 2·L·T·d_attn
+        forward, three times that with the backward pass. N counts the head, not the lookup."""
+        c = self.config
+        n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        forward = 2 * n_matmul + 2 * c.n_layer * seq_len * c.n_head * c.head_dim
+        return 3 * forward if training else forward
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token cross-entropy: position t predicts labels[t+1]; -100 is ignored."""
+    V = logits.shape[-1]
+    shifted = logits[:, :-1].reshape(-1, V).float()  # (B·(T-1), V)
+    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
