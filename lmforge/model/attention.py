@@ -28,8 +28,9 @@ ATTENTION: Registry[AttentionFn] = Registry("attention backend")
 
 
 @ATTENTION.register("sdpa")
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float,
-                   is_causal: bool) -> Tensor:
+def sdpa_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, is_causal: bool
+) -> Tensor:
     """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels)."""
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(
@@ -38,8 +39,9 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: floa
 
 
 @ATTENTION.register("naive")
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float,
-                    is_causal: bool) -> Tensor:
+def naive_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, is_causal: bool
+) -> Tensor:
     """The textbook formula, materialising the (T, S) score matrix; the reference."""
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
@@ -49,8 +51,9 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: flo
         T, S = scores.shape[-2:]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
-            else scores + mask
+        scores = (
+            scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        )
     weights = F.dropout(scores.softmax(dim=-1), p=p)
     return weights @ v  # (B, nh, T, hd)
 
@@ -82,18 +85,33 @@ class KVCache:
     `allocate` with the final length avoids any copy during generation.
     """
 
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, capacity: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
         shape = (batch, n_kv_head, capacity, head_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.length = 0
 
     @classmethod
-    def allocate(cls, config: ModelConfig, batch: int, capacity: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
-        return cls(config.n_layer, batch, config.n_kv_head, config.head_dim, capacity, dtype,
-                   device)
+    def allocate(
+        cls,
+        config: ModelConfig,
+        batch: int,
+        capacity: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> KVCache:
+        return cls(
+            config.n_layer, batch, config.n_kv_head, config.head_dim, capacity, dtype, device
+        )
 
     @property
     def capacity(self) -> int:
@@ -142,8 +160,9 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.kernel = ATTENTION.get(config.attention)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B,nh,T,hd)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B,nkv,T,hd)

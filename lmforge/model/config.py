@@ -66,8 +66,17 @@ PRESETS.add("base", dict(d_model=384, n_layer=8, n_head=6, n_kv_head=2, max_seq_
 PRESETS.add("medium", dict(d_model=768, n_layer=12, n_head=12, n_kv_head=4, max_seq_len=1024))
 PRESETS.add(
     "smollm2-135m",
-    dict(vocab_size=49152, d_model=576, n_layer=30, n_head=9, n_kv_head=3, d_ff=1536,
-         max_seq_len=8192, rope_theta=100000.0, tie_embeddings=True),
+    dict(
+        vocab_size=49152,
+        d_model=576,
+        n_layer=30,
+        n_head=9,
+        n_kv_head=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+        tie_embeddings=True,
+    ),
 )
 
 

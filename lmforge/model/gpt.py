@@ -44,8 +44,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
@@ -81,8 +82,9 @@ def _attention_mask(attention_mask: Tensor | None, T: int, past: int) -> Tensor 
     return allowed | ~allowed.any(dim=-1, keepdim=True)
 
 
-def _position_ids(attention_mask: Tensor | None, B: int, T: int, past: int,
-                  device: torch.device) -> Tensor:
+def _position_ids(
+    attention_mask: Tensor | None, B: int, T: int, past: int, device: torch.device
+) -> Tensor:
     if attention_mask is not None and attention_mask.dim() == 2:
         # Left padding: count real tokens so each sequence starts at position 0.
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
@@ -114,10 +116,17 @@ class CausalLM(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
-    def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
-                attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                past_key_values: KVCache | None = None, labels: Tensor | None = None,
-                use_cache: bool = False) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool = False,
+    ) -> CausalLMOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds

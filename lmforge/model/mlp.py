@@ -1,8 +1,8 @@
 """RMSNorm and the SwiGLU feed-forward block (Shazeer, 2020).
 
-    x ─► gate_proj ─► SiLU ─┐
-                            ×─► down_proj
-    x ─► up_proj ───────────┘
+x ─► gate_proj ─► SiLU ─┐
+                        ×─► down_proj
+x ─► up_proj ───────────┘
 """
 
 from __future__ import annotations
