@@ -196,3 +196,32 @@ def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | No
 
 def save_yaml(obj: Any, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line comment after each field of a config dataclass (`lr: float = 3e-4  # ...`)."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    docs = {}
+    for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+        docs[match.group(1)] = match.group(2).strip()
+    return docs
+
+
+def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every (dotted name, type, doc) of a nested config dataclass, for command-line flags."""
+    hints, docs = _hints(cls), field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += leaf_fields(tp, name + ".")
+        else:
+            out.append((name, tp, docs.get(f.name, "")))
+    return out

@@ -1,0 +1,40 @@
+"""Pretraining data: raw text → documents → token shards (memmap) → packed batches.
+
+read_documents / load_corpus ──► DocumentSet ──build_shards──► train.bin, val.bin
+load_shards ──► PackedBatches (training, resumable)  +  ValidationBatches (evaluation)
+"""
+
+from lmforge.data.corpora import CORPORA, load_corpus, strip_pos_tags
+from lmforge.data.loader import Batch, BatchSource, PackedBatches, ValidationBatches
+from lmforge.data.shards import (
+    ShardInfo,
+    build_shards,
+    load_shards,
+    source_fingerprint,
+    split_point,
+    token_dtype,
+    unigram_entropy,
+)
+from lmforge.data.text import Document, DocumentSet, Skipped, read_documents, read_files
+
+__all__ = [
+    "CORPORA",
+    "Batch",
+    "BatchSource",
+    "Document",
+    "DocumentSet",
+    "PackedBatches",
+    "ShardInfo",
+    "Skipped",
+    "ValidationBatches",
+    "build_shards",
+    "load_corpus",
+    "load_shards",
+    "read_documents",
+    "read_files",
+    "source_fingerprint",
+    "split_point",
+    "strip_pos_tags",
+    "token_dtype",
+    "unigram_entropy",
+]

@@ -1,0 +1,219 @@
+"""Tokenizers: train a byte-level BPE, or load any Hugging Face `tokenizer.json`.
+
+Byte-level BPE (Radford et al. 2019, GPT-2; Sennrich et al. 2016 for BPE) maps
+every UTF-8 byte to one of 256 printable symbols before merging, so the base
+alphabet covers all text and nothing is ever unknown:
+
+    text ──UTF-8──► bytes ──ByteLevel──► symbols ──BPE merges──► ids
+    ids  ──vocab──► symbols ──ByteLevel⁻¹──► bytes ──UTF-8──► text   (exact inverse)
+
+There is no normalizer, so decode(encode(s)) == s for any string, Chinese and
+emoji included. Special tokens are never added implicitly: `encode` returns the
+text's ids only and the data pipeline appends `eos_id` itself. Special-token
+strings that appear literally in a text (e.g. "<|im_end|>") are matched as the
+special token, as `transformers` does, which is what chat templates rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from lmforge.errors import ConfigError, DataError
+from lmforge.io import atomic_write_text
+
+# <|endoftext|> ends every document; the ChatML pair is reserved for chat templates.
+DEFAULT_SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
+
+# When a loaded tokenizer says nothing about eos/pad, the first of these it holds is used.
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
+PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|padding|>")
+
+BYTE_ALPHABET_SIZE = 256
+
+
+class Tokenizer:
+    """A thin, typed wrapper around `tokenizers.Tokenizer` with the ids lmforge needs."""
+
+    def __init__(
+        self, hf: HFTokenizer, *, eos_token: str | None = None, pad_token: str | None = None
+    ) -> None:
+        # Loaded files may pad/truncate every encoding (MiniLM pads to 128); a language-model
+        # pipeline packs token streams itself, so both are switched off.
+        hf.no_padding()
+        hf.no_truncation()
+        self.hf = hf
+        self._eos_token = eos_token if _held(hf, eos_token) else _first_held(hf, EOS_CANDIDATES)
+        self._pad_token = pad_token if _held(hf, pad_token) else _first_held(hf, PAD_CANDIDATES)
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        special_tokens: Sequence[str] = DEFAULT_SPECIALS,
+        min_frequency: int = 2,
+        show_progress: bool = False,
+    ) -> Tokenizer:
+        """Learn a byte-level BPE with at most `vocab_size` entries (specials included).
+
+        The result is smaller than `vocab_size` when the texts run out of pairs that
+        occur `min_frequency` times.
+        """
+        hf, trainer = _new_bpe(vocab_size, special_tokens, min_frequency, show_progress)
+        hf.train_from_iterator(texts, trainer)
+        return cls(hf)
+
+    @classmethod
+    def train_files(
+        cls,
+        paths: Iterable[str | Path],
+        vocab_size: int,
+        special_tokens: Sequence[str] = DEFAULT_SPECIALS,
+        min_frequency: int = 2,
+        show_progress: bool = False,
+    ) -> Tokenizer:
+        """Like `train`, reading UTF-8 text files (one document per file)."""
+        from lmforge.data.text import read_files  # data imports this module, not the reverse
+
+        docs = read_files([Path(p) for p in paths])
+        return cls.train(
+            (d.text for d in docs), vocab_size, special_tokens, min_frequency, show_progress
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        """Load a `tokenizer.json` (or a folder holding one).
+
+        A `tokenizer_config.json` beside it, as `transformers` writes, names eos and pad.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise DataError(f"tokenizer file {path} does not exist; train one or fix the path")
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises plain Exception on bad JSON
+            raise DataError(
+                f"tokenizer file {path} is not a valid tokenizer.json ({e}); "
+                "re-create it with Tokenizer.train(...).save(path)"
+            ) from None
+        eos, pad = _config_specials(path.parent / "tokenizer_config.json")
+        return cls(hf, eos_token=eos, pad_token=pad)
+
+    def save(self, path: str | Path) -> Path:
+        """Write `tokenizer.json` atomically; `path` may be the file or its folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        atomic_write_text(path, self.hf.to_str(pretty=True))
+        return path
+
+    # ---- encoding -----------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # The Rust side spreads a batch over threads; the _fast variant skips character
+        # offsets, which we never use, and halves the time.
+        encodings = self.hf.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # ---- vocabulary ---------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_id(self) -> int | None:
+        return None if self._eos_token is None else self.hf.token_to_id(self._eos_token)
+
+    @property
+    def pad_id(self) -> int | None:
+        """The pad token; eos when there is none (padding is masked out anyway)."""
+        if self._pad_token is not None:
+            return self.hf.token_to_id(self._pad_token)
+        return self.eos_id
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.hf.id_to_token(i)
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the vocabulary, merges, rules and eos (keys token caches)."""
+        h = hashlib.sha256(self.hf.to_str().encode("utf-8"))
+        h.update(f"\0eos={self.eos_id}".encode())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, eos={self._eos_token!r}, "
+            f"pad={self._pad_token!r}, fingerprint={self.fingerprint})"
+        )
+
+
+def _new_bpe(
+    vocab_size: int, specials: Sequence[str], min_frequency: int, show_progress: bool
+) -> tuple[HFTokenizer, trainers.BpeTrainer]:
+    smallest = BYTE_ALPHABET_SIZE + len(specials)
+    if vocab_size < smallest:
+        raise ConfigError(
+            f"vocab_size={vocab_size} is too small: byte-level BPE needs {BYTE_ALPHABET_SIZE} "
+            f"byte symbols + {len(specials)} special tokens = {smallest} at least"
+        )
+    hf = HFTokenizer(models.BPE())
+    # add_prefix_space=False keeps the byte mapping a bijection, so decoding is exact.
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    return hf, trainer
+
+
+def _held(hf: HFTokenizer, token: str | None) -> bool:
+    return token is not None and hf.token_to_id(token) is not None
+
+
+def _first_held(hf: HFTokenizer, candidates: Sequence[str]) -> str | None:
+    return next((t for t in candidates if hf.token_to_id(t) is not None), None)
+
+
+def _config_specials(path: Path) -> tuple[str | None, str | None]:
+    """(eos_token, pad_token) from a transformers tokenizer_config.json, if there is one."""
+    if not path.is_file():
+        return None, None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, None  # optional metadata: the built-in candidates still apply
+
+    def content(value: object) -> str | None:
+        # Older files store {"content": "</s>", ...} instead of the bare string.
+        if isinstance(value, dict):
+            value = value.get("content")
+        return value if isinstance(value, str) else None
+
+    if not isinstance(cfg, dict):
+        return None, None
+    return content(cfg.get("eos_token")), content(cfg.get("pad_token"))

@@ -1,0 +1,137 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.errors import ConfigError
+from lmforge.model import CausalLM, KVCache, ModelConfig, preset
+from lmforge.model.attention import apply_rope
+
+V = 97
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return CausalLM(preset("tiny", vocab_size=V)).eval()
+
+
+def tokens(B=2, T=12, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_and_loss_is_shifted_cross_entropy(model):
+    x = tokens()
+    out = model(x, labels=x)
+    assert out.logits.shape == (2, 12, V) and out.past_key_values is None
+    manual = F.cross_entropy(out.logits[:, :-1].reshape(-1, V), x[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, manual)
+    labels = x.clone()
+    labels[:, :6] = -100
+    masked = F.cross_entropy(out.logits[:, 5:-1].reshape(-1, V), x[:, 6:].reshape(-1))
+    assert torch.allclose(model(x, labels=labels).loss, masked)
+
+
+def test_kv_cache_gives_the_same_logits_as_one_pass(model):
+    x = tokens()
+    full = model(x).logits
+    first = model(x[:, :7], use_cache=True)
+    assert first.past_key_values.length == 7
+    rest = [model(x[:, t : t + 1], past_key_values=first.past_key_values, use_cache=True).logits
+            for t in range(7, 12)]
+    assert torch.allclose(torch.cat([first.logits, *rest], 1), full, atol=1e-5)
+
+
+def test_preallocated_cache_grows_when_outgrown(model):
+    x = tokens()
+    cache = KVCache.allocate(model.config, 2, capacity=4)
+    out = model(x, past_key_values=cache, use_cache=True)
+    assert cache.capacity >= 12 and cache.length == 12
+    assert torch.allclose(out.logits, model(x).logits, atol=1e-5)
+
+
+def test_naive_attention_matches_sdpa(model):
+    naive = CausalLM(model.config.replace(attention="naive")).eval()
+    naive.load_state_dict(model.state_dict())
+    x = tokens()
+    assert torch.allclose(naive(x).logits, model(x).logits, atol=1e-5)
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0
+    assert torch.allclose(naive(x, attention_mask=mask).logits,
+                          model(x, attention_mask=mask).logits, atol=1e-5)
+
+
+def test_left_padding_matches_the_unpadded_sequence(model):
+    x = tokens()
+    mask = torch.ones_like(x)
+    mask[1, :5] = 0
+    padded = model(x, attention_mask=mask).logits
+    alone = model(x[1:, 5:]).logits
+    assert torch.allclose(padded[1, 5:], alone[0], atol=1e-5)
+    assert torch.isfinite(padded).all()
+
+
+def test_inputs_embeds_equal_input_ids(model):
+    x = tokens()
+    embeds = model.get_input_embeddings()(x)
+    assert torch.equal(model(inputs_embeds=embeds).logits, model(x).logits)
+    with pytest.raises(ValueError, match="exactly one"):
+        model(x, inputs_embeds=embeds)
+
+
+def test_tied_embeddings_share_storage_and_untied_do_not():
+    tied = CausalLM(preset("tiny", vocab_size=V))
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    untied = CausalLM(preset("tiny", vocab_size=V, tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+    assert untied.num_parameters() - tied.num_parameters() == V * 64
+
+
+def test_parameter_count_and_flops():
+    cfg = preset("tiny", vocab_size=V)
+    m = CausalLM(cfg)
+    d, ff, kv = 64, cfg.d_ff, 2 * 16
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * ff + 2 * d
+    assert cfg.d_ff == 192 and cfg.head_dim == 16
+    assert m.num_parameters() == V * d + 2 * per_layer + d
+    linear = 2 * (d * d * 2 + d * kv * 2 + 3 * d * ff) + V * d
+    assert m.flops_per_token(10, training=False) == 2 * linear + 2 * 2 * 10 * 64
+    assert m.flops_per_token(10) == 3 * m.flops_per_token(10, training=False)
+
+
+def test_context_overflow_is_a_clear_error(model):
+    x = torch.zeros(1, 129, dtype=torch.long)
+    with pytest.raises(ValueError, match="max_seq_len=128"):
+        model(x)
+
+
+def test_rope_is_a_rotation_that_preserves_norms():
+    x = torch.randn(1, 2, 5, 8)
+    pos = torch.arange(5)[None]
+    from lmforge.model.attention import RotaryEmbedding
+
+    cos, sin = RotaryEmbedding(8, 10000.0)(pos, x.dtype)
+    y = apply_rope(x, cos, sin)
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    assert torch.equal(y[:, :, 0], x[:, :, 0])  # position 0 is not rotated
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    m = CausalLM(preset("tiny", vocab_size=V, dropout=0.5))
+    x = tokens()
+    m.train()
+    assert not torch.equal(m(x).logits, m(x).logits)
+    m.eval()
+    assert torch.equal(m(x).logits, m(x).logits)
+
+
+@pytest.mark.parametrize(
+    "fields, where",
+    [({"n_head": 4, "n_kv_head": 3}, "n_kv_head"), ({"dropout": 1.0}, "dropout"),
+     ({"attention": "magic"}, "sdpa"), ({"d_model": 0}, "d_model")],
+)
+def test_bad_model_config_names_the_field(fields, where):
+    from lmforge.config import from_dict
+
+    with pytest.raises(ConfigError, match=where):
+        from_dict(ModelConfig, fields)
