@@ -1,0 +1,208 @@
+"""Real checkpoints by name: the embedded models, converted once into a cache, and loading.
+
+    asset package (GGUF) ──convert once──► $LMFORGE_HOME/models/NAME/   (config.json,
+                                                model.safetensors, tokenizer files)
+    load_model(NAME or DIR, backend) ──► native CausalLM  |  transformers model
+
+Converting SmolLM2 from GGUF takes ~30 s (mostly the tokenizer conversion);
+reading the cache takes about a second. The conversion writes into a private
+temporary directory beside the cache and renames it into place when complete,
+so an interrupted conversion never passes for a cache; the temporary
+directories of dead processes are removed on the next attempt.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.assets import asset_path
+from lmforge.errors import AssetError, CheckpointError, ConfigError
+from lmforge.io import fsync_dir
+from lmforge.model.hf import load_hf_dir
+from lmforge.registry import Registry
+
+MARKER = "lmforge-source.json"  # written last into a conversion; a cache without it is no cache
+
+
+def lmforge_home() -> Path:
+    """$LMFORGE_HOME, default ~/.cache/lmforge (read at each call, so tests can change it)."""
+    return Path(os.environ.get("LMFORGE_HOME") or "~/.cache/lmforge").expanduser()
+
+
+@dataclass(frozen=True)
+class Embedded:
+    source: Callable[[], Path]  # locates the file to convert (AssetError when not installed)
+    convert: Callable[[Path, Path], None]  # (source file, empty output directory)
+
+
+def convert_gguf(source: Path, out: Path) -> None:
+    """Dequantize a GGUF checkpoint with transformers and save it as safetensors + tokenizer."""
+    if importlib.util.find_spec("accelerate") is None:
+        # transformers refuses GGUF files without it, although only the load path asks.
+        raise AssetError(
+            f"converting {source.name} needs the package 'accelerate': pip install accelerate"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent,
+        gguf_file=source.name,
+        dtype=torch.float32,
+        # Dense nn.Linear weights everywhere, even where GGUF matmul kernels are installed.
+        quantization_config=GgufConfig(dequantize=True),
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    # The weights are plain floats now; without this save_pretrained refuses (GGUF is
+    # not serialisable) or writes a config that asks for the GGUF file again.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # tokenizer.json, tokenizer_config.json, chat template
+
+
+EMBEDDED: Registry[Embedded] = Registry("embedded model")
+EMBEDDED.add(
+    "smollm2-135m-instruct",
+    Embedded(lambda: asset_path("smollm2-135m-instruct"), convert_gguf),
+)
+
+
+def _fingerprint(source: Path) -> dict:
+    stat = source.stat()
+    return {"source": source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _is_cache_of(cache: Path, entry: Embedded) -> bool:
+    """A complete conversion of the source installed now (or of any, if none is installed)."""
+    try:
+        recorded = json.loads((cache / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    try:
+        source = entry.source()
+    except AssetError:
+        return True  # the package left; the cache still holds a complete model
+    now = _fingerprint(source)
+    return all(recorded.get(k) == now[k] for k in now)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale(models: Path, name: str) -> None:
+    """Remove temporary directories that dead conversions of `name` left behind."""
+    for tmp in models.glob(f".{name}.tmp-*"):
+        pid = tmp.name.removeprefix(f".{name}.tmp-").split("-", 1)[0]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for file in root.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(root)
+
+
+def _convert(name: str, entry: Embedded, models: Path, cache: Path) -> None:
+    source = entry.source()
+    _clean_stale(models, name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=models))
+    outdated = tmp.with_name(tmp.name + "-outdated")
+    try:
+        entry.convert(source, tmp)
+        versions = {p: importlib.metadata.version(p) for p in ("transformers", "torch")}
+        marker = {**_fingerprint(source), "name": name, **versions}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
+        tmp.chmod(0o755)  # mkdtemp made it private; the cache is an ordinary directory
+        if cache.exists():
+            if _is_cache_of(cache, entry):  # another process finished first
+                return
+            cache.rename(outdated)  # outdated or incomplete: out of the way, then removed
+        try:
+            tmp.rename(cache)
+        except OSError:
+            if not _is_cache_of(cache, entry):  # else another process won the race
+                raise
+        fsync_dir(models)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(outdated, ignore_errors=True)
+
+
+def ensure_converted(name: str = "smollm2-135m-instruct") -> Path:
+    """The cached transformers directory of embedded model `name`, converting it on first use."""
+    if name not in EMBEDDED:
+        raise AssetError(
+            f"unknown embedded model {name!r}; embedded: {', '.join(EMBEDDED.names())}"
+        )
+    entry = EMBEDDED.get(name)
+    models = lmforge_home() / "models"
+    cache = models / name
+    if cache.is_dir() and _is_cache_of(cache, entry):
+        return cache
+    models.mkdir(parents=True, exist_ok=True)
+    _convert(name, entry, models, cache)
+    return cache
+
+
+def _load_native(path: Path, dtype: torch.dtype) -> nn.Module:
+    return load_hf_dir(path, dtype=dtype)
+
+
+def _load_transformers(path: Path, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: transformers cannot load it ({e})") from None
+
+
+BACKENDS: Registry[Callable[[Path, torch.dtype], nn.Module]] = Registry("model backend")
+BACKENDS.add("native", _load_native)
+BACKENDS.add("hf", _load_transformers)
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """The transformers directory behind an embedded name (converted if needed) or a path."""
+    if str(name_or_path) in EMBEDDED:
+        return ensure_converted(str(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    raise AssetError(
+        f"{name_or_path!s} is neither an embedded model ({', '.join(EMBEDDED.names())}) "
+        "nor a directory holding a transformers checkpoint"
+    )
+
+
+def load_model(
+    name_or_path: str | Path, backend: str = "native", dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """An embedded model by name, or a local transformers directory, as a native CausalLM
+    (backend="native") or as the transformers model itself (backend="hf"), in eval mode."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown model backend {backend!r}; choose from {BACKENDS.names()}")
+    return BACKENDS.get(backend)(resolve(name_or_path), dtype)

@@ -1,0 +1,429 @@
+"""Import and export transformers checkpoints of the Llama family, with logit parity.
+
+The native decoder is the Llama computation, and its module names are those of
+`LlamaForCausalLM`, so a checkpoint maps one to one: no tensor is renamed,
+split or permuted (transformers' Llama weights already use the "rotate half"
+RoPE layout of attention.py).
+
+    config.json ──► config_from_hf ──► ModelConfig ──► CausalLM skeleton (meta device)
+    *.safetensors ──► tensor by tensor (memory-mapped) ─► its parameters
+
+Which checkpoints qualify is a registry of architectures (Llama, Mistral,
+Qwen2). A checkpoint that uses something the native model does not compute
+(scaled RoPE, a sliding window shorter than the context, biases it lacks)
+raises ConfigError instead of giving wrong logits without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.io import atomic_write, atomic_write_text
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import CausalLM
+from lmforge.registry import Registry
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# A check looks at a transformers config and names what would break parity, or returns None.
+Check = Callable[[Any], "str | None"]
+
+
+def _rope_parameters(c: Any) -> dict:
+    # transformers ≥ 5 keeps rope_theta inside rope_parameters; older configs had both apart.
+    params = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    params.setdefault("rope_theta", getattr(c, "rope_theta", 10000.0))
+    return params
+
+
+def _check_activation(c: Any) -> str | None:
+    act = getattr(c, "hidden_act", "silu")
+    return None if act == "silu" else f"hidden_act={act!r} (the native MLP is SwiGLU with SiLU)"
+
+
+def _check_rope(c: Any) -> str | None:
+    params = _rope_parameters(c)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in (None, "default"):
+        return f"RoPE type {kind!r} (only unscaled RoPE is implemented natively)"
+    if params.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", 1.0)) != 1.0:
+        return "partial_rotary_factor != 1 (the native model rotates whole heads)"
+    return None
+
+
+def _check_mlp_bias(c: Any) -> str | None:
+    return "mlp_bias=True (the native MLP has no biases)" if getattr(c, "mlp_bias", False) else None
+
+
+def _check_not_quantized(c: Any) -> str | None:
+    quant = getattr(c, "quantization_config", None)
+    if quant is None:
+        return None
+    method = quant.get("quant_method") if isinstance(quant, dict) else quant.quant_method
+    return f"quantized weights (quant_method {method!r}); dequantize them first"
+
+
+def _check_llama_attention_bias(c: Any) -> str | None:
+    if getattr(c, "attention_bias", False):
+        return "attention_bias=True also biases o_proj, which the native attention lacks"
+    return None
+
+
+COMMON_CHECKS: tuple[Check, ...] = (
+    _check_activation,
+    _check_rope,
+    _check_mlp_bias,
+    _check_not_quantized,
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # transformers' config.model_type
+    qkv_bias: Callable[[Any], bool]  # whether q/k/v projections carry a bias
+    checks: tuple[Check, ...] = field(default=())  # family-specific parity checks
+
+
+FAMILIES: Registry[Family] = Registry("transformers architecture")
+FAMILIES.add("LlamaForCausalLM", Family("llama", lambda c: False, (_check_llama_attention_bias,)))
+FAMILIES.add("MistralForCausalLM", Family("mistral", lambda c: False))
+FAMILIES.add("Qwen2ForCausalLM", Family("qwen2", lambda c: True))
+
+
+def _architecture(c: Any) -> str:
+    names = getattr(c, "architectures", None) or []
+    if names:
+        return names[0]
+    by_type = {FAMILIES.get(a).model_type: a for a in FAMILIES}
+    model_type = getattr(c, "model_type", "")
+    return by_type.get(model_type, f"(model_type {model_type!r})")
+
+
+def _sliding_window(c: Any) -> int | None:
+    """The attention window if some layer actually uses one, else None."""
+    window = getattr(c, "sliding_window", None)
+    layer_types = getattr(c, "layer_types", None)
+    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+        return None
+    return int(window)
+
+
+def config_from_hf(
+    hf_config: Any, *, max_seq_len: int | None = None, architecture: str | None = None
+) -> ModelConfig:
+    """The native ModelConfig computing what the transformers config computes.
+
+    max_seq_len defaults to max_position_embeddings, capped at the sliding window
+    where one is active: up to that length the window masks nothing, so logits match.
+    """
+    arch = architecture or _architecture(hf_config)
+    if arch not in FAMILIES:
+        raise ConfigError(
+            f"transformers architecture {arch} cannot be imported natively; "
+            f"supported: {', '.join(FAMILIES.names())} (use backend='hf' for others)"
+        )
+    family = FAMILIES.get(arch)
+    problems = [p for check in COMMON_CHECKS + family.checks if (p := check(hf_config))]
+    if problems:
+        raise ConfigError(f"{arch} uses {'; '.join(problems)}: logits would not match")
+    c = hf_config
+    window = _sliding_window(c)
+    limit = c.max_position_embeddings if window is None else min(c.max_position_embeddings, window)
+    if max_seq_len is None:
+        max_seq_len = limit
+    elif window is not None and max_seq_len > window:
+        raise ConfigError(
+            f"{arch} attends through a sliding window of {window} tokens, which the native "
+            f"model does not implement; max_seq_len={max_seq_len} must be <= {window}"
+        )
+    config = ModelConfig(
+        vocab_size=c.vocab_size,
+        d_model=c.hidden_size,
+        n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads,
+        n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        d_ff=c.intermediate_size,
+        max_seq_len=max_seq_len,
+        rope_theta=float(_rope_parameters(c)["rope_theta"]),
+        norm_eps=float(c.rms_norm_eps),
+        tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        attention_bias=family.qkv_bias(c),
+        init_std=float(getattr(c, "initializer_range", 0.02)),
+    )
+    config.validate()
+    return config
+
+
+# ------------------------------------------------------------------------------------ import
+
+
+def _ignorable(name: str, tied: bool) -> bool:
+    # Old checkpoints stored RoPE frequencies; a tied head may be saved beside the embedding.
+    return name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight")
+
+
+def _check_names(model: CausalLM, where: Mapping[str, str], origin: str) -> dict[str, Tensor]:
+    """The tensors to load (name → meta placeholder); CheckpointError if the names differ."""
+    tied = model.config.tie_embeddings
+    targets = model.state_dict(keep_vars=True)
+    if tied:
+        targets.pop("lm_head.weight")
+    missing = [n for n in targets if n not in where]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(
+            f"{origin}: tensor {missing[0]!r}{more} is missing; the weights do not belong "
+            "to the model that config.json describes"
+        )
+    unexpected = [n for n in where if n not in targets and not _ignorable(n, tied)]
+    if unexpected:
+        raise CheckpointError(
+            f"{where[unexpected[0]]}: unexpected tensor {unexpected[0]!r} "
+            f"({len(unexpected)} in all); is this a Llama-family causal LM checkpoint?"
+        )
+    return targets
+
+
+def _build(
+    config: ModelConfig,
+    where: Mapping[str, str],
+    read: Callable[[str], Tensor],
+    origin: str,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> CausalLM:
+    """A CausalLM whose parameters are the tensors `read(name)` returns; `where[name]` says
+    which file holds each. The model is built on the meta device and never initialised:
+    the checkpoint replaces every weight, and initialising 135M parameters costs seconds.
+    A tensor already in `dtype` on `device` is used as it is, without a copy."""
+    with torch.device("meta"):
+        model = CausalLM(config)
+    for name, placeholder in _check_names(model, where, origin).items():
+        tensor = read(name)
+        if tensor.shape != placeholder.shape:
+            raise CheckpointError(
+                f"{where[name]}: tensor {name!r} has shape {tuple(tensor.shape)}, but "
+                f"config.json implies {tuple(placeholder.shape)}"
+            )
+        owner, _, attr = name.rpartition(".")
+        tensor = tensor.to(device=device, dtype=dtype)
+        setattr(model.get_submodule(owner), attr, torch.nn.Parameter(tensor))
+    if config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Non-persistent buffers (RoPE frequencies) are in no checkpoint; a one-layer twin built
+    # for real holds the same values, since they depend on the config only.
+    twin = dict(CausalLM(config.replace(n_layer=1, vocab_size=1)).named_buffers())
+    for name, _ in list(model.named_buffers()):
+        owner, _, attr = name.rpartition(".")
+        value = twin[re.sub(r"layers\.\d+\.", "layers.0.", name)]
+        setattr(model.get_submodule(owner), attr, value.to(device=device))
+    return model
+
+
+def from_hf(hf_model: torch.nn.Module, *, max_seq_len: int | None = None) -> CausalLM:
+    """A native copy of a transformers Llama/Mistral/Qwen2 causal LM, same dtype and device."""
+    config = config_from_hf(
+        hf_model.config, max_seq_len=max_seq_len, architecture=type(hf_model).__name__
+    )
+    first = next(hf_model.parameters())
+    state = hf_model.state_dict()
+    where = dict.fromkeys(state, f"{type(hf_model).__name__} state_dict")
+
+    def read(name: str) -> Tensor:
+        return state[name].detach().clone()  # a copy: the two models must not share weights
+
+    model = _build(config, where, read, type(hf_model).__name__, first.dtype, first.device)
+    return model.train(hf_model.training)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); re-save the checkpoint") from None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    # Like transformers: a single model.safetensors first, then a sharded index.
+    if (path / WEIGHTS_FILE).is_file():
+        return [path / WEIGHTS_FILE]
+    if (path / INDEX_FILE).is_file():
+        weight_map = _read_json(path / INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{path / INDEX_FILE} has no 'weight_map'; re-save the model")
+        shards = [path / name for name in dict.fromkeys(weight_map.values())]
+        for shard in shards:
+            if not shard.is_file():
+                raise CheckpointError(f"{shard} is missing (listed in {path / INDEX_FILE})")
+        return shards
+    pickled = sorted(p.name for p in path.glob("*.bin"))
+    hint = (
+        f"found only pickle weights ({', '.join(pickled)}), which lmforge never loads; "
+        "re-save with save_pretrained(..., safe_serialization=True)"
+        if pickled
+        else "save the model with save_pretrained or lmforge's save_hf_dir"
+    )
+    raise CheckpointError(f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE}; {hint}")
+
+
+def load_hf_config(path: str | Path) -> Any:
+    """The transformers config of a checkpoint directory, read from its config.json."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory holding a transformers checkpoint")
+    raw = _read_json(path / CONFIG_FILE)
+    if "model_type" not in raw:
+        raise CheckpointError(f"{path / CONFIG_FILE} has no 'model_type' field")
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise CheckpointError(f"{path / CONFIG_FILE}: transformers cannot read it ({e})") from None
+
+
+def load_hf_dir(
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    max_seq_len: int | None = None,
+) -> CausalLM:
+    """A native CausalLM from a transformers directory (config.json + safetensors), in eval mode.
+
+    The tensors are read straight from the safetensors files, one at a time, so
+    no transformers model is built and peak memory stays near one model's worth.
+    """
+    path = Path(path)
+    config = config_from_hf(load_hf_config(path), max_seq_len=max_seq_len)
+    files = _weight_files(path)
+    with ExitStack() as stack:
+        handles, where = {}, {}
+        for file in files:
+            try:
+                handle = stack.enter_context(safe_open(str(file), framework="pt"))
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{file} is not a readable safetensors file ({e})") from None
+            for name in handle.keys():  # noqa: SIM118 (a safetensors handle is no dict)
+                handles[name], where[name] = handle, str(file)
+
+        def read(name: str) -> Tensor:
+            try:
+                return handles[name].get_tensor(name)
+            except (SafetensorError, OSError, RuntimeError) as e:
+                raise CheckpointError(f"{where[name]}: cannot read tensor {name!r} ({e})") from None
+
+        origin = str(files[0] if len(files) == 1 else path)
+        model = _build(config, where, read, origin, dtype, device)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any:
+    """The transformers config of a native model: Llama, or Qwen2 when q/k/v carry biases
+    (Llama's attention_bias would add an o_proj bias the native model does not have)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    fields = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        tie_word_embeddings=config.tie_embeddings,
+        hidden_act="silu",
+        initializer_range=config.init_std,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        dtype=dtype,
+    )
+    if config.attention_bias:
+        return Qwen2Config(**fields, use_sliding_window=False, architectures=["Qwen2ForCausalLM"])
+    return LlamaConfig(**fields, attention_bias=False, architectures=["LlamaForCausalLM"])
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    atomic_write(dst, lambda tmp: tmp.write_bytes(src.read_bytes()))
+
+
+def _save_tokenizer(tokenizer_dir: Path, path: Path) -> dict[str, int | None]:
+    """Write the tokenizer beside the weights; return its special-token ids for config.json."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"{tokenizer_dir}: no tokenizer transformers can load ({e})"
+        ) from None
+    with tempfile.TemporaryDirectory(dir=path, prefix=".tokenizer.") as tmp:
+        for file in tokenizer.save_pretrained(tmp):
+            _copy_file(Path(file), path / Path(file).name)
+    if (tokenizer_dir / "generation_config.json").is_file():
+        _copy_file(tokenizer_dir / "generation_config.json", path / "generation_config.json")
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def save_hf_dir(model: CausalLM, path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write config.json + model.safetensors (and the tokenizer) that transformers loads.
+
+    Each file is written atomically; config.json comes last, so a directory that
+    has one has its weights too.
+    """
+    path, config = Path(path), model.config
+    with torch.device("meta"):
+        expected = set(CausalLM(config).state_dict())
+    state = model.state_dict()
+    if set(state) != expected:
+        extra = sorted(set(state) ^ expected)
+        raise CheckpointError(
+            f"cannot export to {path}: tensor {extra[0]!r} is not a plain decoder weight; "
+            "merge or remove adapters before exporting"
+        )
+    if config.tie_embeddings:
+        state.pop("lm_head.weight")  # transformers re-ties it from tie_word_embeddings
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+    path.mkdir(parents=True, exist_ok=True)
+    hf_config = to_hf_config(config, dtype=next(iter(tensors.values())).dtype)
+    if tokenizer_dir is not None:
+        for key, value in _save_tokenizer(Path(tokenizer_dir), path).items():
+            setattr(hf_config, key, value)
+    atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), {"format": "pt"}))
+    if (path / INDEX_FILE).is_file():  # shards of an earlier save must not linger beside it
+        for shard in set(_read_json(path / INDEX_FILE).get("weight_map", {}).values()):
+            (path / shard).unlink(missing_ok=True)
+        (path / INDEX_FILE).unlink()
+    atomic_write_text(path / CONFIG_FILE, hf_config.to_json_string(use_diff=False))
+    return path
