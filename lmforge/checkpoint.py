@@ -1,0 +1,357 @@
+"""Checkpoints: safetensors + JSON, written atomically, enough to resume a run bit for bit.
+
+    run_dir/checkpoints/
+      step-00000100/
+        model.safetensors       trainable parameters only, tied weights stored once
+        optimizer.safetensors   "state.<param>.<key>" optimizer tensors, "rng.torch", "rng.cuda.<i>"
+        state.json              step, signature, optimizer scalars + groups, python/numpy RNG, extra
+      .tmp-step-00000200-xyz/   a write in progress (or one a crash left behind): never read
+
+A checkpoint is written into a temporary sibling directory, every file is fsynced, and the
+directory is renamed into place (rename is atomic), so `latest_checkpoint` sees a complete
+checkpoint or none. Older checkpoints are pruned only after the new one is complete.
+
+Only parameters with `requires_grad` are saved: a frozen base comes from wherever it was built
+(delta-tuning methods rely on this, and it keeps their checkpoints small). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from lmforge.errors import CheckpointError
+from lmforge.io import fsync_dir
+
+FORMAT_VERSION = 1
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+
+
+# ---------------------------------------------------------------- naming and listing
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives (whether or not it exists)."""
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary and half-written ones ignored)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints (0 keeps all) and stale temp dirs."""
+    root = Path(run_dir) / CHECKPOINTS
+    removed = [p for p in root.glob(_TMP_PREFIX + "*") if p.is_dir()]
+    if keep_last > 0:
+        removed += list_checkpoints(run_dir)[:-keep_last]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+# ---------------------------------------------------------------- model parameters
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, Tensor]:
+    """name → parameter for every trainable parameter; a tied tensor appears once (first name)."""
+    # named_parameters() already drops the second name of a shared tensor.
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def model_signature(model: nn.Module) -> dict[str, list[int]]:
+    """Trainable parameter names and shapes: what a checkpoint must match to load."""
+    return {name: list(p.shape) for name, p in trainable_parameters(model).items()}
+
+
+def _check_signature(saved: dict[str, list[int]], model: nn.Module, path: Path) -> None:
+    current = model_signature(model)
+    if saved == current:
+        return
+    for name in list(saved) + [n for n in current if n not in saved]:
+        if name not in current:
+            problem = (
+                f"parameter {name!r} {saved[name]} is in the checkpoint "
+                "but not a trainable parameter of the model"
+            )
+        elif name not in saved:
+            problem = f"parameter {name!r} {current[name]} of the model is not in the checkpoint"
+        elif saved[name] != current[name]:
+            problem = (
+                f"parameter {name!r} has shape {saved[name]} in the checkpoint "
+                f"but {current[name]} in the model"
+            )
+        else:
+            continue
+        raise CheckpointError(
+            f"{path} was saved from another model: {problem}; build the model with the "
+            "config (and the same delta-tuning method) the checkpoint was trained with"
+        )
+
+
+def _cpu_tensor(t: Tensor) -> Tensor:
+    """A detached CPU tensor that owns its storage (safetensors refuses views of shared memory)."""
+    t = t.detach().to("cpu").contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
+# ---------------------------------------------------------------- optimizer state
+
+
+def _optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the order the optimizer's state_dict numbers its parameters."""
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    names = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in by_id:
+                raise CheckpointError(
+                    "the optimizer holds a parameter that is not part of the model; "
+                    "build the optimizer over model.parameters() only"
+                )
+            names.append(by_id[id(p)])
+    return names
+
+
+def _split_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Optimizer state as ("state.<name>.<key>" tensors, JSON for everything else)."""
+    names = _optimizer_names(model, optimizer)
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in sd["state"].items():
+        name = names[index]
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{name}.{key}"] = _cpu_tensor(value)
+            else:
+                scalars.setdefault(name, {})[key] = value
+    groups = []
+    for group in sd["param_groups"]:
+        # A tensor hyperparameter (lr as a tensor, for capturable steps) is stored as its value.
+        plain = {k: v.item() if isinstance(v, Tensor) else v for k, v in group.items()}
+        groups.append({**plain, "params": [names[i] for i in group["params"]]})
+    return tensors, {"state": scalars, "param_groups": groups}
+
+
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    tensors: dict[str, Tensor],
+    saved: dict[str, Any],
+    path: Path,
+) -> None:
+    names = _optimizer_names(model, optimizer)
+    index = {name: i for i, name in enumerate(names)}
+    saved_names = [n for g in saved["param_groups"] for n in g["params"]]
+    if saved_names != names:
+        raise CheckpointError(
+            f"{path / STATE_FILE}: the optimizer was saved over other parameters or groups "
+            f"({len(saved_names)} saved, {len(names)} now); build it the same way as the saved run"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for name, entry in saved["state"].items():
+        state.setdefault(index[name], {}).update(entry)
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            # The key is state.<param name>.<state key>; param names contain dots, state keys don't.
+            name, field = key[len("state.") :].rsplit(".", 1)
+            state.setdefault(index[name], {})[field] = value
+    groups = []
+    for group in saved["param_groups"]:
+        restored = {k: tuple(v) if k == "betas" else v for k, v in group.items()}
+        groups.append({**restored, "params": [index[n] for n in group["params"]]})
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ---------------------------------------------------------------- random number generators
+
+
+def _rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """torch (and CUDA) states as uint8 tensors; python and numpy states as JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return tensors, {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the RNG states `load_checkpoint` returned under "rng"."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ---------------------------------------------------------------- save
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write(
+    tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict
+) -> None:
+    """Fill the temporary directory; state.json goes last as the 'complete' marker."""
+    rng_tensors, state["rng"] = _rng_state()
+    weights = {name: _cpu_tensor(p) for name, p in trainable_parameters(model).items()}
+    save_file(weights, str(tmp / MODEL_FILE))
+    opt_tensors, state["optimizer"] = ({}, None)
+    if optimizer is not None:
+        opt_tensors, state["optimizer"] = _split_optimizer(model, optimizer)
+    save_file({**opt_tensors, **rng_tensors}, str(tmp / OPTIMIZER_FILE))
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+        _fsync_file(tmp / name)
+    fsync_dir(tmp)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    extra: dict[str, Any] | None = None,
+    *,
+    keep_last: int = 0,
+) -> Path:
+    """Write the checkpoint of `step` atomically, then keep only the newest `keep_last` (0 = all).
+
+    `extra` (JSON-able: data position, loop counters, ...) comes back from `load_checkpoint`.
+    """
+    final = checkpoint_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "signature": model_signature(model),
+        "extra": extra or {},
+    }
+    try:
+        json.dumps(state["extra"])
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint extra for step {step} is not JSON-able: {e}") from None
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run
+        _write(tmp, model, optimizer, state)
+        if final.exists():  # saving a step again (a run restarted with resume=False)
+            old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune_checkpoints(run_dir, keep_last)
+    return final
+
+
+# ---------------------------------------------------------------- load
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, use another one")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated headers
+        raise CheckpointError(
+            f"{path} is corrupt or unreadable ({e}); use another checkpoint"
+        ) from e
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    file = path / STATE_FILE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing; {path} is not a complete checkpoint") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file} is corrupt or unreadable ({e}); use another one") from None
+    if not isinstance(state, dict) or "signature" not in state or "step" not in state:
+        raise CheckpointError(f"{file} is not an lmforge checkpoint state (no step/signature)")
+    return state
+
+
+def load_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
+    """Load trainable weights (and optimizer state) from a checkpoint directory.
+
+    Returns {"step", "extra", "rng", "signature"}; pass "rng" to `restore_rng` to resume
+    the random streams exactly. The model's current RNG states are left alone here.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    state = _read_state(path)
+    _check_signature(state["signature"], model, path)
+    weights = _read_tensors(path / MODEL_FILE)
+    params = trainable_parameters(model)
+    with torch.no_grad():
+        for name, p in params.items():
+            if name not in weights:
+                raise CheckpointError(f"{path / MODEL_FILE} lacks parameter {name!r}")
+            p.copy_(weights[name])
+    tensors = _read_tensors(path / OPTIMIZER_FILE)
+    if optimizer is not None:
+        if state.get("optimizer") is None:
+            raise CheckpointError(f"{path} was saved without optimizer state; load weights only")
+        _restore_optimizer(optimizer, model, tensors, state["optimizer"], path)
+    if "rng.torch" not in tensors:
+        raise CheckpointError(f"{path / OPTIMIZER_FILE} lacks the torch RNG state (rng.torch)")
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
+    rng = {**state["rng"], "torch": tensors["rng.torch"], "cuda": [tensors[k] for k in cuda]}
+    return {
+        "step": int(state["step"]),
+        "extra": state.get("extra", {}),
+        "rng": rng,
+        "signature": state["signature"],
+    }

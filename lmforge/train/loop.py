@@ -1,0 +1,338 @@
+"""The one training loop: pretraining, fine-tuning, alignment and the lab all run through it.
+
+    resume from run_dir/checkpoints/latest (model, AdamW, RNG, data position) or seed afresh
+    for step in start+1 .. max_steps:
+        lr ← lr_at(step)                                   (schedule.py)
+        grad_accum × [ batch ← data.next_batch()
+                       loss ← objective(model, batch)       default: model(**batch).loss
+                       (loss / grad_accum).backward() ]
+        guard  loss and ‖g‖ finite, else TrainingDivergedError (nothing saved for this step)
+        clip   ‖g‖ ≤ grad_clip; AdamW step (decay on matrices only)
+        log → metrics.jsonl, tqdm │ eval → val loss, ppl │ save → checkpoint │ callbacks
+    final log, eval and checkpoint; loss.png
+
+What plugs in: an objective (loss of a batch), callbacks (on_step_end / on_eval / on_save,
+each given a TrainState; setting `state.stop = True` ends the run after this step), and any
+BatchSource. Only parameters with requires_grad are optimised and checkpointed, so a
+delta-tuning method freezes the base and hands the same model to this loop.
+
+Resume is exact: everything a step reads (weights, optimizer moments, lr step, torch/numpy/
+python RNG, data position, the loss accumulator of the next log line) is in the checkpoint,
+so on CPU an interrupted-and-resumed run reproduces the uninterrupted losses bit for bit.
+Gradients of the last step stay in `.grad` until the next step begins, for callbacks to read.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lmforge.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, restore_rng
+from lmforge.checkpoint import save_checkpoint as write_checkpoint
+from lmforge.errors import CheckpointError, ConfigError, TrainingDivergedError
+from lmforge.train.config import TrainConfig, autocast, resolve_device
+from lmforge.train.evaluate import default_objective, evaluate, to_device
+from lmforge.train.metrics import MetricsLog, plot_losses
+from lmforge.train.schedule import lr_at
+from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
+
+__all__ = [
+    "BatchSource",
+    "Objective",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "build_optimizer",
+    "default_objective",
+    "evaluate",
+    "seed_everything",
+    "train",
+]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python `random`, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; weight decay only on matrices (not norms or biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(
+            "the model has no trainable parameters (requires_grad is False everywhere); "
+            "unfreeze some or apply a delta-tuning method before training"
+        )
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": group, "weight_decay": wd}
+        for group, wd in ((decay, config.weight_decay), (no_decay, 0.0))
+        if group
+    ]
+    return torch.optim.AdamW(
+        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps
+    )
+
+
+def _count_tokens(batch: Batch) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if isinstance(mask, Tensor) else batch["input_ids"].numel()
+
+
+class _Run:
+    """The mutable state of one `train` call; each method is one phase of a step."""
+
+    def __init__(self, model, data, config, run_dir, val_data, objective, callbacks) -> None:
+        self.model, self.data, self.config, self.run_dir = model, data, config, run_dir
+        self.val_data, self.callbacks = val_data, list(callbacks)
+        self.objective = objective or default_objective
+        self.device = resolve_device(config.device)
+        model.to(self.device)
+        model.train()
+        self.forward_model = torch.compile(model) if config.compile else model
+        self.optimizer = build_optimizer(model, config)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.history: list[dict[str, Any]] = []
+        self.state = TrainState(
+            step=0,
+            max_steps=config.max_steps,
+            run_dir=run_dir,
+            model=model,
+            optimizer=self.optimizer,
+        )
+        # Loss accumulated since the last log line; saved so a resumed log line is the same.
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last_eval, self.last_save = -1, -1
+        self.elapsed_before = 0.0
+
+    # ------------------------------------------------------------ start
+
+    def start(self, resume: bool) -> None:
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if ckpt is None:
+            seed_everything(self.config.seed)
+            self.metrics.truncate_after(0)
+            return
+        loaded = load_checkpoint(ckpt, self.model, self.optimizer)
+        extra = loaded["extra"]
+        if "data" not in extra or "loop" not in extra:
+            raise CheckpointError(
+                f"{ckpt} was not written by the training loop (no data position); "
+                "move it out of the run directory or pass resume=False"
+            )
+        self.data.load_state_dict(extra["data"])
+        loop = extra["loop"]
+        s = self.state
+        s.step, s.tokens_seen, s.lr, s.checkpoint = loaded["step"], loop["tokens"], loop["lr"], ckpt
+        s.val_loss, s.val_ppl = loop["val_loss"], loop["val_ppl"]
+        self.loss_sum, self.loss_count = loop["loss_sum"], loop["loss_count"]
+        self.last_eval, self.last_save = loop["last_eval"], s.step
+        self.elapsed_before = loop["elapsed"]
+        self.history = self.metrics.truncate_after(s.step)
+        restore_rng(loaded["rng"])  # last: nothing above may draw from the restored streams
+
+    # ------------------------------------------------------------ one update
+
+    def diverged(self, step: int, what: str, value: float, lr: float) -> TrainingDivergedError:
+        good = self.state.checkpoint or "none (no checkpoint was written yet)"
+        return TrainingDivergedError(
+            f"step {step}: the {what} is {value} (not finite); nothing was saved for this step. "
+            f"Last good checkpoint: {good}. Try a lower lr (this step used {lr:.3g}, "
+            f"train.lr={self.config.lr:g}), more warmup_steps or a grad_clip, and check the "
+            "data for empty or fully masked (-100) label rows."
+        )
+
+    def step(self) -> None:
+        began = time.perf_counter()
+        cfg, s = self.config, self.state
+        step = s.step + 1
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = self.data.next_batch()
+            s.tokens_seen += _count_tokens(batch)
+            with autocast(cfg.precision, self.device):
+                loss = self.objective(self.forward_model, to_device(batch, self.device))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise self.diverged(step, "loss", value, lr)
+            (loss / cfg.grad_accum).backward()
+            loss_value += value / cfg.grad_accum
+        grad_norm = self.clip()
+        if not math.isfinite(grad_norm):
+            raise self.diverged(step, "gradient norm", grad_norm, lr)
+        self.optimizer.step()
+        s.step, s.loss, s.lr, s.grad_norm = step, loss_value, lr, grad_norm
+        s.elapsed = self.elapsed()
+        self.step_time += time.perf_counter() - began
+        self.loss_sum += loss_value
+        self.loss_count += 1
+
+    def clip(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        if self.config.grad_clip > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+    # ------------------------------------------------------------ log, eval, save
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        s = self.state
+        s.elapsed = self.elapsed()
+        rec = {"step": s.step, **fields, "lr": s.lr, "tokens": s.tokens_seen, "elapsed": s.elapsed}
+        self.metrics.append(rec)
+        self.history.append(rec)
+        return rec
+
+    def log(self, bar: tqdm) -> None:
+        if self.loss_count == 0:
+            return
+        s = self.state
+        # Throughput of the steps alone: evaluation, checkpoints and plots are not counted.
+        rate = (s.tokens_seen - self.mark_tokens) / max(self.step_time - self.mark_time, 1e-9)
+        self.mark_tokens, self.mark_time = s.tokens_seen, self.step_time
+        loss = self.loss_sum / self.loss_count
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.record(loss=loss, tokens_per_s=rate)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{s.lr:.2e}", tok_s=f"{rate:.0f}")
+
+    def eval(self) -> None:
+        s = self.state
+        s.val_loss, s.val_ppl = evaluate(
+            self.forward_model,
+            self.val_data,
+            self.objective,
+            max_batches=self.config.eval_batches,
+            device=self.device,
+            precision=self.config.precision,
+        )
+        self.last_eval = s.step
+        self.record(val_loss=s.val_loss, val_ppl=s.val_ppl)
+        self.notify("on_eval")
+
+    def save(self) -> None:
+        s = self.state
+        loop = {
+            "tokens": s.tokens_seen,
+            "lr": s.lr,
+            "elapsed": s.elapsed,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "val_loss": s.val_loss,
+            "val_ppl": s.val_ppl,
+            "last_eval": self.last_eval,
+        }
+        extra = {"data": self.data.state_dict(), "loop": loop}
+        s.checkpoint = write_checkpoint(
+            self.run_dir, s.step, self.model, self.optimizer, extra, keep_last=self.config.keep_last
+        )
+        self.last_save = s.step
+        self.plot()
+        self.notify("on_save")
+
+    def plot(self) -> None:
+        plot_losses(self.history, self.run_dir / "loss.png", title=self.run_dir.name)
+
+    def notify(self, event: str) -> None:
+        for callback in self.callbacks:
+            hook = getattr(callback, event, None)
+            if hook is not None:
+                hook(self.state)
+
+    # ------------------------------------------------------------ the run
+
+    def run(self, resume: bool, progress: bool) -> TrainResult:
+        cfg, s = self.config, self.state
+        self.t0 = time.perf_counter()
+        self.step_time = self.mark_time = 0.0  # seconds spent inside step() in this call
+        self.start(resume)
+        start_tokens = self.mark_tokens = s.tokens_seen
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=s.step,
+            disable=not progress,
+            unit="step",
+            desc=self.run_dir.name,
+            dynamic_ncols=True,
+        )
+        try:
+            while s.step < cfg.max_steps and not s.stop:
+                self.step()
+                bar.update(1)
+                if s.step % cfg.log_every == 0:
+                    self.log(bar)
+                if self.val_data is not None and cfg.eval_every and s.step % cfg.eval_every == 0:
+                    self.eval()
+                if cfg.save_every and s.step % cfg.save_every == 0:
+                    self.save()
+                self.notify("on_step_end")
+            self.log(bar)
+            if self.val_data is not None and self.last_eval != s.step:
+                self.eval()
+            if self.last_save != s.step:
+                self.save()
+            self.plot()
+        finally:
+            bar.close()
+            self.metrics.close()
+        seconds = time.perf_counter() - self.t0
+        return TrainResult(
+            step=s.step,
+            train_loss=next((r["loss"] for r in reversed(self.history) if "loss" in r), None),
+            val_loss=s.val_loss,
+            val_ppl=s.val_ppl,
+            tokens=s.tokens_seen,
+            seconds=seconds,
+            tokens_per_s=(s.tokens_seen - start_tokens) / max(self.step_time, 1e-9),
+            history=self.history,
+            run_dir=self.run_dir,
+        )
+
+
+def train(
+    model: nn.Module,
+    data: BatchSource,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    val_data: Iterable[Batch] | None = None,
+    objective: Objective | None = None,
+    callbacks: Sequence[object] = (),
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` on `data` for `config.max_steps` updates, writing into `run_dir`.
+
+    resume=True continues from the newest checkpoint in run_dir when there is one;
+    resume=False starts over, deleting the run's earlier checkpoints and metrics.
+    """
+    config.validate()
+    if not isinstance(data, BatchSource):
+        raise TypeError("data must have next_batch(), state_dict() and load_state_dict()")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    run = _Run(model, data, config, run_dir, val_data, objective, callbacks)
+    return run.run(resume=resume, progress=progress)
