@@ -3,6 +3,7 @@
     asset package (GGUF) ──convert once──► $LMFORGE_HOME/models/NAME/   (config.json,
                                                 model.safetensors, tokenizer files)
     load_model(NAME or DIR, backend) ──► native CausalLM  |  transformers model
+    load_tokenizer(NAME or DIR)      ──► Tokenizer (eos/pad/bos, chat template)
 
 Converting SmolLM2 from GGUF takes ~30 s (mostly the tokenizer conversion);
 reading the cache takes about a second. The conversion writes into a private
@@ -31,6 +32,7 @@ from lmforge.errors import AssetError, CheckpointError, ConfigError
 from lmforge.io import fsync_dir
 from lmforge.model.hf import load_hf_dir
 from lmforge.registry import Registry
+from lmforge.tokenizer import Tokenizer
 
 MARKER = "lmforge-source.json"  # written last into a conversion; a cache without it is no cache
 
@@ -206,3 +208,18 @@ def load_model(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown model backend {backend!r}; choose from {BACKENDS.names()}")
     return BACKENDS.get(backend)(resolve(name_or_path), dtype)
+
+
+def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
+    """The tokenizer of an embedded model by name, of a model directory, or a tokenizer.json,
+    with its special tokens and chat template from the tokenizer_config.json beside it."""
+    path = Path(name_or_path).expanduser()
+    if str(name_or_path) not in EMBEDDED and path.is_file():
+        return Tokenizer.from_file(path)
+    directory = resolve(name_or_path)
+    if not (directory / "tokenizer.json").is_file():
+        raise AssetError(
+            f"{directory} holds no tokenizer.json; save one there with Tokenizer.save(dir) "
+            "or transformers' tokenizer.save_pretrained(dir)"
+        )
+    return Tokenizer.from_file(directory)

@@ -12,6 +12,12 @@ emoji included. Special tokens are never added implicitly: `encode` returns the
 text's ids only and the data pipeline appends `eos_id` itself. Special-token
 strings that appear literally in a text (e.g. "<|im_end|>") are matched as the
 special token, as `transformers` does, which is what chat templates rely on.
+
+Beside `tokenizer.json`, a `tokenizer_config.json` as `transformers` writes it
+names the special tokens (eos, pad, bos) and may hold the model's Jinja chat
+template (key "chat_template"; transformers 5 writes it to `chat_template.jinja`
+instead, which wins when both exist, as it does in transformers). `save` writes
+them back so that a saved tokenizer reloads with the same specials and template.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.io import atomic_write_text
+from lmforge.io import atomic_write_json, atomic_write_text
 
 # <|endoftext|> ends every document; the ChatML pair is reserved for chat templates.
 DEFAULT_SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
@@ -36,12 +42,21 @@ PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|padding|>")
 
 BYTE_ALPHABET_SIZE = 256
 
+CONFIG_FILE = "tokenizer_config.json"
+TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 keeps the chat template
+
 
 class Tokenizer:
     """A thin, typed wrapper around `tokenizers.Tokenizer` with the ids lmforge needs."""
 
     def __init__(
-        self, hf: HFTokenizer, *, eos_token: str | None = None, pad_token: str | None = None
+        self,
+        hf: HFTokenizer,
+        *,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        bos_token: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         # Loaded files may pad/truncate every encoding (MiniLM pads to 128); a language-model
         # pipeline packs token streams itself, so both are switched off.
@@ -50,6 +65,9 @@ class Tokenizer:
         self.hf = hf
         self._eos_token = eos_token if _held(hf, eos_token) else _first_held(hf, EOS_CANDIDATES)
         self._pad_token = pad_token if _held(hf, pad_token) else _first_held(hf, PAD_CANDIDATES)
+        # bos is never guessed: only chat templates read it, and only when the model names it.
+        self.bos_token = bos_token if _held(hf, bos_token) else None
+        self.chat_template = chat_template  # Jinja source of the model's own chat format
 
     # ---- construction -------------------------------------------------------------------
 
@@ -92,7 +110,8 @@ class Tokenizer:
     def from_file(cls, path: str | Path) -> Tokenizer:
         """Load a `tokenizer.json` (or a folder holding one).
 
-        A `tokenizer_config.json` beside it, as `transformers` writes, names eos and pad.
+        A `tokenizer_config.json` beside it, as `transformers` writes, names eos, pad and bos
+        and holds the chat template (or a `chat_template.jinja` beside it does).
         """
         path = Path(path)
         if path.is_dir():
@@ -106,15 +125,41 @@ class Tokenizer:
                 f"tokenizer file {path} is not a valid tokenizer.json ({e}); "
                 "re-create it with Tokenizer.train(...).save(path)"
             ) from None
-        eos, pad = _config_specials(path.parent / "tokenizer_config.json")
-        return cls(hf, eos_token=eos, pad_token=pad)
+        cfg = _read_config(path.parent / CONFIG_FILE)
+        eos, pad, bos = _config_specials(cfg)
+        return cls(
+            hf,
+            eos_token=eos,
+            pad_token=pad,
+            bos_token=bos,
+            chat_template=_config_template(cfg, path.parent / TEMPLATE_FILE),
+        )
 
     def save(self, path: str | Path) -> Path:
-        """Write `tokenizer.json` atomically; `path` may be the file or its folder."""
+        """Write `tokenizer.json` atomically; `path` may be the file or its folder.
+
+        The special tokens and the chat template are merged into the `tokenizer_config.json`
+        beside it (other keys are kept). A `chat_template.jinja` there would shadow the
+        template just written, so it is removed.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
         atomic_write_text(path, self.hf.to_str(pretty=True))
+        cfg = _read_config(path.parent / CONFIG_FILE)
+        updates = {
+            "eos_token": self._eos_token,
+            "pad_token": self._pad_token,
+            "bos_token": self.bos_token,
+            "chat_template": self.chat_template,
+        }
+        for key, value in updates.items():
+            if value is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = value
+        atomic_write_json(path.parent / CONFIG_FILE, cfg)
+        (path.parent / TEMPLATE_FILE).unlink(missing_ok=True)
         return path
 
     # ---- encoding -----------------------------------------------------------------------
@@ -199,21 +244,42 @@ def _first_held(hf: HFTokenizer, candidates: Sequence[str]) -> str | None:
     return next((t for t in candidates if hf.token_to_id(t) is not None), None)
 
 
-def _config_specials(path: Path) -> tuple[str | None, str | None]:
-    """(eos_token, pad_token) from a transformers tokenizer_config.json, if there is one."""
+def _read_config(path: Path) -> dict:
+    """A transformers tokenizer_config.json as a dict; {} when absent or unreadable."""
     if not path.is_file():
-        return None, None
+        return {}
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None, None  # optional metadata: the built-in candidates still apply
+        return {}  # optional metadata: the built-in candidates still apply
+    return cfg if isinstance(cfg, dict) else {}
 
-    def content(value: object) -> str | None:
-        # Older files store {"content": "</s>", ...} instead of the bare string.
-        if isinstance(value, dict):
-            value = value.get("content")
-        return value if isinstance(value, str) else None
 
-    if not isinstance(cfg, dict):
-        return None, None
-    return content(cfg.get("eos_token")), content(cfg.get("pad_token"))
+def _content(value: object) -> str | None:
+    # Older files store {"content": "</s>", ...} instead of the bare string.
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _config_specials(cfg: dict) -> tuple[str | None, str | None, str | None]:
+    """(eos_token, pad_token, bos_token) named by a tokenizer config."""
+    return tuple(_content(cfg.get(k)) for k in ("eos_token", "pad_token", "bos_token"))
+
+
+def _config_template(cfg: dict, template_file: Path) -> str | None:
+    """The chat template: chat_template.jinja if present, else the config's key.
+
+    The key holds either the Jinja source or, for models with several templates, a list of
+    {"name", "template"} entries, of which "default" is the chat format.
+    """
+    if template_file.is_file():
+        try:
+            return template_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{template_file}: unreadable chat template ({e})") from None
+    value = cfg.get("chat_template")
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) else None
