@@ -94,8 +94,11 @@ def test_yaml_round_trip_and_file_errors(tmp_path):
 
 
 def test_field_docs_and_leaf_fields():
-    assert field_docs(Inner) == {"lr": "the learning rate", "steps": "how many steps",
-                                 "name": "optional name"}
+    assert field_docs(Inner) == {
+        "lr": "the learning rate",
+        "steps": "how many steps",
+        "name": "optional name",
+    }
     names = [name for name, _, _ in leaf_fields(Outer)]
     assert names == ["inner.lr", "inner.steps", "inner.name", "mode", "tags", "flag"]
 

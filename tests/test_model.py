@@ -36,8 +36,10 @@ def test_kv_cache_gives_the_same_logits_as_one_pass(model):
     full = model(x).logits
     first = model(x[:, :7], use_cache=True)
     assert first.past_key_values.length == 7
-    rest = [model(x[:, t : t + 1], past_key_values=first.past_key_values, use_cache=True).logits
-            for t in range(7, 12)]
+    rest = [
+        model(x[:, t : t + 1], past_key_values=first.past_key_values, use_cache=True).logits
+        for t in range(7, 12)
+    ]
     assert torch.allclose(torch.cat([first.logits, *rest], 1), full, atol=1e-5)
 
 
@@ -56,8 +58,9 @@ def test_naive_attention_matches_sdpa(model):
     assert torch.allclose(naive(x).logits, model(x).logits, atol=1e-5)
     mask = torch.ones_like(x)
     mask[0, :4] = 0
-    assert torch.allclose(naive(x, attention_mask=mask).logits,
-                          model(x, attention_mask=mask).logits, atol=1e-5)
+    assert torch.allclose(
+        naive(x, attention_mask=mask).logits, model(x, attention_mask=mask).logits, atol=1e-5
+    )
 
 
 def test_left_padding_matches_the_unpadded_sequence(model):
@@ -127,11 +130,40 @@ def test_dropout_only_in_training_mode():
 
 @pytest.mark.parametrize(
     "fields, where",
-    [({"n_head": 4, "n_kv_head": 3}, "n_kv_head"), ({"dropout": 1.0}, "dropout"),
-     ({"attention": "magic"}, "sdpa"), ({"d_model": 0}, "d_model")],
+    [
+        ({"n_head": 4, "n_kv_head": 3}, "n_kv_head"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"attention": "magic"}, "sdpa"),
+        ({"d_model": 0}, "d_model"),
+    ],
 )
 def test_bad_model_config_names_the_field(fields, where):
     from lmforge.config import from_dict
 
     with pytest.raises(ConfigError, match=where):
         from_dict(ModelConfig, fields)
+
+
+def test_fused_loss_matches_cross_entropy_in_value_and_gradient():
+    from lmforge.model.loss import causal_lm_loss
+
+    torch.manual_seed(0)
+    z = torch.randn(3, 7, 11, requires_grad=True)
+    y = torch.randint(0, 11, (3, 7))
+    y[0, :4] = -100
+    loss = causal_lm_loss(z, y)
+    loss.backward()
+    ours = z.grad.clone()
+    z.grad = None
+    ref = F.cross_entropy(z[:, :-1].reshape(-1, 11), y[:, 1:].reshape(-1))
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-6)
+    assert torch.allclose(ours, z.grad, atol=1e-7)
+    with torch.no_grad():
+        assert torch.allclose(causal_lm_loss(z, y), ref, atol=1e-6)
+
+
+def test_logits_to_keep_returns_only_the_last_positions(model):
+    x = tokens()
+    kept = model(x, logits_to_keep=1).logits
+    assert kept.shape == (2, 1, V) and torch.allclose(kept, model(x).logits[:, -1:], atol=1e-5)

@@ -18,14 +18,14 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.model.attention import Attention, KVCache, RotaryEmbedding
 from lmforge.model.config import ModelConfig
+from lmforge.model.loss import IGNORE_INDEX, causal_lm_loss
 from lmforge.model.mlp import RMSNorm, SwiGLU
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "CausalLM", "CausalLMOutput"]
 
 
 @dataclass
@@ -126,6 +126,7 @@ class CausalLM(nn.Module):
         past_key_values: KVCache | None = None,
         labels: Tensor | None = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -148,6 +149,8 @@ class CausalLM(nn.Module):
             x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
+        if logits_to_keep:  # generation needs only the last positions' logits
+            x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.model.norm(x))  # (B, T, V)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(loss, logits, cache if use_cache else None)
@@ -163,10 +166,3 @@ class CausalLM(nn.Module):
         n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         forward = 2 * n_matmul + 2 * c.n_layer * seq_len * c.n_head * c.head_dim
         return 3 * forward if training else forward
-
-
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token cross-entropy: position t predicts labels[t+1]; -100 is ignored."""
-    V = logits.shape[-1]
-    shifted = logits[:, :-1].reshape(-1, V).float()  # (B·(T-1), V)
-    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)

@@ -1,0 +1,186 @@
+"""`lmforge VERB ...`: one table from verb to function; each verb has its own --help.
+
+Config-driven verbs take `--config FILE.yaml` plus one `--section.field=value`
+flag per config field, generated from the config dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lmforge.config import leaf_fields
+from lmforge.errors import LmforgeError
+from lmforge.registry import Registry
+
+
+@dataclass(frozen=True)
+class Verb:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+VERBS: Registry[Verb] = Registry("verb")
+
+
+def verb(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]) -> Callable:
+    def register(fn: Callable[[argparse.Namespace], int | None]) -> Callable:
+        VERBS.add(name, Verb(help, arguments, fn))
+        return fn
+
+    return register
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, extra: dict[str, str]) -> None:
+    """`--config` plus `--a.b` for every leaf field of `cls` (values parsed as YAML)."""
+    parser.add_argument("--config", help="YAML file of fields (see configs/)")
+    group = parser.add_argument_group("config fields (override the YAML file)")
+    for name, help_text in extra.items():
+        group.add_argument(f"--{name}", dest=f"cfg:{name}", metavar="VALUE", help=help_text)
+    for name, tp, doc in leaf_fields(cls):
+        if name in extra:
+            continue
+        type_name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        group.add_argument(f"--{name}", dest=f"cfg:{name}", metavar=type_name.upper(), help=doc)
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"{k[4:]}={v}" for k, v in vars(args).items() if k.startswith("cfg:") and v is not None]
+
+
+# ── verbs ─────────────────────────────────────────────────────────────────────────────────────
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.pretrain import PretrainConfig
+
+    add_config_flags(p, PretrainConfig, {"model.preset": "model shape preset (tiny, small, ...)"})
+
+
+@verb("pretrain", "train a native language model from scratch on a corpus", _pretrain_args)
+def _pretrain(args: argparse.Namespace) -> None:
+    from lmforge.recipes.pretrain import load_config, pretrain
+
+    result, model_dir = pretrain(load_config(args.config, config_overrides(args)))
+    print(
+        f"validation loss {result.val_loss:.4f} (perplexity {result.val_ppl:.2f}); "
+        f"model saved to {model_dir}"
+    )
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model directory (e.g. runs/NAME/model)")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-stream", action="store_true", help="print the text only at the end")
+
+
+@verb("generate", "continue a prompt with a trained model", _generate_args)
+def _generate(args: argparse.Namespace) -> None:
+    from lmforge.recipes.generate import run_generate
+
+    run_generate(args)
+
+
+def _tokenizer_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train a byte-level BPE tokenizer on text")
+    t.add_argument("inputs", nargs="+", help="corpus names, text files, folders or .jsonl files")
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--out", default="tokenizer.json", help="where to write tokenizer.json")
+    t.add_argument("--skip-bad", action="store_true", help="skip undecodable files / bad lines")
+
+
+@verb("tokenizer", "tokenizer tools: `lmforge tokenizer train ...`", _tokenizer_args)
+def _tokenizer(args: argparse.Namespace) -> None:
+    from lmforge.data import load_corpus
+    from lmforge.tokenizer import Tokenizer
+
+    texts = [d.text for source in args.inputs for d in load_corpus(source, skip_bad=args.skip_bad)]
+    tokenizer = Tokenizer.train(texts, vocab_size=args.vocab_size, show_progress=True)
+    tokenizer.save(args.out)
+    sample = texts[0][:200]
+    ratio = len(sample.encode()) / max(1, len(tokenizer.encode(sample)))
+    print(f"wrote {args.out}: {tokenizer.vocab_size} tokens, ~{ratio:.1f} bytes per token")
+
+
+@verb("assets", "list the embedded models and corpora and whether they verify", lambda p: None)
+def _assets(args: argparse.Namespace) -> int:
+    from lmforge.assets import ASSETS
+
+    missing = 0
+    for name in ASSETS:
+        asset = ASSETS.get(name)
+        ok, where = asset.verify()
+        missing += not ok and not asset.package.startswith("apt:")
+        print(f"{'ok     ' if ok else 'MISSING'}  {name:24} {asset.kind:8} {asset.description}")
+        print(f"         {where if ok else 'install: ' + asset.install_command}")
+    return 1 if missing else 0
+
+
+def _quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/quickstart", help="run directory")
+    p.add_argument("--steps", type=int, default=None, help="override the number of steps")
+
+
+@verb(
+    "quickstart",
+    "train a small model on Shakespeare in minutes and write a report",
+    _quickstart_args,
+)
+def _quickstart(args: argparse.Namespace) -> None:
+    from lmforge.recipes.quickstart import quickstart
+
+    quickstart(args.out, steps=args.steps)
+
+
+def _lab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="`list`, or the experiment to run")
+    p.add_argument("--quick", action="store_true", help="a smoke-sized run")
+    p.add_argument("--out", default=None, help="run directory (default runs/lab/NAME)")
+
+
+@verb("lab", "built-in experiments that reproduce the handbook's claims", _lab_args)
+def _lab(args: argparse.Namespace) -> None:
+    from lmforge.lab import LABS, run_experiment
+
+    if args.name == "list":
+        for name in LABS:
+            exp = LABS.get(name)
+            print(f"{name:16} ~{exp.minutes:g} min  {exp.claim}")
+        return
+    print(f"report written to {run_experiment(args.name, args.out, args.quick)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description="lmforge: pretrain, adapt, prompt, augment and serve LMs."
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERBS:
+        v = VERBS.get(name)
+        p = sub.add_parser(name, help=v.help, description=v.help)
+        v.arguments(p)
+        p.set_defaults(_run=v.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except LmforgeError as e:
+        print(f"lmforge {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmforge {args.verb}: interrupted", file=sys.stderr)
+        return 130

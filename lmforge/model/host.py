@@ -1,0 +1,157 @@
+"""What a component needs to know about a model beyond the common call convention.
+
+Every model is called the same way (`model(input_ids, attention_mask=..., ...)`), but a
+few things still differ between a native `CausalLM` and a `transformers` causal LM: who
+makes the KV cache, how it travels in and out of the call, how finished rows leave it,
+and where the context length is written. `ModelHost` is that small difference, with
+exactly two implementations, chosen once by `host_for(model)`:
+
+    host_for(model) ─┬─► NativeHost        (lmforge CausalLM: preallocated KVCache)
+                     └─► TransformersHost  (PreTrainedModel: transformers' own Cache)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from lmforge.errors import ConfigError
+from lmforge.model.attention import KVCache
+from lmforge.model.gpt import CausalLM
+
+
+class ModelHost(Protocol):
+    """The backend-specific part of running a causal LM step by step."""
+
+    model: nn.Module
+
+    def max_length(self) -> int:
+        """Longest sequence (prompt + generated tokens) the model can read."""
+        ...
+
+    def new_cache(self, batch: int, capacity: int) -> Any:
+        """An empty cache for `batch` rows of `capacity` tokens (None: the model makes one)."""
+        ...
+
+    def step(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
+    ) -> tuple[Tensor, Any]:
+        """Run the new tokens (B, T) after the cached ones; return last logits (B, V), cache."""
+        ...
+
+    def select_rows(self, cache: Any, rows: Tensor) -> Any:
+        """Keep only the batch rows `rows` of the cache (finished sequences leave)."""
+        ...
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+class NativeHost:
+    """lmforge's CausalLM: one KVCache buffer allocated up front, filled in place."""
+
+    def __init__(self, model: CausalLM) -> None:
+        self.model = model
+
+    @staticmethod
+    def accepts(model: nn.Module) -> bool:
+        return isinstance(model, CausalLM)
+
+    def max_length(self) -> int:
+        return self.model.config.max_seq_len
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        device, dtype = _device_dtype(self.model)
+        return KVCache.allocate(self.model.config, batch, capacity, dtype, device)
+
+    def step(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: KVCache
+    ) -> tuple[Tensor, KVCache]:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the prefill needs only the last position's logits
+        )
+        return out.logits[:, -1], out.past_key_values
+
+    def select_rows(self, cache: KVCache, rows: Tensor) -> KVCache:
+        cache.select(rows)
+        return cache
+
+
+class TransformersHost:
+    """A transformers PreTrainedModel: it creates and grows its own Cache object.
+
+    transformers 5.x renames the `past_key_values` argument and output field to `cache`;
+    both spellings are handled here so that callers never see the difference.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._slice_logits = "logits_to_keep" in params
+
+    @staticmethod
+    def accepts(model: nn.Module) -> bool:
+        try:
+            from transformers import PreTrainedModel
+        except ImportError:  # transformers is a core dependency, but keep hosts importable
+            return False
+        return isinstance(model, PreTrainedModel)
+
+    def max_length(self) -> int:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        raise ConfigError(
+            f"cannot tell the context length of {type(self.model).__name__}: its config has "
+            "none of max_position_embeddings, n_positions, max_seq_len; set one of them"
+        )
+
+    def new_cache(self, batch: int, capacity: int) -> None:
+        return None
+
+    def step(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
+    ) -> tuple[Tensor, Any]:
+        kwargs: dict[str, Any] = {self._cache_arg: cache}
+        if self._slice_logits:
+            kwargs["logits_to_keep"] = 1  # the prefill needs only the last position's logits
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **kwargs,
+        )
+        new_cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return out.logits[:, -1], new_cache
+
+    def select_rows(self, cache: Any, rows: Tensor) -> Any:
+        cache.batch_select_indices(rows)
+        return cache
+
+
+HOSTS: tuple[type, ...] = (NativeHost, TransformersHost)
+
+
+def host_for(model: nn.Module) -> ModelHost:
+    """The host that knows how to drive `model` (native CausalLM or transformers model)."""
+    for host in HOSTS:
+        if host.accepts(model):
+            return host(model)
+    raise ConfigError(
+        f"{type(model).__name__} is neither an lmforge CausalLM nor a transformers "
+        "PreTrainedModel; wrap it in one of those to generate with it"
+    )

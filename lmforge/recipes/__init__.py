@@ -1,0 +1,1 @@
+"""Recipes: thin compositions of components, one function per job (pretrain, quickstart, ...)."""
