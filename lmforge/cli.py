@@ -72,15 +72,15 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a model directory (e.g. runs/NAME/model)")
+    from lmforge.recipes.generate import add_sampling_args
+
+    add_sampling_args(p)
     p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="keep the prompt's last tokens when it is longer than the context",
+    )
     p.add_argument("--no-stream", action="store_true", help="print the text only at the end")
 
 
@@ -89,6 +89,20 @@ def _generate(args: argparse.Namespace) -> None:
     from lmforge.recipes.generate import run_generate
 
     run_generate(args)
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.generate import add_sampling_args
+
+    add_sampling_args(p, temperature=0.7)
+    p.add_argument("--system", default="", help="system prompt that opens the conversation")
+
+
+@verb("chat", "talk with a chat model (/reset forgets, /exit quits)", _chat_args)
+def _chat(args: argparse.Namespace) -> None:
+    from lmforge.recipes.chat import run_chat
+
+    run_chat(args)
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:

@@ -51,7 +51,11 @@ def run(out_dir: Path, quick: bool) -> Report:
             {
                 "run_dir": str(out_dir / "runs" / name),
                 "model": {"preset": "tiny" if quick else "small", "max_seq_len": 128},
-                "data": {"corpus": "shakespeare", "seq_len": 128},
+                "data": {
+                    "corpus": "shakespeare",
+                    "seq_len": 128,
+                    "shards_dir": str(out_dir / "data"),
+                },
                 "tokenizer": {
                     "path": str(tokenizer) if tokenizer.exists() else None,
                     "vocab_size": 1024,

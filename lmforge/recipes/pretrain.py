@@ -30,6 +30,7 @@ class DataConfig:
     seq_len: int = 128  # tokens per training sequence
     val_fraction: float = 0.05  # share of every document held out for validation
     skip_bad: bool = False  # skip (and count) undecodable files and malformed lines
+    shards_dir: str | None = None  # where token shards go (default RUN_DIR/data); shareable
 
     def validate(self) -> None:
         if self.seq_len < 2:

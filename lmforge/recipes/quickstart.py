@@ -39,26 +39,27 @@ QUICKSTART = {
 def quickstart(out: str | Path = "runs/quickstart", steps: int | None = None) -> Path:
     from lmforge.config import apply_overrides
     from lmforge.data import load_shards, unigram_entropy
+    from lmforge.hub import load_model, load_tokenizer
     from lmforge.model.generate import SamplingConfig, generate
-    from lmforge.recipes.generate import load_model_dir
     from lmforge.recipes.pretrain import pretrain, resolve_config
 
-    overrides = [f"run_dir={out}"] + ([f"train.max_steps={steps}"] if steps else [])
-    cfg = resolve_config(
-        apply_overrides(
-            {k: dict(v) if isinstance(v, dict) else v for k, v in QUICKSTART.items()}, overrides
-        )
-    )
-    if steps:
-        cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, steps // 10))
-        cfg.train.eval_every = cfg.train.save_every = steps
+    overrides = [f"run_dir={out}"]
+    if steps:  # a shorter run keeps the same shape of schedule
+        overrides += [
+            f"train.max_steps={steps}",
+            f"train.warmup_steps={max(1, steps // 10)}",
+            f"train.eval_every={steps}",
+            f"train.save_every={steps}",
+        ]
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in QUICKSTART.items()}
+    cfg = resolve_config(apply_overrides(raw, overrides))
     start = time.time()
     result, model_dir = pretrain(cfg)
     minutes = (time.time() - start) / 60
-    train_tokens, _, _ = load_shards(Path(cfg.run_dir) / "data")
+    train_tokens, _, _ = load_shards(cfg.data.shards_dir or Path(cfg.run_dir) / "data")
     entropy = unigram_entropy(np.asarray(train_tokens))
 
-    model, tokenizer = load_model_dir(model_dir)
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50, seed=0)
     sample = (
         cfg.sample_prompt

@@ -1,0 +1,70 @@
+"""`lmforge chat`: an interactive conversation with a chat model, streamed token by token.
+
+Commands at the prompt: `/reset` forgets the conversation (the system prompt stays),
+`/exit` (or end of input) quits. The prompt is the model's own chat template applied to
+the whole history; when the history outgrows the context, the oldest turns are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from lmforge.chat import chat_format, chat_stop_strings, chat_stop_tokens
+from lmforge.model.generate import stream
+from lmforge.model.host import host_for
+from lmforge.recipes.generate import load_for_generation, sampling_from_args
+
+
+def _prompt_ids(history: list[dict], tokenizer, room: int) -> list[int]:
+    """The templated history as ids, dropping the oldest exchanges until it fits in `room`."""
+    keep_system = 1 if history and history[0]["role"] == "system" else 0
+    turns = list(history)
+    while True:
+        ids = tokenizer.encode(chat_format(turns, tokenizer))
+        if len(ids) <= room or len(turns) <= keep_system + 1:
+            return ids[-room:]
+        del turns[keep_system : keep_system + 2]  # the oldest user/assistant pair
+
+
+def run_chat(
+    args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> list[dict]:
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    model, tokenizer = load_for_generation(args)
+    config = sampling_from_args(args, stop=chat_stop_strings(tokenizer))
+    stops = chat_stop_tokens(tokenizer)
+    room = host_for(model).max_length() - config.max_new_tokens
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
+    stdout.write(f"lmforge chat with {args.model}: /reset forgets, /exit quits\n")
+    while True:
+        stdout.write("\nyou> ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() == "/exit":
+            stdout.write("\n")
+            return history
+        text = line.strip()
+        if text == "/reset":
+            history = list(start)
+            stdout.write("(conversation cleared)\n")
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        stdout.write("assistant> ")
+        pieces = []
+        for piece in stream(
+            model,
+            _prompt_ids(history, tokenizer, room),
+            config,
+            eos_token_id=stops,
+            decode=tokenizer.decode,
+        ):
+            stdout.write(piece)
+            stdout.flush()
+            pieces.append(piece)
+        stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(pieces).strip()})
