@@ -1,0 +1,32 @@
+"""Every YAML preset in configs/ loads and validates; the quickstart YAML mirrors the code."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lmforge
+from lmforge.recipes.pretrain import load_config
+from lmforge.recipes.quickstart import QUICKSTART
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_validates(path):
+    cfg = load_config(path, [])
+    cfg.train.validate()
+    assert cfg.model.n_layer > 0 and cfg.data.seq_len <= cfg.model.max_seq_len
+
+
+def test_quickstart_yaml_mirrors_the_recipe():
+    data = yaml.safe_load((Path(__file__).parent.parent / "configs/quickstart.yaml").read_text())
+    assert data.pop("run_dir") == "runs/quickstart"
+    assert data == QUICKSTART
+
+
+def test_top_level_api_is_lazy_and_complete():
+    for name in lmforge.__all__:
+        assert getattr(lmforge, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        lmforge.nonesuch  # noqa: B018
