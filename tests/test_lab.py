@@ -1,0 +1,44 @@
+import pytest
+
+from lmforge.lab import LABS, Report, run_experiment
+from lmforge.lab.report import markdown_table
+from lmforge.lab.warmup import _verdict
+
+
+def test_markdown_table_and_report(tmp_path):
+    assert markdown_table(["a", "b"], [[1, 0.123456], ["x", "y"]]) == (
+        "| a | b |\n|---|---|\n| 1 | 0.1235 |\n| x | y |"
+    )
+    report = Report("Title", tmp_path / "r")
+    report.text("Intro.")
+    report.table(["k"], [[1]], "Caption")
+    png = report.figure("plot.png", "A plot")
+    assert png == tmp_path / "r" / "plot.png"
+    text = report.write().read_text()
+    assert text == (
+        "# Title\n\nIntro.\n\n**Caption**\n\n| k |\n|---|\n| 1 |\n\n"
+        "![A plot](plot.png)\n\n*A plot*\n"
+    )
+
+
+def test_warmup_verdict_reads_the_table():
+    rows = [["0.001", 0, "4.0"], ["0.001", 10, "4.2"], ["0.1", 0, "diverged"], ["0.1", 10, "5.0"]]
+    text = _verdict(rows)
+    assert text.startswith(
+        "Warmup gave the lower final loss at peak lr 0.1; no warmup did at 0.001."
+    )
+
+
+def test_registry_holds_the_experiments():
+    assert "warmup" in LABS
+    exp = LABS.get("warmup")
+    assert exp.claim and exp.minutes > 0
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_warmup_quick_writes_a_report(tmp_path):
+    path = run_experiment("warmup", tmp_path / "lab", quick=True)
+    text = path.read_text()
+    assert "| peak lr | warmup steps | final validation loss |" in text
+    assert (tmp_path / "lab" / "curves.png").stat().st_size > 1000
