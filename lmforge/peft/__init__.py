@@ -1,0 +1,18 @@
+"""Parameter-efficient delta tuning: one contract (base.py), one injector (inject.py),
+one file per method. Importing this package registers every method."""
+
+from lmforge.peft.base import METHODS, DeltaMethod, apply, build, load_delta, register
+from lmforge.peft.inject import count_parameters, default_targets, freeze, match_targets
+
+__all__ = [
+    "METHODS",
+    "DeltaMethod",
+    "apply",
+    "build",
+    "count_parameters",
+    "default_targets",
+    "freeze",
+    "load_delta",
+    "match_targets",
+    "register",
+]
