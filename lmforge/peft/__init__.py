@@ -1,6 +1,7 @@
 """Parameter-efficient delta tuning: one contract (base.py), one injector (inject.py),
 one file per method. Importing this package registers every method."""
 
+from lmforge.peft import adapter, bitfit, lora  # noqa: E402, F401, I001  (registers the methods)
 from lmforge.peft.base import METHODS, DeltaMethod, apply, build, load_delta, register
 from lmforge.peft.inject import count_parameters, default_targets, freeze, match_targets
 

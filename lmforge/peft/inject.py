@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
@@ -90,3 +91,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total), counting shared tensors once."""
     unique = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
+def float_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of a base layer (a quantized base stores packed integers)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    dtype = getattr(module, "compute_dtype", None) or (floats[0] if floats else torch.float32)
+    return device, dtype
