@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,15 +41,41 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, extra: dict[str
     group = parser.add_argument_group("config fields (override the YAML file)")
     for name, help_text in extra.items():
         group.add_argument(f"--{name}", dest=f"cfg:{name}", metavar="VALUE", help=help_text)
+    open_groups = []
     for name, tp, doc in leaf_fields(cls):
         if name in extra:
             continue
+        if typing.get_origin(tp) is dict:  # a free-form group: any --name.key=value
+            open_groups.append(name)
+            group.add_argument(f"--{name}.KEY", dest=f"open:{name}", metavar="VALUE", help=doc)
+            continue
         type_name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
         group.add_argument(f"--{name}", dest=f"cfg:{name}", metavar=type_name.upper(), help=doc)
+    parser.set_defaults(_open_groups=open_groups)
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    return [f"{k[4:]}={v}" for k, v in vars(args).items() if k.startswith("cfg:") and v is not None]
+    fixed = [
+        f"{k[4:]}={v}" for k, v in vars(args).items() if k.startswith("cfg:") and v is not None
+    ]
+    return fixed + getattr(args, "_open_overrides", [])
+
+
+def _split_open(args: argparse.Namespace, unknown: list[str]) -> list[str]:
+    """Take `--group.key=value` / `--group.key value` for free-form groups; return the rest."""
+    groups = tuple(f"--{g}." for g in getattr(args, "_open_groups", []))
+    taken, rest, i = [], [], 0
+    while i < len(unknown):
+        item = unknown[i]
+        if groups and item.startswith(groups):
+            if "=" not in item and i + 1 < len(unknown):
+                item, i = f"{item}={unknown[i + 1]}", i + 1
+            taken.append(item[2:])
+        else:
+            rest.append(item)
+        i += 1
+    args._open_overrides = taken
+    return rest
 
 
 # ── verbs ─────────────────────────────────────────────────────────────────────────────────────
@@ -69,6 +96,25 @@ def _pretrain(args: argparse.Namespace) -> None:
         f"validation loss {result.val_loss:.4f} (perplexity {result.val_ppl:.2f}); "
         f"model saved to {model_dir}"
     )
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.finetune import FinetuneConfig
+
+    add_config_flags(p, FinetuneConfig, {})
+
+
+@verb(
+    "finetune",
+    "adapt a model with a delta method (lora, adapter, ...) or all weights",
+    _finetune_args,
+)
+def _finetune(args: argparse.Namespace) -> None:
+    from lmforge.recipes.finetune import finetune, load_config
+
+    results = finetune(load_config(args.config, config_overrides(args)))
+    shown = {k: v for k, v in results.items() if k in ("test_accuracy", "val_loss")}
+    print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -189,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    unknown = _split_open(args, unknown)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args._run(args) or 0
     except LmforgeError as e:

@@ -3,40 +3,9 @@
 import json
 
 import pytest
+from conftest import TEXT, tiny_args
 
 from lmforge.cli import VERBS, build_parser, main
-
-TEXT = (
-    "To be, or not to be, that is the question:\n"
-    "Whether 'tis nobler in the mind to suffer\n"
-    "The slings and arrows of outrageous fortune,\n"
-    "Or to take arms against a sea of troubles.\n"
-) * 40
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
-def tiny_args(corpus, run_dir, steps=6):
-    return [
-        "pretrain",
-        f"--run_dir={run_dir}",
-        f"--data.corpus={corpus}",
-        "--data.seq_len=32",
-        "--model.preset=tiny",
-        "--tokenizer.vocab_size=300",
-        f"--train.max_steps={steps}",
-        "--train.batch_size=4",
-        "--train.warmup_steps=2",
-        "--train.eval_every=3",
-        "--train.save_every=3",
-        "--train.eval_batches=2",
-        "--train.log_every=1",
-    ]
 
 
 def test_every_verb_has_help(capsys):
@@ -166,15 +135,6 @@ def test_assets_lists_every_asset(capsys):
     out = capsys.readouterr().out
     for name in ["smollm2-135m-instruct", "shakespeare", "peoples-daily", "bbc-news"]:
         assert name in out
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chat")
-    corpus = root / "corpus.txt"
-    corpus.write_text(TEXT, encoding="utf-8")
-    assert main(tiny_args(corpus, root / "run")) == 0
-    return root / "run" / "model"
 
 
 def test_chat_repl_streams_keeps_history_and_resets(tiny_model_dir, monkeypatch, capsys):

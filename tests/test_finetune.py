@@ -1,0 +1,105 @@
+"""`lmforge finetune` end to end on the tiny model: classification through a verbalizer."""
+
+import json
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.data.examples import ExampleBatches, collate
+from lmforge.errors import ConfigError
+from lmforge.hub import load_tokenizer
+from lmforge.recipes.finetune import encode_examples
+from lmforge.train.objectives import label_token_ids
+
+LINES = {"the": "The slings and arrows of outrageous fortune", "be": "To be or not"}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cls") / "data.jsonl"
+    rows = [{"text": text, "label": label} for label, text in LINES.items()] * 12
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def finetune_args(model_dir, data, run_dir, method, *extra):
+    return [
+        "finetune",
+        f"--model={model_dir}",
+        f"--run_dir={run_dir}",
+        f"--method={method}",
+        f"--data.source={data}",
+        "--data.template={text}. It is about",
+        "--data.max_length=24",
+        "--train.max_steps=4",
+        "--train.batch_size=4",
+        "--train.warmup_steps=1",
+        "--train.eval_every=4",
+        "--train.lr=1e-2",
+        "--train.log_every=1",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("lora", ["--delta.r=4"]),
+        ("adapter", ["--delta.bottleneck", "8"]),
+        ("bitfit", []),
+        ("full", []),
+    ],
+)
+def test_finetune_each_method_saves_only_its_delta(
+    tiny_model_dir, labelled, tmp_path, method, extra, capsys
+):
+    run = tmp_path / method
+    assert main(finetune_args(tiny_model_dir, labelled, run, method, *extra)) == 0
+    out = capsys.readouterr().out
+    assert "trainable of" in out and "test_accuracy" in out
+    results = json.loads((run / "results.json").read_text())
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["labels"] == ["be", "the"]
+    assert (run / "delta").exists() == (method != "full")
+    if method != "full":
+        assert results["trainable"] < results["total"]
+
+
+def test_unknown_method_lists_the_registered_ones(tiny_model_dir, labelled, tmp_path, capsys):
+    assert main(finetune_args(tiny_model_dir, labelled, tmp_path / "x", "magic")) == 2
+    err = capsys.readouterr().err
+    assert "full" in err and "lora" in err and "adapter" in err
+
+
+def test_unknown_delta_field_is_named(tiny_model_dir, labelled, tmp_path, capsys):
+    assert (
+        main(finetune_args(tiny_model_dir, labelled, tmp_path / "x", "lora", "--delta.rank=4")) == 2
+    )
+    assert "lora.rank" in capsys.readouterr().err
+
+
+def test_encoding_cuts_the_text_to_fit_and_collate_right_pads(tiny_model_dir):
+    from lmforge.data.labelled import Example
+
+    tok = load_tokenizer(tiny_model_dir)
+    ex = [Example("To be or not to be " * 20, "b", "x"), Example("The", "a", "y")]
+    rows = encode_examples(ex, tok, "Q: {text} A:", ["a", "b"], max_length=16)
+    assert len(rows[0][0]) == 16 and rows[0][1] == 1 and rows[1][1] == 0
+    assert tok.decode(rows[0][0]).startswith("Q: To be") and tok.decode(rows[0][0]).endswith(" A:")
+    batch = collate(rows, pad_id=0)
+    assert batch["input_ids"].shape == (2, 16)
+    assert batch["last"].tolist() == [15, len(rows[1][0]) - 1]
+    with pytest.raises(ConfigError, match="not in data.labels"):
+        encode_examples([Example("x", "zzz", "f:3")], tok, "{text}", ["a"], 8)
+    with pytest.raises(ConfigError, match="share a first token"):
+        label_token_ids(tok, ["fortune", "fortunes"])
+
+
+def test_example_batches_resume_exactly():
+    rows = [([i, i + 1], i % 2) for i in range(10)]
+    a = ExampleBatches(rows, 3, pad_id=0, seed=1)
+    for _ in range(4):
+        a.next_batch()
+    b = ExampleBatches(rows, 3, pad_id=0, seed=1)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for _ in range(5):
+        assert a.next_batch()["input_ids"].tolist() == b.next_batch()["input_ids"].tolist()
