@@ -47,6 +47,7 @@ def finetune_args(model_dir, data, run_dir, method, *extra):
         ("lora", ["--delta.r=4"]),
         ("adapter", ["--delta.bottleneck", "8"]),
         ("bitfit", []),
+        ("none", []),
         ("full", []),
     ],
 )
@@ -59,8 +60,8 @@ def test_finetune_each_method_saves_only_its_delta(
     assert "trainable of" in out and "test_accuracy" in out
     results = json.loads((run / "results.json").read_text())
     assert 0.0 <= results["test_accuracy"] <= 1.0 and results["labels"] == ["be", "the"]
-    assert (run / "delta").exists() == (method != "full")
-    if method != "full":
+    assert (run / "delta").exists() == (method not in ("full", "none"))
+    if method not in ("full", "none"):
         assert results["trainable"] < results["total"]
 
 

@@ -12,6 +12,7 @@ few thousand parameters, not the base model.
 from __future__ import annotations
 
 import random
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
 from lmforge.errors import ConfigError
 from lmforge.io import atomic_write_json
-from lmforge.train import TrainConfig, train
+from lmforge.train import TrainConfig, default_objective, train
 
 TASKS = ("classification", "causal-lm")
 
@@ -40,7 +41,7 @@ class FinetuneConfig:
     run_dir: str = "runs/finetune"  # where checkpoints, metrics, the delta and results go
     model: str = "smollm2-135m-instruct"  # embedded model name or transformers directory
     backend: str = "native"  # native | hf
-    method: str = "lora"  # a registered delta method, or "full" (train every weight)
+    method: str = "lora"  # a delta method, "full" (every weight) or "none" (evaluate only)
     delta: dict[str, Any] = field(default_factory=dict)  # the method's fields, e.g. {r: 8}
     task: str = "classification"  # classification | causal-lm
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
@@ -85,12 +86,12 @@ def prepare_model(cfg: FinetuneConfig):
     from lmforge.hub import load_model
 
     model = load_model(cfg.model, backend=cfg.backend)
-    if cfg.method == "full":
-        return model.requires_grad_(True), None
+    if cfg.method in ("full", "none"):
+        return model.requires_grad_(cfg.method == "full"), None
     if cfg.method not in peft.METHODS:
         raise ConfigError(
             f"unknown method {cfg.method!r}; registered: "
-            f"{', '.join(['full', *peft.METHODS.names()])}"
+            f"{', '.join(['full', 'none', *peft.METHODS.names()])}"
         )
     delta = peft.apply(model, cfg.method, cfg.delta)
     return delta.model, delta
@@ -134,8 +135,10 @@ def _classification_data(cfg: FinetuneConfig, tokenizer):
 
 
 def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train (method "none": only evaluate) and write results.json; returns the results."""
     from lmforge.hub import load_tokenizer
     from lmforge.peft import count_parameters
+    from lmforge.train import evaluate
     from lmforge.train.objectives import accuracy
 
     run_dir = Path(cfg.run_dir)
@@ -150,21 +153,22 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
             f"({100 * trainable / total:.3f}%)"
         )
     results: dict[str, Any] = {"method": cfg.method, "trainable": trainable, "total": total}
-    start = time.time()
     if cfg.task == "classification":
         data, val, test, objective, label_ids, labels = _classification_data(cfg, tokenizer)
+    else:
+        (data, val), objective = _causal_lm_data(cfg, tokenizer, run_dir), None
+    start = time.time()
+    if cfg.method == "none":  # the untuned baseline
+        results["val_loss"] = evaluate(model, val, objective or default_objective)[0]
+    else:
         result = train(
             model, data, cfg.train, run_dir, val_data=val, objective=objective, progress=progress
         )
+        results.update(val_loss=result.val_loss, tokens_per_s=result.tokens_per_s)
+    results["train_seconds"] = time.time() - start
+    if cfg.task == "classification":
         results.update(labels=labels, test_accuracy=accuracy(model, test, label_ids))
-    else:
-        data, val = _causal_lm_data(cfg, tokenizer, run_dir)
-        result = train(model, data, cfg.train, run_dir, val_data=val, progress=progress)
-    results.update(
-        val_loss=result.val_loss,
-        train_seconds=time.time() - start,
-        tokens_per_s=result.tokens_per_s,
-    )
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if delta is not None:
         delta.save(run_dir / "delta")
     atomic_write_json(run_dir / "results.json", results)

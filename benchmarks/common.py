@@ -1,0 +1,46 @@
+"""What the benchmark scripts share: ABBA timing, pair ratios and BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lmforge.io import atomic_write_text
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def measure(steps: dict[str, Callable[[], object]], n: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each of n calls per contender, alternating ABBA so drift hits all alike."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(n):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def pair_ratio(reference: list[float], ours: list[float]) -> float:
+    """Median of reference/ours over adjacent pairs: load from elsewhere slows both steps of a
+    pair, so it cancels out of their ratio."""
+    return statistics.median(r / t for r, t in zip(reference, ours))
+
+
+def update_section(section: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace only `section` (a `## ` heading, up to the next one) of BENCHMARKS.md, or append."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    text = f"{section}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text + "\n", old, count=1).rstrip() + "\n"
+    else:
+        new = old.rstrip() + "\n\n" + text
+    atomic_write_text(path, new)

@@ -1,0 +1,173 @@
+"""LoRA training step on SmolLM2-135M: lmforge against transformers + peft.
+
+Both sides start from the same weights (the embedded SmolLM2, fp32), apply LoRA r=8,
+alpha 16 on q_proj and v_proj, and run the same AdamW step on the same batch (4 × 128
+tokens). Each side runs in its own child process so that its peak resident memory
+(ru_maxrss) is its own; the children alternate (A B B A) and the step-time ratio is the
+median over paired steps, so load from elsewhere falls on both alike.
+
+Usage: python benchmarks/lora_step.py [--steps 8] [--rounds 2] [--threads 2]
+It prints a table and rewrites the "## LoRA training step" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SECTION = "## LoRA training step"
+MODEL = "smollm2-135m-instruct"
+
+
+def lmforge_model(r: int) -> torch.nn.Module:
+    from lmforge import peft
+    from lmforge.hub import load_model
+
+    return peft.apply(load_model(MODEL), "lora", {"r": r, "alpha": 2 * r}).model
+
+
+def peft_model(r: int) -> torch.nn.Module:
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.hub import ensure_converted
+
+    base = AutoModelForCausalLM.from_pretrained(str(ensure_converted(MODEL)), dtype=torch.float32)
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        target_modules=["q_proj", "v_proj"],
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(base, config)
+
+
+BUILDERS = {"lmforge": lmforge_model, "peft": peft_model}
+
+
+def child(side: str, args: argparse.Namespace) -> None:
+    """Run one side; print one JSON line with step times, first loss and peak RSS."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = BUILDERS[side](args.rank)
+    model.train()
+    batch = torch.randint(
+        0, 49152, (args.batch_size, args.seq_len), generator=torch.Generator().manual_seed(1)
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    times, losses = [], []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "times": times,
+                "first_loss": losses[0],
+                "rss_mb": rss_mb,
+                "trainable": sum(p.numel() for p in params),
+            }
+        )
+    )
+
+
+def run_child(side: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--rank",
+        str(args.rank),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(args.child, args)
+        return
+    from common import pair_ratio, update_section
+
+    runs: dict[str, list[dict]] = {"lmforge": [], "peft": []}
+    for i in range(args.rounds):
+        for side in ("lmforge", "peft") if i % 2 == 0 else ("peft", "lmforge"):
+            runs[side].append(run_child(side, args))
+            print(f"round {i + 1}: {side} done", file=sys.stderr)
+    first = {s: r[0]["first_loss"] for s, r in runs.items()}
+    if abs(first["lmforge"] - first["peft"]) > 1e-3:
+        raise SystemExit(f"the two sides disagree: first losses {first}")
+    times = {s: [t for r in rs for t in r["times"]] for s, rs in runs.items()}
+    rss = {s: min(r["rss_mb"] for r in rs) for s, rs in runs.items()}
+    tokens = args.batch_size * args.seq_len
+    lines = [
+        "| side | s/step (median) | tokens/s | speed vs peft | peak RSS | RSS vs peft |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for side in ("lmforge", "peft"):
+        sec = statistics.median(times[side])
+        lines.append(
+            f"| {side} | {sec:.2f} | {tokens / sec:,.0f} | "
+            f"{pair_ratio(times['peft'], times[side]):.2f}x | {rss[side]:,.0f} MB | "
+            f"{rss[side] / rss['peft']:.2f}x |"
+        )
+    setup = (
+        f"SmolLM2-135M-Instruct fp32, LoRA r={args.rank} alpha={2 * args.rank} on q_proj and "
+        f"v_proj ({runs['lmforge'][0]['trainable']:,} trainable parameters), batch "
+        f"{args.batch_size} × {args.seq_len}, AdamW; {args.steps} measured steps after "
+        f"{args.warmup} warmup per child, {args.rounds} child processes per side alternating; "
+        f"peak RSS = ru_maxrss of the child (the smaller of its rounds); {args.threads} threads, "
+        f"{platform.machine()}, torch {torch.__version__}; first losses "
+        f"{first['lmforge']:.5f} / {first['peft']:.5f}."
+    )
+    body = "\n".join(lines) + "\n\n" + setup
+    print(body)
+    if not args.no_write:
+        update_section(SECTION, body + "\n\nRun: `python benchmarks/lora_step.py`")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=8, help="measured steps per child")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="child processes per side")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--child", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    main()
