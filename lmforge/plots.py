@@ -14,6 +14,24 @@ from pathlib import Path
 from lmforge.io import atomic_write
 
 
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    path = Path(path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    return path
+
+
 def plot_curves(
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
@@ -23,12 +41,7 @@ def plot_curves(
     logy: bool = False,
 ) -> Path:
     """Draw one line per `name → (xs, ys)` and write the PNG to `path`; empty series are skipped."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _figure()
     for name, (xs, ys) in series.items():
         if len(xs) != len(ys):
             raise ValueError(f"series {name!r} has {len(xs)} x values but {len(ys)} y values")
@@ -44,9 +57,25 @@ def plot_curves(
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    path = Path(path)
-    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
-    return path
+    return _save(fig, path)
+
+
+def plot_bars(
+    values: dict[str, float],
+    path: str | Path,
+    title: str = "",
+    ylabel: str = "",
+    reference: float | None = None,
+    reference_label: str = "",
+) -> Path:
+    """One horizontal bar per `name → value`, optionally a dashed reference line."""
+    fig, ax = _figure()
+    names = list(values)
+    ax.barh(names[::-1], [values[n] for n in names[::-1]], color="tab:blue")
+    if reference is not None:
+        ax.axvline(reference, color="tab:red", linestyle="--", label=reference_label)
+        ax.legend(loc="lower right")
+    ax.set_title(title)
+    ax.set_xlabel(ylabel)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
