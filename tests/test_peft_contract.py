@@ -44,7 +44,7 @@ def llama():
 
 
 BACKENDS = {"native": native, "transformers": llama}
-METHODS = [m for m in CASES if m in peft.METHODS]
+METHODS = list(CASES)
 
 
 def batch():
@@ -103,6 +103,8 @@ class TestContract:
     def test_save_load_round_trips_exactly(self, method, backend, tmp_path):
         delta = peft.apply(BACKENDS[backend](), method, CASES[method])
         nudge(delta)
+        if hasattr(delta, "fold"):  # reparameterised prompts are saved folded (their output)
+            delta.fold()
         b = batch()
         expected = delta.model(**b).logits
         delta.save(tmp_path / "delta")

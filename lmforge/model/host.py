@@ -148,8 +148,11 @@ HOSTS: tuple[type, ...] = (NativeHost, TransformersHost)
 
 def host_for(model: nn.Module) -> ModelHost:
     """The host that knows how to drive `model` (native CausalLM or transformers model)."""
+    # A delta wrapper (virtual tokens) is driven like the model it wraps; it handles the rest.
+    inner = getattr(model, "base_model", None)
+    base = inner if isinstance(inner, nn.Module) else model
     for host in HOSTS:
-        if host.accepts(model):
+        if host.accepts(base):
             return host(model)
     raise ConfigError(
         f"{type(model).__name__} is neither an lmforge CausalLM nor a transformers "

@@ -1,7 +1,15 @@
 """Parameter-efficient delta tuning: one contract (base.py), one injector (inject.py),
 one file per method. Importing this package registers every method."""
 
-from lmforge.peft import adapter, bitfit, lora  # noqa: E402, F401, I001  (registers the methods)
+from lmforge.peft import (  # noqa: F401  (importing registers the methods)
+    adapter,
+    bitfit,
+    lora,
+    prefix,
+    prompt_tuning,
+    ptuning,
+    ptuning_v2,
+)
 from lmforge.peft.base import METHODS, DeltaMethod, apply, build, load_delta, register
 from lmforge.peft.inject import count_parameters, default_targets, freeze, match_targets
 

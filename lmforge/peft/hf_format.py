@@ -98,7 +98,7 @@ def save_peft_lora(
     return directory
 
 
-def _read(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def read_adapter_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not weights_path.exists() and (directory / "adapter_model.bin").exists():
         raise CheckpointError(
@@ -162,7 +162,7 @@ def _own_name(key: str, path: Path) -> str:
 def load_peft_lora(directory: str | Path, model: nn.Module) -> Lora:
     """Apply the peft LoRA adapter in `directory` to `model` (transformers or native)."""
     directory = Path(directory)
-    meta, state = _read(directory)
+    meta, state = read_adapter_dir(directory)
     config = _lora_config(meta, directory / CONFIG_FILE)
     method = Lora(config)
     try:
