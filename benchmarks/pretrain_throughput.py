@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +26,12 @@ import torch
 import transformers
 from torch import nn
 
-from lmforge.io import atomic_write_text
 from lmforge.model import CausalLM, ModelConfig, preset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCHMARKS_MD, measure, pair_ratio, update_section  # noqa: E402
+
 SECTION = "## Pretraining throughput"
-BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 def llama_from(config: ModelConfig) -> nn.Module:
@@ -82,21 +83,6 @@ def make_step(model: nn.Module, batch: torch.Tensor) -> Callable[[], float]:
     return step
 
 
-def measure(steps: dict[str, Callable[[], float]], n: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each of n steps per contender, alternating ABBA so drift hits all alike."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(n):
-        for name in names if i % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def report(
     times: dict[str, list[float]], reference: str, tokens: int, flops: float, peak: float
 ) -> str:
@@ -108,24 +94,12 @@ def report(
     ]
     for name, ts in times.items():
         seconds = statistics.median(ts)
-        ratio = statistics.median(r / t for r, t in zip(times[reference], ts))
+        ratio = pair_ratio(times[reference], ts)
         mfu = tokens / seconds * flops / (peak * 1e9)
         lines.append(
             f"| {name} | {seconds * 1e3:.0f} | {tokens / seconds:,.0f} | {mfu:.1%} | {ratio:.2f}x |"
         )
     return "\n".join(lines)
-
-
-def update_benchmarks_md(body: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace only the throughput section (up to the next `## ` heading), or append it."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: section + "\n", old, count=1).rstrip() + "\n"
-    else:
-        new = old.rstrip() + "\n\n" + section
-    atomic_write_text(path, new)
 
 
 def parse_args() -> argparse.Namespace:
@@ -174,7 +148,7 @@ def main() -> None:
     body = table + "\n\n" + setup
     print(body)
     if not args.no_write:
-        update_benchmarks_md(body + "\n\nRun: `python benchmarks/pretrain_throughput.py`")
+        update_section(SECTION, body + "\n\nRun: `python benchmarks/pretrain_throughput.py`")
         print(f"\nwrote the '{SECTION}' section of {BENCHMARKS_MD}")
 
 
