@@ -42,3 +42,16 @@ def test_warmup_quick_writes_a_report(tmp_path):
     text = path.read_text()
     assert "| peak lr | warmup steps | final validation loss |" in text
     assert (tmp_path / "lab" / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.assets
+def test_peft_compare_quick_on_smollm2(tmp_path):
+    import json
+
+    path = run_experiment("peft-compare", tmp_path / "lab", quick=True)
+    text = path.read_text()
+    assert "| zero-shot | none | 0 | 0.000% |" in text and "failed" not in text
+    results = json.loads((tmp_path / "lab" / "results.json").read_text())
+    assert set(results) == {"zero-shot", "lora", "bitfit", "prompt"}
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["peak_rss_mb"] > 0 for r in results.values())
+    assert results["lora"]["trainable"] == 460_800  # r=8 on q and v of 30 layers
