@@ -8,6 +8,9 @@ Grouped-query attention (Ainslie et al., 2023): n_kv_head key/value heads are
 shared by groups of n_head / n_kv_head query heads. RoPE (Su et al., 2021)
 rotates each (x_i, x_{i+d/2}) pair of a head by angle pos·θ^(-2i/d), the
 "rotate half" layout that transformers' Llama checkpoints use.
+
+The projections are SplitLinear: an nn.Linear that runs products over a few rows (one
+new token per sequence while generating) on every thread; see `split_linear`.
 """
 
 from __future__ import annotations
@@ -58,6 +61,57 @@ def naive_attention(
     return weights @ v  # (B, nh, T, hd)
 
 
+def split_linear(x: Tensor, weight: Tensor, bias: Tensor | None, splits: int) -> Tensor:
+    """F.linear(x, weight, bias) with W's rows cut into `splits` blocks, one per thread.
+
+    For a few rows of x (one new token per sequence while generating), MKL runs the
+    product as a matrix-vector product on one thread, which reads W at about half the
+    memory bandwidth. The blocks of one batched matmul run on different threads: each
+    output is still the same dot product (bit for bit with MKL's F.linear), and a decode
+    step of SmolLM2 gets ~1.5x faster.
+    """
+    N, K = weight.shape
+    blocks = weight.view(splits, N // splits, K).transpose(1, 2)  # (s, K, N/s), a view
+    rows = x.reshape(-1, K)  # (M, K)
+    if bias is None:
+        y = torch.matmul(rows, blocks)  # (s, M, N/s): the rows meet every block
+    else:  # bias inside the product, as F.linear's addmm adds it (same rounding)
+        y = torch.baddbmm(bias.view(splits, 1, -1), rows.expand(splits, -1, -1), blocks)
+    return y.transpose(0, 1).reshape(*x.shape[:-1], N)  # (..., N)
+
+
+class SplitLinear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) that takes `split_linear` for few rows."""
+
+    split_rows = 16  # at most this many rows (batch × new tokens) take the split path
+    block_numel = 1 << 19  # blocks of at most this many weights: a large head runs ~1.4x faster
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.numel() <= self.split_rows * self.in_features:
+            splits = self.splits()
+            if splits > 1:
+                return split_linear(x, self.weight, self.bias, splits)
+        return F.linear(x, self.weight, self.bias)
+
+    def splits(self) -> int:
+        """One block per thread, twice as many while blocks are too large; a divisor of N."""
+        splits = torch.get_num_threads()
+        while self.weight.numel() > splits * self.block_numel:
+            splits *= 2
+        return math.gcd(self.out_features, splits)
+
+
+def with_split_linears(module: nn.Module) -> nn.Module:
+    """Swap every plain nn.Linear inside `module` for a SplitLinear sharing its parameters."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                new = SplitLinear(child.in_features, child.out_features, bias=False, device="meta")
+                new.weight, new.bias = child.weight, child.bias
+                setattr(parent, name, new)
+    return module
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
@@ -67,16 +121,24 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        angles = position_ids[..., None].float() * self.inv_freq  # (B, T, hd/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (B, T, hd)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        """cos and *signed* sin tables (B, 1, T, hd) for `apply_rope`, shared by all layers.
+
+        rotate_half(x)·sin = roll(x)·[-sin₁, sin₂]: with the sign folded into the table
+        once per forward, each layer rotates q and k in 4 tensor ops instead of 9."""
+        angles = position_ids[:, None, :, None].float() * self.inv_freq  # (B, 1, T, hd/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (B, 1, T, hd)
+        cos, sin = angles.cos(), angles.sin()
+        half = sin.shape[-1] // 2
+        signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        return cos.to(dtype), signed_sin.to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, h, T, hd); cos/sin (B, T, hd)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    """x (B, h, T, hd); cos and signed sin (B, 1, T, hd) from RotaryEmbedding.
+
+    The "rotate half" rotation x·cos + [-x₂, x₁]·sin, written as x·cos + [x₂, x₁]·[-sin₁, sin₂]
+    (the same products, bit for bit)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class KVCache:
@@ -155,10 +217,10 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.head_dim
         bias = config.attention_bias
-        self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
+        self.q_proj = SplitLinear(config.d_model, self.n_head * self.head_dim, bias=bias)
+        self.k_proj = SplitLinear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = SplitLinear(config.d_model, self.n_kv_head * self.head_dim, bias=bias)
+        self.o_proj = SplitLinear(self.n_head * self.head_dim, config.d_model, bias=False)
         self.dropout = config.dropout
         self.kernel = ATTENTION.get(config.attention)
 

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lmforge.model.attention import Attention, KVCache, RotaryEmbedding
+from lmforge.model.attention import (
+    Attention,
+    KVCache,
+    RotaryEmbedding,
+    SplitLinear,
+    with_split_linears,
+)
 from lmforge.model.config import ModelConfig
 from lmforge.model.loss import IGNORE_INDEX, causal_lm_loss
 from lmforge.model.mlp import RMSNorm, SwiGLU
@@ -41,8 +47,9 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(config.d_model, config.norm_eps)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.mlp = with_split_linears(SwiGLU(config))  # few-row products on every thread
+        # Without dropout, Identity spares every decode step two dropout calls per layer.
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
@@ -98,7 +105,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = SplitLinear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.apply(self._init_weights)
@@ -143,7 +150,7 @@ class CausalLM(nn.Module):
             )
         if position_ids is None:
             position_ids = _position_ids(attention_mask, B, T, past, x.device)
-        cos, sin = self.model.rotary(position_ids, x.dtype)  # (B, T, hd)
+        cos, sin = self.model.rotary(position_ids, x.dtype)  # (B, 1, T, hd)
         mask = _attention_mask(attention_mask, T, past)
         for block in self.model.layers:
             x = block(x, cos, sin, mask, cache)
