@@ -35,25 +35,14 @@ SECTION = "## Pretraining throughput"
 
 
 def llama_from(config: ModelConfig) -> nn.Module:
-    """transformers' LlamaForCausalLM with exactly the shape of `config`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """transformers' LlamaForCausalLM with exactly the shape of `config` (fused SDPA)."""
+    from transformers import LlamaForCausalLM
 
-    llama = LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.d_model,
-        intermediate_size=config.d_ff,
-        num_hidden_layers=config.n_layer,
-        num_attention_heads=config.n_head,
-        num_key_value_heads=config.n_kv_head,
-        head_dim=config.head_dim,
-        rope_theta=config.rope_theta,
-        rms_norm_eps=config.norm_eps,
-        tie_word_embeddings=config.tie_embeddings,
-        max_position_embeddings=config.max_seq_len,
-        attention_bias=config.attention_bias,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(llama)
+    from lmforge.model.hf import to_hf_config
+
+    hf_config = to_hf_config(config)
+    hf_config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(hf_config)
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
