@@ -12,8 +12,9 @@ stopping off on both sides so that both do the same work. In one process run:
 Measurement alternates the two contenders (ABBA order, a warmup call each first) and
 reports medians; speed ratios are medians of adjacent-pair ratios, so that a burst of load
 from elsewhere, which slows both calls of a pair, cancels out. At batch 1 the runs cycle
-through the 8 prompts. A per-token breakdown (torch.profiler: the operators of a decode
-step by kind) shows where the time goes on each side.
+through the 8 prompts. A per-token breakdown shows where a decode step's time goes on each
+side: the weight matmuls and the attention kernel (torch.profiler self times), and the rest
+(small tensor ops, Python and dispatch).
 
 Usage: python benchmarks/decode.py [--new-tokens 64] [--repeats 8] [--threads 2]
 It prints a table and rewrites the "## Decoding" section of BENCHMARKS.md.
