@@ -172,33 +172,39 @@ def profile_kinds(
     return kinds
 
 
-def decode_ms(t: Timings, n: int) -> float:
-    """Milliseconds per new token after the first: (whole call − TTFT) / (n − 1), medians."""
-    return (statistics.median(t.total) - statistics.median(t.ttft)) / max(n - 1, 1) * 1e3
-
-
 def breakdown(
-    runners: dict[str, Runner],
-    prompts: list[list[int]],
-    head_numel: int,
-    step_ms: dict[str, float],
+    runners: dict[str, Runner], prompts: list[list[int]], head_numel: int, rounds: int = 3
 ) -> str:
-    """Milliseconds per decode step by kind of kernel: (profile of 1 + k tokens − profile of
-    1 token) / k; the rest of the unprofiled step time is the other operators and Python."""
+    """Milliseconds per decode step: (a call for 1 + k tokens − a call for 1 token) / k.
+
+    The step itself comes from plain calls; the kernels' shares from the same calls under
+    torch.profiler (operator self time). Plain and profiled calls alternate over `rounds`
+    and the contenders ABBA; medians. The rest of the step is everything else: small
+    tensor ops, Python and dispatch."""
     k = 16
     kinds = ["block matmuls", "lm_head matmul", "attention kernel"]
+    steps: dict[str, list[float]] = {name: [] for name in runners}
+    shares: dict[str, dict[str, list[float]]] = {name: {c: [] for c in kinds} for name in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            run = runners[name]
+            one, more = timed(run, prompts, 1)[0], timed(run, prompts, 1 + k)[0]
+            steps[name].append((more - one) / k * 1e3)
+            one_p, more_p = (profile_kinds(run, prompts, n, head_numel) for n in (1, 1 + k))
+            for kind in kinds:
+                shares[name][kind].append((more_p.get(kind, 0) - one_p.get(kind, 0)) / k * 1e3)
     lines = [
         f"| batch {len(prompts)}: ms per new token | decode step | "
         + " | ".join(kinds)
         + " | everything else (small ops, Python, dispatch) |",
         "|---|" + "---:|" * (len(kinds) + 2),
     ]
-    for name, run in runners.items():
-        runs = [profile_kinds(run, prompts, n, head_numel) for n in (1, 1 + k)]
-        ms = {kind: (runs[1].get(kind, 0.0) - runs[0].get(kind, 0.0)) / k * 1e3 for kind in kinds}
-        rest = step_ms[name] - sum(ms.values())
-        cells = " | ".join(f"{ms[kind]:.1f}" for kind in kinds)
-        lines.append(f"| {name} | {step_ms[name]:.1f} | {cells} | {rest:.1f} |")
+    for name in names:
+        step = statistics.median(steps[name])
+        ms = [statistics.median(shares[name][kind]) for kind in kinds]
+        cells = " | ".join(f"{m:.1f}" for m in ms)
+        lines.append(f"| {name} | {step:.1f} | {cells} | {step - sum(ms):.1f} |")
     return "\n".join(lines)
 
 
@@ -294,14 +300,11 @@ def main() -> None:
     body = f"{table}\n\n{identity}\n\n{setup}"
     if not args.no_profile:
         head_numel = native.lm_head.weight.numel()
-        parts = []
-        for b in args.batch_sizes:
-            step = {name: decode_ms(t, args.new_tokens) for name, t in results[b].items()}
-            parts.append(breakdown(runners, prompts[:b], head_numel, step))
+        parts = [breakdown(runners, prompts[:b], head_numel) for b in args.batch_sizes]
         body += (
-            "\n\nWhere a decode step's time goes: the step is (call − TTFT) / (new tokens − 1) "
-            "from the runs above; the kernels' shares are torch.profiler self times over 16 "
-            "decode steps (a profile of 17 new tokens minus one of 1):\n\n" + "\n\n".join(parts)
+            "\n\nWhere a decode step's time goes (16 decode steps: a call for 17 new tokens "
+            "minus a call for 1; kernel shares are torch.profiler self times of the same calls "
+            "profiled; medians of 3 alternating rounds):\n\n" + "\n\n".join(parts)
         )
     print(body)
     if not args.no_write:
