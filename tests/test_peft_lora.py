@@ -7,48 +7,15 @@ import math
 
 import pytest
 import torch
+from peft_models import BACKENDS, VOCAB, T, ids, logits, make  # noqa: F401
 from safetensors.torch import load_file
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.model import CausalLM, preset
 from lmforge.model.hf import from_hf
 from lmforge.peft import build, count_parameters, load_delta
 from lmforge.peft.hf_format import load_peft_lora, save_peft_lora
 from lmforge.peft.lora import Lora, LoraConfig, LoraLinear
-
-VOCAB, T = 61, 10
-BACKENDS = ["native", "hf"]
-
-
-def make(backend: str, width: int = 64, layers: int = 2) -> nn.Module:
-    """A tiny model with fixed weights: the same call gives the same model."""
-    torch.manual_seed(0)
-    if backend == "native":
-        model = CausalLM(preset("tiny", vocab_size=VOCAB, d_model=width, n_layer=layers))
-    else:
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
-        )
-        model = LlamaForCausalLM(config)
-    return model.eval()
-
-
-def ids(batch: int = 2) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, T), generator=torch.Generator().manual_seed(1))
-
-
-def logits(model: nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids()).logits
 
 
 def randomize(method: Lora, seed: int = 2, std: float = 0.1) -> None:

@@ -46,19 +46,6 @@ from lmforge.train.metrics import MetricsLog, plot_losses
 from lmforge.train.schedule import lr_at
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
 
-__all__ = [
-    "BatchSource",
-    "Objective",
-    "TrainConfig",
-    "TrainResult",
-    "TrainState",
-    "build_optimizer",
-    "default_objective",
-    "evaluate",
-    "seed_everything",
-    "train",
-]
-
 
 def seed_everything(seed: int) -> None:
     """Seed python `random`, numpy and torch (all devices)."""
