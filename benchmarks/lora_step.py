@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from lmforge.train import default_objective  # the loop's own: the loss only
+
 SECTION = "## LoRA training step"
 MODEL = "smollm2-135m-instruct"
 
@@ -68,7 +70,7 @@ def child(side: str, args: argparse.Namespace) -> None:
     times, losses = [], []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = default_objective(model, {"input_ids": batch, "labels": batch})
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

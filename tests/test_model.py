@@ -1,9 +1,11 @@
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
-from lmforge.model import CausalLM, KVCache, ModelConfig, preset
+from lmforge.model import CausalLM, KVCache, ModelConfig, loss_only, preset
 from lmforge.model.attention import apply_rope
 
 V = 97
@@ -19,6 +21,7 @@ def tokens(B=2, T=12, seed=1):
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
+@torch.no_grad()
 def test_shapes_and_loss_is_shifted_cross_entropy(model):
     x = tokens()
     out = model(x, labels=x)
@@ -29,6 +32,45 @@ def test_shapes_and_loss_is_shifted_cross_entropy(model):
     labels[:, :6] = -100
     masked = F.cross_entropy(out.logits[:, 5:-1].reshape(-1, V), x[:, 6:].reshape(-1))
     assert torch.allclose(model(x, labels=labels).loss, masked)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_training_loss_fuses_the_head_without_changing_loss_or_gradients(tied):
+    torch.manual_seed(0)
+    model = CausalLM(preset("tiny", vocab_size=V, tie_embeddings=tied))
+    x = tokens(B=3, T=11)
+    labels = x.clone()
+    labels[1, :4] = -100
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        with loss_only(model) if fused else contextlib.nullcontext():
+            out = model(x, labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((out.logits, out.loss.detach(), grads))
+    (fused_logits, fused_loss, fused_grads), (logits, loss, grads) = results
+    assert fused_logits is None and logits.shape == (3, 11, V)
+    assert model.fused_loss is False  # loss_only restores the model afterwards
+    assert torch.allclose(fused_loss, loss, atol=1e-6)
+    for name, grad in grads.items():
+        assert torch.allclose(fused_grads[name], grad, atol=1e-6), name
+
+
+def test_fused_loss_in_small_chunks_equals_one_chunk():
+    from lmforge.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(2, 9, 16, requires_grad=True)
+    w = torch.randn(V, 16)  # a frozen head: no weight gradient is computed
+    labels = torch.randint(0, V, (2, 9))
+    one = linear_cross_entropy(h, w, labels, chunk_rows=64)
+    (g_one,) = torch.autograd.grad(one, h)
+    small = linear_cross_entropy(h, w, labels, chunk_rows=5)
+    (g_small,) = torch.autograd.grad(small, h)
+    assert torch.allclose(one, small) and torch.allclose(g_one, g_small, atol=1e-7)
+    reference = F.cross_entropy((h @ w.t())[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
+    assert torch.allclose(one, reference, atol=1e-6)
 
 
 def test_kv_cache_gives_the_same_logits_as_one_pass(model):
@@ -167,3 +209,16 @@ def test_logits_to_keep_returns_only_the_last_positions(model):
     x = tokens()
     kept = model(x, logits_to_keep=1).logits
     assert kept.shape == (2, 1, V) and torch.allclose(kept, model(x).logits[:, -1:], atol=1e-5)
+
+
+def test_silu_mul_gradients_match_autograd_of_the_plain_expression():
+    from lmforge.model.mlp import silu_mul
+
+    g = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(silu_mul, (g, u))
+    (F.silu(g) * u).sum().backward()
+    expected = g.grad.clone(), u.grad.clone()
+    g.grad = u.grad = None
+    silu_mul(g, u).sum().backward()
+    assert torch.allclose(g.grad, expected[0]) and torch.allclose(u.grad, expected[1])

@@ -57,7 +57,7 @@ def runs(
     return [
         Run("zero-shot", "none"),
         Run("discrete prompt", "none", template=HANDWRITTEN, group="prompts"),
-        Run("full", "full", lr=2e-5),
+        Run("full", "full", lr=5e-5),
         Run("lora", "lora", {"r": 8, "alpha": 16}),
         Run("adapter", "adapter", {"bottleneck": 16}),
         Run("bitfit", "bitfit", lr=1e-3),
@@ -116,7 +116,7 @@ def runs(
 def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return dict(max_length=48, max_train=16, max_eval=10, steps=3, batch=2)
-    return dict(max_length=128, max_train=640, max_eval=0, steps=60, batch=8)
+    return dict(max_length=96, max_train=320, max_eval=0, steps=40, batch=8)
 
 
 def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:

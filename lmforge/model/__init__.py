@@ -2,6 +2,6 @@
 
 from lmforge.model.attention import KVCache
 from lmforge.model.config import ModelConfig, preset
-from lmforge.model.gpt import CausalLM, CausalLMOutput
+from lmforge.model.gpt import CausalLM, CausalLMOutput, loss_only
 
-__all__ = ["CausalLM", "CausalLMOutput", "KVCache", "ModelConfig", "preset"]
+__all__ = ["CausalLM", "CausalLMOutput", "KVCache", "ModelConfig", "loss_only", "preset"]

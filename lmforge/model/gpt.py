@@ -15,6 +15,8 @@ The call follows transformers' convention too:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +30,7 @@ from lmforge.model.attention import (
     with_split_linears,
 )
 from lmforge.model.config import ModelConfig
-from lmforge.model.loss import IGNORE_INDEX, causal_lm_loss
+from lmforge.model.loss import IGNORE_INDEX, causal_lm_loss, linear_cross_entropy
 from lmforge.model.mlp import RMSNorm, SwiGLU
 
 __all__ = ["IGNORE_INDEX", "CausalLM", "CausalLMOutput"]
@@ -104,6 +106,7 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.fused_loss = False  # see _fuse_head_and_loss and loss_only
         self.model = Decoder(config)
         self.lm_head = SplitLinear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -158,9 +161,20 @@ class CausalLM(nn.Module):
             cache.advance(T)
         if logits_to_keep:  # generation needs only the last positions' logits
             x = x[:, -logits_to_keep:]
-        logits = self.lm_head(self.model.norm(x))  # (B, T, V)
+        x = self.model.norm(x)
+        if labels is not None and self._fuse_head_and_loss():
+            loss = linear_cross_entropy(x, self.lm_head.weight, labels)
+            return CausalLMOutput(loss, None, cache if use_cache else None)
+        logits = self.lm_head(x)  # (B, T, V)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(loss, logits, cache if use_cache else None)
+
+    def _fuse_head_and_loss(self) -> bool:
+        """Inside `loss_only(model)` and with gradients on, a call with labels computes the loss
+        with the head chunk by chunk and never builds the full logits (out.logits is None)."""
+        head = self.lm_head
+        plain = isinstance(head, nn.Linear) and head.bias is None and not head._forward_hooks
+        return self.fused_loss and plain and torch.is_grad_enabled()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
@@ -173,3 +187,19 @@ class CausalLM(nn.Module):
         n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         forward = 2 * n_matmul + 2 * c.n_layer * seq_len * c.n_head * c.head_dim
         return 3 * forward if training else forward
+
+
+@contextmanager
+def loss_only(model: nn.Module) -> Iterator[None]:
+    """Within this block, native models called with labels return only the loss and compute
+    it without materialising the (B, T, V) logits (see loss.linear_cross_entropy). The
+    training loop's default objective uses it; any other model passes through unchanged."""
+    natives = [m for m in model.modules() if isinstance(m, CausalLM)]
+    before = [m.fused_loss for m in natives]
+    for m in natives:
+        m.fused_loss = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(natives, before):
+            m.fused_loss = flag

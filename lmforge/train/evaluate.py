@@ -16,13 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import DataError
+from lmforge.model import loss_only
 from lmforge.train.config import autocast
 from lmforge.train.state import Batch, Objective
 
 
 def default_objective(model: nn.Module, batch: Batch) -> Tensor:
-    """The language-modelling loss the model computes from `labels`."""
-    loss = model(**batch).loss
+    """The language-modelling loss the model computes from `labels` (only the loss: native
+    models then skip building the full logits)."""
+    with loss_only(model):
+        loss = model(**batch).loss
     if loss is None:
         raise DataError("the batch has no 'labels', so the model returned no loss; add labels")
     return loss
