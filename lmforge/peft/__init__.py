@@ -12,6 +12,7 @@ from lmforge.peft import (  # noqa: F401  (importing registers the methods)
 )
 from lmforge.peft.base import METHODS, DeltaMethod, apply, build, load_delta, register
 from lmforge.peft.inject import count_parameters, default_targets, freeze, match_targets
+from lmforge.peft.loading import load_adapter
 
 __all__ = [
     "METHODS",
@@ -21,6 +22,7 @@ __all__ = [
     "count_parameters",
     "default_targets",
     "freeze",
+    "load_adapter",
     "load_delta",
     "match_targets",
     "register",

@@ -16,6 +16,11 @@ def add_sampling_args(p: argparse.ArgumentParser, temperature: float = 0.8) -> N
         help="an embedded model name or a model directory (e.g. runs/NAME/model)",
     )
     p.add_argument("--backend", default="native", help="native | hf (keep transformers' model)")
+    p.add_argument(
+        "--adapter",
+        default="",
+        help="a trained delta: a finetune run directory, its delta/ or a peft adapter directory",
+    )
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
@@ -40,9 +45,18 @@ def sampling_from_args(args: argparse.Namespace, stop: list[str] = ()) -> Sampli
 
 
 def load_for_generation(args: argparse.Namespace):
+    """The model (with its adapter applied, and merged where the method allows) and tokenizer."""
     from lmforge.hub import load_model, load_tokenizer
 
-    return load_model(args.model, backend=args.backend).eval(), load_tokenizer(args.model)
+    model = load_model(args.model, backend=args.backend)
+    if getattr(args, "adapter", ""):
+        from lmforge.peft.loading import load_adapter
+
+        delta = load_adapter(args.adapter, model)
+        if delta.mergeable:
+            delta.merge()  # no added latency while generating
+        model = delta.model
+    return model.eval(), load_tokenizer(args.model)
 
 
 def run_generate(args: argparse.Namespace) -> str:

@@ -1,0 +1,50 @@
+"""One entry point for every saved delta: `load_adapter(path, model)`.
+
+    path/                          what it holds                      read by
+    ├─ delta_config.json           a delta saved by lmforge           base.load_delta
+    ├─ delta/delta_config.json     a `lmforge finetune` run directory  base.load_delta
+    └─ adapter_config.json         a Hugging Face PEFT adapter         hf_format / hf_virtual
+
+`lmforge generate|chat|eval --adapter PATH` all come through here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from lmforge.errors import CheckpointError
+from lmforge.peft.base import CONFIG_FILE, DeltaMethod, load_delta
+
+
+def _peft_type(directory: Path) -> str:
+    try:
+        return str(json.loads((directory / "adapter_config.json").read_text())["peft_type"])
+    except (json.JSONDecodeError, KeyError, OSError) as e:
+        raise CheckpointError(
+            f"{directory / 'adapter_config.json'}: unreadable or without peft_type ({e})"
+        ) from None
+
+
+def load_adapter(path: str | Path, model: nn.Module) -> DeltaMethod:
+    """Apply the delta saved at `path` (see the module docstring) to `model`."""
+    from lmforge.peft.hf_format import load_peft_lora
+    from lmforge.peft.hf_virtual import load_peft_virtual
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"adapter {directory} does not exist or is not a directory")
+    if (directory / CONFIG_FILE).exists():
+        return load_delta(directory, model)
+    if (directory / "delta" / CONFIG_FILE).exists():
+        return load_delta(directory / "delta", model)
+    if (directory / "adapter_config.json").exists():
+        if _peft_type(directory) == "LORA":
+            return load_peft_lora(directory, model)
+        return load_peft_virtual(directory, model)
+    raise CheckpointError(
+        f"{directory} holds no adapter: expected {CONFIG_FILE} (a saved delta), "
+        f"delta/{CONFIG_FILE} (a finetune run directory) or adapter_config.json (peft)"
+    )
