@@ -222,3 +222,21 @@ def test_silu_mul_gradients_match_autograd_of_the_plain_expression():
     g.grad = u.grad = None
     silu_mul(g, u).sum().backward()
     assert torch.allclose(g.grad, expected[0]) and torch.allclose(u.grad, expected[1])
+
+
+def test_split_linear_blocks_follow_the_weight_and_carry_gradients():
+    from lmforge.model.attention import SplitLinear, split_linear
+
+    torch.manual_seed(0)
+    layer = SplitLinear(8, 6, bias=False)
+    x = torch.randn(1, 8)
+    with torch.no_grad():
+        fresh = lambda: split_linear(x, layer.weight, None, layer.splits())  # noqa: E731
+        assert torch.equal(layer(x), fresh())
+        layer.weight.mul_(2)  # in place: the cut view sees it
+        assert torch.equal(layer(x), fresh())
+        layer.weight = torch.nn.Parameter(torch.randn(6, 8))  # replaced: cut again
+        assert torch.equal(layer(x), fresh())
+        assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-6)
+    layer(x).sum().backward()  # few rows with grad on: the weight still gets its gradient
+    assert torch.allclose(layer.weight.grad, x.expand(6, 8))

@@ -111,6 +111,7 @@ def test_schedule_values():
         ({"precision": "fp8"}, "train.precision"),
         ({"beta2": 1.0}, "train.beta2"),
         ({"device": "toaster"}, "train.device"),
+        ({"optimizer": "sgd"}, "train.optimizer"),
     ],
 )
 def test_config_validation_names_the_field(changes, field):
@@ -178,9 +179,15 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
 # ---------------------------------------------------------------- exact resume
 
 
-def test_resume_is_bitwise_exact(tmp_path):
+PAGED = {"page_bytes": 4096, "max_resident_bytes": 8192}  # 2 pages resident: pages move
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit", "paged_adamw"])
+def test_resume_is_bitwise_exact(tmp_path, optimizer):
     # log_every=3: the step-4 checkpoint holds a half-filled loss average for the step-6 line.
+    options = {**PAGED, "page_dir": str(tmp_path)} if optimizer == "paged_adamw" else {}
     cfg = config(max_steps=8, grad_accum=2, save_every=2, keep_last=2, eval_every=4, log_every=3)
+    cfg.optimizer, cfg.optimizer_options = optimizer, options
     straight = Recorder()
     whole = make_model(dropout=0.1)
     expected = train(
@@ -229,6 +236,19 @@ def test_resume_is_bitwise_exact(tmp_path):
         "step-00000006",
         "step-00000008",
     ]
+
+
+def test_paged_adamw_in_the_loop_trains_exactly_like_adamw(tmp_path):
+    cfg = config(max_steps=4, save_every=0, eval_every=0)
+    models = []
+    for optimizer in ("adamw", "paged_adamw"):
+        cfg.optimizer = optimizer
+        cfg.optimizer_options = {**PAGED, "page_dir": str(tmp_path)} if "paged" in optimizer else {}
+        models.append(make_model())
+        train(models[-1], RandomTokens(), cfg, tmp_path / optimizer, progress=False)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(a, b), name
+    assert not list(tmp_path.glob("*.pages"))  # the loop closed the optimizer: file removed
 
 
 def test_resume_drops_metrics_after_the_checkpoint(tmp_path):

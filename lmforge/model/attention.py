@@ -61,6 +61,12 @@ def naive_attention(
     return weights @ v  # (B, nh, T, hd)
 
 
+def weight_blocks(weight: Tensor, splits: int) -> Tensor:
+    """W (N, K) as `splits` blocks of rows, transposed for a batched product: (s, K, N/s)."""
+    N, K = weight.shape
+    return weight.view(splits, N // splits, K).transpose(1, 2)  # a view
+
+
 def split_linear(x: Tensor, weight: Tensor, bias: Tensor | None, splits: int) -> Tensor:
     """F.linear(x, weight, bias) with W's rows cut into `splits` blocks, one per thread.
 
@@ -70,8 +76,13 @@ def split_linear(x: Tensor, weight: Tensor, bias: Tensor | None, splits: int) ->
     output is still the same dot product (bit for bit with MKL's F.linear), and a decode
     step of SmolLM2 gets ~1.5x faster.
     """
-    N, K = weight.shape
-    blocks = weight.view(splits, N // splits, K).transpose(1, 2)  # (s, K, N/s), a view
+    return blocks_linear(x, weight_blocks(weight, splits), bias)
+
+
+def blocks_linear(x: Tensor, blocks: Tensor, bias: Tensor | None) -> Tensor:
+    """`split_linear` with the blocks (s, K, N/s) already cut."""
+    splits, K, n = blocks.shape
+    N = splits * n
     rows = x.reshape(-1, K)  # (M, K)
     if bias is None:
         y = torch.matmul(rows, blocks)  # (s, M, N/s): the rows meet every block
@@ -86,12 +97,25 @@ class SplitLinear(nn.Linear):
     split_rows = 16  # at most this many rows (batch × new tokens) take the split path
     block_numel = 1 << 19  # blocks of at most this many weights: a large head runs ~1.4x faster
 
+    _blocks: tuple[tuple[int, int], Tensor] | None = None  # (weight's address, threads), view
+
     def forward(self, x: Tensor) -> Tensor:
         if x.numel() <= self.split_rows * self.in_features:
-            splits = self.splits()
-            if splits > 1:
-                return split_linear(x, self.weight, self.bias, splits)
+            blocks = self.blocks()
+            if blocks.shape[0] > 1:
+                return blocks_linear(x, blocks, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def blocks(self) -> Tensor:
+        """The weight's blocks for this thread count, cut once (a view: in-place updates of the
+        weight show through; a replaced weight has another address and is cut again). While
+        the weight needs a gradient the view is cut afresh, so autograd records it."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return weight_blocks(self.weight, self.splits())
+        key = (self.weight.data_ptr(), torch.get_num_threads())
+        if self._blocks is None or self._blocks[0] != key:
+            self._blocks = (key, weight_blocks(self.weight, self.splits()))
+        return self._blocks[1]
 
     def splits(self) -> int:
         """One block per thread, twice as many while blocks are too large; a divisor of N."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # final lr as a fraction of lr (cosine and linear decay)
     warmup_steps: int = 100  # linear warmup from 0 to lr over this many updates
     schedule: str = "cosine"  # lr schedule after warmup: cosine | linear | constant
+    optimizer: str = "adamw"  # adamw | adamw8bit (8-bit moments) | paged_adamw (moments paged)
+    optimizer_options: dict = field(default_factory=dict)  # extra options, e.g. {page_dir: /d}
     weight_decay: float = 0.1  # AdamW decoupled decay, on tensors with dim >= 2 only
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.95  # AdamW second-moment decay
@@ -82,10 +84,13 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             raise ConfigError(f"train.eps must be positive, got {self.eps}")
-        for field, registry in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
-            if getattr(self, field) not in registry:
+        from lmforge.quant.optim import OPTIMIZERS
+
+        checked = (("schedule", SCHEDULES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS))
+        for name, registry in checked:
+            if getattr(self, name) not in registry:
                 raise ConfigError(
-                    f"train.{field} {getattr(self, field)!r} is unknown; choose from "
+                    f"train.{name} {getattr(self, name)!r} is unknown; choose from "
                     f"{registry.names()}"
                 )
         if self.device != "auto":

@@ -54,8 +54,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; weight decay only on matrices (not norms or biases)."""
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """train.optimizer (an AdamW: fp32, 8-bit or paged) over trainable parameters; weight decay
+    only on matrices (not norms or biases)."""
+    from lmforge.quant.optim import build_optimizer as make_optimizer
+
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(
@@ -69,14 +72,21 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         for group, wd in ((decay, config.weight_decay), (no_decay, 0.0))
         if group
     ]
-    return torch.optim.AdamW(
-        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps
+    return make_optimizer(
+        config.optimizer,
+        groups,
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        **config.optimizer_options,
     )
 
 
 def _count_tokens(batch: Batch) -> int:
     mask = batch.get("attention_mask")
-    return int(mask.sum()) if isinstance(mask, Tensor) else batch["input_ids"].numel()
+    if isinstance(mask, Tensor) and mask.dim() == 2:  # a padding mask: count the real tokens
+        return int(mask.sum())
+    return batch["input_ids"].numel()  # no mask, or a (B, 1, T, T) mask over packed rows
 
 
 class _Run:
@@ -283,6 +293,8 @@ class _Run:
         finally:
             bar.close()
             self.metrics.close()
+            if hasattr(self.optimizer, "close"):  # a paged optimizer removes its page file
+                self.optimizer.close()
         seconds = time.perf_counter() - self.t0
         return TrainResult(
             step=s.step,
