@@ -117,6 +117,29 @@ def _finetune(args: argparse.Namespace) -> None:
     print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.eval import EvalConfig
+
+    add_config_flags(p, EvalConfig, {})
+
+
+@verb(
+    "eval",
+    "score a model on a task (few-shot, calibrated, chain-of-thought) or its perplexity",
+    _eval_args,
+)
+def _eval(args: argparse.Namespace) -> None:
+    from lmforge.recipes.eval import load_config, run_eval, task_listing
+
+    cfg = load_config(args.config, config_overrides(args))
+    if cfg.task == "list":
+        print(task_listing())
+        return
+    result = run_eval(cfg)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    print(f"{result.task}: {shown} (n={result.n}); results written to {cfg.out}")
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     from lmforge.recipes.generate import add_sampling_args
 
@@ -171,6 +194,19 @@ def _tokenizer(args: argparse.Namespace) -> None:
     sample = texts[0][:200]
     ratio = len(sample.encode()) / max(1, len(tokenizer.encode(sample)))
     print(f"wrote {args.out}: {tokenizer.vocab_size} tokens, ~{ratio:.1f} bytes per token")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.data import add_data_args
+
+    add_data_args(p)
+
+
+@verb("data", "instruction data: `lmforge data stats|build|import ...`", _data_args)
+def _data(args: argparse.Namespace) -> None:
+    from lmforge.recipes.data import run_data
+
+    run_data(args)
 
 
 @verb("assets", "list the embedded models and corpora and whether they verify", lambda p: None)

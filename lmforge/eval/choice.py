@@ -1,0 +1,132 @@
+"""Choice tasks: every label is scored by the log-likelihood of its words after the prompt.
+
+    prompt_i   = format.render(query_i, demonstrations_i)
+    score(i,c) = log Σ_w exp(norm(log p(answer(w) | prompt_i)))    w: the words of label c
+    p_i        = softmax_c score(i, ·)
+    calibrate: the same prompt with content-free queries ("N/A", "[MASK]", "") gives p_cf_i,
+               and q_i = softmax(p_i / p_cf_i)   (Zhao et al., 2021)
+    prediction = argmax_c
+
+With "sum" normalisation and one word per label, p_i is the label words' probability
+renormalised over the labels, as in Zhao et al.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lmforge.errors import ConfigError, DataError
+from lmforge.eval.base import RUNNERS, EvalSettings, Task, TaskResult, select_demos, task_samples
+from lmforge.eval.loglik import choice_scores
+from lmforge.eval.metrics import mean_metric
+from lmforge.prompting.calibration import CONTENT_FREE, ContextualCalibration, content_free_fields
+from lmforge.prompting.template import PromptFormat, Verbalizer
+from lmforge.tokenizer import Tokenizer
+
+
+def class_scores(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompts: list[str],
+    fmt: PromptFormat,
+    verbalizer: Verbalizer,
+    s: EvalSettings,
+    progress: bool = False,
+) -> Tensor:
+    """(N, C) log-scores of each label after each prompt (log-sum-exp over its words)."""
+    words = [
+        (c, fmt.answer_text(w))
+        for c, lab in enumerate(verbalizer.labels)
+        for w in verbalizer.words[lab]
+    ]
+    flat = choice_scores(
+        model,
+        tokenizer,
+        prompts,
+        [[text for _, text in words]] * len(prompts),
+        normalize=s.normalize,
+        batch_size=s.batch_size,
+        max_length=s.max_length,
+        progress=progress,
+    )
+    per_word = torch.tensor(flat, dtype=torch.float64).view(len(prompts), len(words))  # (N, W)
+    owner = torch.tensor([c for c, _ in words])  # (W,)
+    columns = [per_word[:, owner == c].logsumexp(dim=-1) for c in range(len(verbalizer.labels))]
+    return torch.stack(columns, dim=-1)  # (N, C)
+
+
+def calibrated(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    scores: Tensor,
+    shown: list[list],
+    task: Task,
+    s: EvalSettings,
+) -> Tensor:
+    """(N, C) calibrated probabilities; content-free prompts keep each example's demos."""
+    fmt = task.format
+    cf_prompts = [
+        fmt.render(content_free_fields(fmt.template.fields, text), demos)
+        for demos in shown
+        for text in CONTENT_FREE
+    ]  # identical prompts (shared demonstrations) are scored once
+    cf = class_scores(model, tokenizer, cf_prompts, fmt, task.verbalizer, s)
+    cf = cf.view(len(shown), len(CONTENT_FREE), -1)  # (N, N_cf, C)
+    rows = [ContextualCalibration.fit(cf[i])(scores[i : i + 1])[0] for i in range(len(shown))]
+    return torch.stack(rows)  # (N, C)
+
+
+def run_choice(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    task: Task,
+    s: EvalSettings,
+    *,
+    embed: Callable | None = None,
+    progress: bool = False,
+) -> TaskResult:
+    """Accuracy (and the task's other metrics) of the best-scoring label per example."""
+    if task.verbalizer is None:
+        raise ConfigError(f"choice task {task.name!r} has no verbalizer")
+    start = time.time()
+    test, pool = task_samples(task, tokenizer, s)
+    labels = task.verbalizer.labels
+    for x in test:
+        if x.target not in labels:
+            raise DataError(f"{x.origin}: label {x.target!r} is not one of {labels}")
+    demos = select_demos(task, test, pool, s, embed)
+    shown = [[(d, task.verbalizer.word(d.target)) for d in ds] for ds in demos]
+    prompts = [task.format.render(q.fields, sh) for q, sh in zip(test, shown)]
+    scores = class_scores(model, tokenizer, prompts, task.format, task.verbalizer, s, progress)
+    probs = scores.softmax(dim=-1)  # (N, C)
+    if s.calibrate:
+        probs = calibrated(model, tokenizer, scores, shown, task, s)
+    predicted = [labels[int(i)] for i in probs.argmax(dim=-1)]
+    targets = [x.target for x in test]
+    records = [
+        {
+            "origin": x.origin,
+            "target": x.target,
+            "prediction": p,
+            "correct": p == x.target,
+            "probabilities": dict(zip(labels, [round(float(v), 6) for v in row])),
+        }
+        for x, p, row in zip(test, predicted, probs)
+    ]
+    return TaskResult(
+        task=task.name,
+        metrics={m: mean_metric(m, predicted, targets) for m in task.metrics},
+        n=len(test),
+        seconds=time.time() - start,
+        settings=dataclasses.asdict(s),
+        predictions=records,
+        example_prompt=prompts[0] if prompts else "",
+    )
+
+
+RUNNERS.add("choice", run_choice)

@@ -1,0 +1,89 @@
+"""The built-in tasks; importing lmforge.eval registers them.
+
+bbc-news           choice      BBC News topics (the fixed split of data/labelled.py):
+                               test = the 225 test articles, demonstrations = train
+arithmetic-1/2/3   generate    word problems with 1, 2 or 3 operations: 100 test problems
+arithmetic                     per level (seed 0), 100 demonstrations per level (seed 1,
+                               minus any test question); "arithmetic" mixes the levels
+ppl-shakespeare    perplexity  Shakespeare's works (data/corpora.py)
+ppl-peoples-daily  perplexity  People's Daily, January 1998
+perplexity         perplexity  any corpus name, file or folder given as `data`
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from lmforge.eval.arithmetic import LEVELS, problem_samples
+from lmforge.eval.base import Task, register_task
+from lmforge.prompting.template import PromptFormat, Sample, Template, Verbalizer
+
+BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
+BBC_FORMAT = PromptFormat(
+    Template("Article: {text}\nTopic:"),
+    instruction=(
+        "Classify the topic of each news article as business, entertainment, politics, "
+        "sport or tech."
+    ),
+)
+ARITHMETIC_FORMAT = PromptFormat(Template("Question: {question}\nAnswer:"))
+PER_LEVEL = 100
+
+
+def _bbc(split: str) -> list[Sample]:
+    from lmforge.data.labelled import load_labelled
+
+    return [
+        Sample({"text": e.text}, e.label, origin=e.origin) for e in load_labelled("bbc-news", split)
+    ]
+
+
+register_task(
+    Task(
+        name="bbc-news",
+        kind="choice",
+        description="BBC News topic of an article (5 labels), scored by label-word likelihood",
+        test=lambda: _bbc("test"),
+        pool=lambda: _bbc("train"),
+        format=BBC_FORMAT,
+        verbalizer=Verbalizer.identity(BBC_LABELS),
+        metrics=("accuracy",),
+        long_field="text",
+        truncate=128,
+    )
+)
+
+
+@cache
+def _arithmetic(levels: tuple[int, ...], split: str) -> tuple[Sample, ...]:
+    test = problem_samples(PER_LEVEL, levels, seed=0)
+    if split == "test":
+        return tuple(test)
+    asked = {s.fields["question"] for s in test}
+    return tuple(problem_samples(PER_LEVEL, levels, seed=1, exclude=asked))
+
+
+def _arithmetic_task(name: str, levels: tuple[int, ...], what: str) -> Task:
+    return Task(
+        name=name,
+        kind="generate",
+        description=f"arithmetic word problems, {what}; exact numeric answer",
+        test=lambda: list(_arithmetic(levels, "test")),
+        pool=lambda: list(_arithmetic(levels, "pool")),
+        format=ARITHMETIC_FORMAT,
+        metrics=("accuracy",),
+        extract="first-number",
+        stop=("\n",),
+        cot_stop=("\n\n", "Question:"),
+        max_new_tokens=8,
+        cot_new_tokens=80,
+    )
+
+
+for _level in LEVELS:
+    register_task(_arithmetic_task(f"arithmetic-{_level}", (_level,), f"{_level} operation(s)"))
+register_task(_arithmetic_task("arithmetic", LEVELS, "levels 1-3 mixed"))
+
+for _name, _corpus in [("ppl-shakespeare", "shakespeare"), ("ppl-peoples-daily", "peoples-daily")]:
+    register_task(Task(_name, "perplexity", f"perplexity on the {_corpus} corpus", corpus=_corpus))
+register_task(Task("perplexity", "perplexity", "perplexity on `data`: a corpus, file or folder"))
