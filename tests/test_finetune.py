@@ -47,6 +47,7 @@ def finetune_args(model_dir, data, run_dir, method, *extra):
         ("lora", ["--delta.r=4"]),
         ("adapter", ["--delta.bottleneck", "8"]),
         ("bitfit", []),
+        ("qlora", ["--delta.r=4", "--train.optimizer=paged_adamw"]),
         ("none", []),
         ("full", []),
     ],

@@ -21,6 +21,7 @@ CASES = {  # method → config; every registered method must appear here
     "prefix": {"num_virtual_tokens": 4},
     "ptuning": {"num_virtual_tokens": 4},
     "ptuning2": {"num_virtual_tokens": 4},
+    "qlora": {"r": 4},
 }
 
 

@@ -9,6 +9,7 @@ from lmforge.peft import (  # noqa: F401  (importing registers the methods)
     prompt_tuning,
     ptuning,
     ptuning_v2,
+    qlora,
 )
 from lmforge.peft.base import METHODS, DeltaMethod, apply, build, load_delta, register
 from lmforge.peft.inject import count_parameters, default_targets, freeze, match_targets

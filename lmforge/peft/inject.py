@@ -88,9 +88,12 @@ def freeze(model: nn.Module) -> None:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total), counting shared tensors once."""
+    """(trainable, total), counting shared tensors once and a quantized layer's weight as the
+    in × out parameters it stands for (its packed codes are buffers)."""
     unique = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+    packed = sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "qweight"))
+    trainable = sum(p.numel() for p in unique if p.requires_grad)
+    return trainable, sum(p.numel() for p in unique) + packed
 
 
 def float_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -1,0 +1,82 @@
+"""QLoRA: LoRA on a 4-bit NormalFloat base (Dettmers et al., 2023).
+
+The paper's recipe, in lmforge's pieces:
+
+    every linear layer but the head ──quantize_model──► NF4Linear (4-bit codes, block 64,
+                                                        constants double-quantized: 4.127 bits)
+    LoRA on every linear layer (all-linear) ──► LoraLinear(NF4Linear) ── only A, B train
+
+    y = dequant(W_nf4) x + (α / r) · B A x        dequantized on the fly, in the compute dtype
+
+The third idea of the paper, paged optimizers, is an optimizer choice of the training loop
+(`train.optimizer: paged_adamw`, lmforge/quant/paged.py), not part of the model.
+
+A saved QLoRA delta holds only A and B: loading it quantizes the same base again
+(quantization is deterministic) and puts the same low-rank weights on top. Merging B A into
+4-bit weights would re-round them, so the method is not mergeable; dequantize to merge.
+At initialisation the model computes the *quantized* base's output, not the float base's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from lmforge.errors import ConfigError
+from lmforge.peft.base import DeltaMethod, register
+from lmforge.peft.inject import match_targets
+from lmforge.peft.lora import Lora, LoraConfig
+
+
+@dataclass
+class QloraConfig:
+    r: int = 8  # rank of the update B·A
+    alpha: float = 16.0  # numerator of the scaling α/r (α/√r with rslora)
+    dropout: float = 0.0  # dropout on the input of the low-rank path (the paper: 0.05-0.1)
+    targets: list[str] | str | None = "all-linear"  # LoRA targets; the paper adapts all linears
+    rslora: bool = False  # rank-stabilised scaling α/√r
+    init: str = "kaiming"  # initialisation of A: kaiming | gaussian
+    quant_type: str = "nf4"  # the base's 4-bit code book: nf4 | fp4 | int4
+    double_quant: bool = True  # quantize the block constants again (8 bits, blocks of 256)
+    blocksize: int = 64  # weights per absmax block
+
+    def lora(self) -> LoraConfig:
+        return LoraConfig(self.r, self.alpha, self.dropout, self.targets, self.rslora, self.init)
+
+    def validate(self) -> None:
+        self.lora().validate()
+        from lmforge.quant.codebooks import CODEBOOKS
+
+        if self.quant_type not in CODEBOOKS:
+            raise ConfigError(
+                f"qlora.quant_type {self.quant_type!r} is unknown; choose from {CODEBOOKS.names()}"
+            )
+        if self.blocksize <= 0:
+            raise ConfigError(f"qlora.blocksize must be positive, got {self.blocksize}")
+
+
+@register
+class Qlora(DeltaMethod):
+    """NF4 base (every linear but the head) + LoRA; only the low-rank matrices train."""
+
+    name = "qlora"
+    family = "reparameterization"
+    mergeable = False
+    identity_at_init = False  # the quantized base differs from the float one
+    Config = QloraConfig
+
+    def __init__(self, config: QloraConfig | None = None) -> None:
+        super().__init__(config)
+        self.lora = Lora(self.config.lora())
+        self.report = None  # the QuantReport of the base
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from lmforge.quant import quantize_model
+
+        c = self.config
+        targets = match_targets(model, c.targets)  # names first: the layers are swapped next
+        self.report = quantize_model(model, c.quant_type, c.double_quant, c.blocksize)
+        self.lora.config.targets = targets
+        self.model = self.lora.apply(model)
+        return self.model
