@@ -105,3 +105,31 @@ def test_example_batches_resume_exactly():
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     for _ in range(5):
         assert a.next_batch()["input_ids"].tolist() == b.next_batch()["input_ids"].tolist()
+
+
+@pytest.fixture(scope="module")
+def instructions(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "data.jsonl"
+    rows = [
+        {"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}
+        for w in ("be", "not", "the", "to", "or", "of", "and", "a")
+    ] * 3
+    rows.append({"instruction": "Broken", "output": ""})  # an empty answer: skipped, counted
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_sft_trains_on_instructions_and_saves_the_delta(
+    tiny_model_dir, instructions, tmp_path, pack, capsys
+):
+    run = tmp_path / "sft"
+    args = finetune_args(tiny_model_dir, instructions, run, "lora", "--task=sft")
+    args += ["--data.max_length=48", f"--data.pack={str(pack).lower()}", "--data.holdout=4"]
+    assert main(args) == 2  # the malformed record stops the run, naming its line
+    assert "data.jsonl:25" in capsys.readouterr().err
+    assert main([*args, "--data.skip_bad=true"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["records"] == 8 and results["skipped"] == 1 and results["duplicates"] == 16
+    assert results["train_examples"] == 6 and results["val_examples"] == 2
+    assert results["val_loss"] > 0 and (run / "delta" / "delta_config.json").exists()

@@ -4,6 +4,8 @@
                                                  ▲
          task=classification: labelled examples, verbalizer objective, test accuracy
          task=causal-lm:      a corpus in packed windows, next-token loss, perplexity
+         task=sft:            instruction data (lmforge/data/instruct.py) in the model's chat
+                              template, loss on assistant tokens only, optionally packed
 
 Checkpoints hold only the trainable tensors, so a LoRA run checkpoints and resumes its
 few thousand parameters, not the base model.
@@ -23,17 +25,20 @@ from lmforge.errors import ConfigError
 from lmforge.io import atomic_write_json
 from lmforge.train import TrainConfig, default_objective, train
 
-TASKS = ("classification", "causal-lm")
+TASKS = ("classification", "causal-lm", "sft")
 
 
 @dataclass
 class FinetuneDataConfig:
-    source: str = "bbc-news"  # classification: labelled dataset or JSONL; causal-lm: a corpus
+    source: str = "bbc-news"  # labelled dataset/JSONL; a corpus (causal-lm); instruction file(s)
     template: str = "{text}\nTopic:"  # classification prompt; {text} is the example's text
     labels: list[str] = field(default_factory=list)  # class names = label words (empty: from data)
     max_length: int = 256  # tokens per example (classification) or window (causal-lm)
     max_train: int = 0  # use at most this many training examples (0 = all)
     max_eval: int = 0  # score at most this many test examples (0 = all)
+    pack: bool = False  # sft: several examples per row, no attention across them
+    holdout: int = 20  # sft: every n-th record is held out for validation loss (0 = none)
+    skip_bad: bool = False  # sft: skip malformed records (counted) instead of failing
 
 
 @dataclass
@@ -155,6 +160,8 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
     results: dict[str, Any] = {"method": cfg.method, "trainable": trainable, "total": total}
     if cfg.task == "classification":
         data, val, test, objective, label_ids, labels = _classification_data(cfg, tokenizer)
+    elif cfg.task == "sft":
+        (data, val), objective = _sft_data(cfg, tokenizer, results), None
     else:
         (data, val), objective = _causal_lm_data(cfg, tokenizer, run_dir), None
     start = time.time()
@@ -192,3 +199,29 @@ def _causal_lm_data(cfg: FinetuneConfig, tokenizer, run_dir: Path):
         PackedBatches(train_tokens, n, bs, seed=cfg.train.seed),
         ValidationBatches(val_tokens, n, bs, max_batches=cfg.train.eval_batches),
     )
+
+
+def _sft_data(cfg: FinetuneConfig, tokenizer, results: dict[str, Any]):
+    """Training batches and validation batches of conversations; records what was read."""
+    from lmforge.data.instruct import read_instructions
+    from lmforge.data.sft import SFTBatches, collate_padded, encode_conversations
+
+    d, bs = cfg.data, cfg.train.batch_size
+    paths = [p for p in d.source.split(",") if p]
+    records = read_instructions(paths, skip_bad=d.skip_bad, dedup=True)
+    convs = _sample(records.records, d.max_train, cfg.train.seed)
+    examples, truncation = encode_conversations(convs, tokenizer, max_length=d.max_length)
+    held = [e for i, e in enumerate(examples) if d.holdout and i % d.holdout == 0]
+    train_ex = [e for i, e in enumerate(examples) if not (d.holdout and i % d.holdout == 0)]
+    results.update(
+        records=len(records),
+        skipped=len(records.skipped),
+        duplicates=records.duplicates,
+        truncated=truncation.truncated,
+        train_examples=len(train_ex),
+        val_examples=len(held),
+    )
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    train = SFTBatches(train_ex, bs, pad, pack=d.pack, max_length=d.max_length, seed=cfg.train.seed)
+    val = [collate_padded(held[i : i + bs], pad) for i in range(0, len(held), bs)] or None
+    return train, val
