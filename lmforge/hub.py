@@ -169,20 +169,27 @@ def ensure_converted(name: str = "smollm2-135m-instruct") -> Path:
     return cache
 
 
-def _load_native(path: Path, dtype: torch.dtype) -> nn.Module:
-    return load_hf_dir(path, dtype=dtype)
+def _load_native(path: Path, dtype: torch.dtype, quantize: dict | None) -> nn.Module:
+    return load_hf_dir(path, dtype=dtype, quantize=quantize)
 
 
-def _load_transformers(path: Path, dtype: torch.dtype) -> nn.Module:
+def _load_transformers(path: Path, dtype: torch.dtype, quantize: dict | None) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: transformers cannot load it ({e})") from None
+    if quantize is not None:  # after the fact: transformers loads the float weights first
+        from lmforge.quant import quantize_model
+
+        quantize_model(model, **quantize)
+    return model
 
 
-BACKENDS: Registry[Callable[[Path, torch.dtype], nn.Module]] = Registry("model backend")
+BACKENDS: Registry[Callable[[Path, torch.dtype, dict | None], nn.Module]] = Registry(
+    "model backend"
+)
 BACKENDS.add("native", _load_native)
 BACKENDS.add("hf", _load_transformers)
 
@@ -201,13 +208,19 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def load_model(
-    name_or_path: str | Path, backend: str = "native", dtype: torch.dtype = torch.float32
+    name_or_path: str | Path,
+    backend: str = "native",
+    dtype: torch.dtype = torch.float32,
+    quantize: dict | None = None,
 ) -> nn.Module:
     """An embedded model by name, or a local transformers directory, as a native CausalLM
-    (backend="native") or as the transformers model itself (backend="hf"), in eval mode."""
+    (backend="native") or as the transformers model itself (backend="hf"), in eval mode.
+
+    quantize: settings of `lmforge.quant.quantize_model`, e.g. {"quant_type": "nf4"}; every
+    linear layer but the head becomes an NF4Linear (natively, as it is read)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown model backend {backend!r}; choose from {BACKENDS.names()}")
-    return BACKENDS.get(backend)(resolve(name_or_path), dtype)
+    return BACKENDS.get(backend)(resolve(name_or_path), dtype, quantize)
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:

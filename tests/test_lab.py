@@ -55,3 +55,17 @@ def test_peft_compare_quick_on_smollm2(tmp_path):
     assert set(results) == {"zero-shot", "lora", "bitfit", "prompt"}
     assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["peak_rss_mb"] > 0 for r in results.values())
     assert results["lora"]["trainable"] == 460_800  # r=8 on q and v of 30 layers
+
+
+@pytest.mark.assets
+def test_qlora_quick_on_smollm2(tmp_path):
+    import json
+
+    text = run_experiment("qlora", tmp_path / "lab", quick=True).read_text()
+    assert "| NF4 + DQ | 4.127 |" in text and "failed" not in text
+    results = json.loads((tmp_path / "lab" / "results.json").read_text())
+    errors = {row[0]: row[1] for row in results["errors"]}
+    assert errors["NF4"] < errors["INT4"] < errors["FP4"]  # block 64, normal weights
+    ppl = results["perplexity"]
+    assert ppl["NF4 + DQ"]["perplexity"] < ppl["FP4"]["perplexity"]
+    assert set(results["finetune"]) == {"LoRA (fp32 base)", "QLoRA (NF4 + DQ base)"}

@@ -65,3 +65,18 @@ def test_bad_settings_and_merging_are_refused():
         peft.apply(native(), "qlora", {"quant_type": "nf3"})
     with pytest.raises(ConfigError, match="cannot be merged"):
         peft.apply(native(), "qlora", {"r": 4}).merge()
+
+
+def test_quantizing_while_loading_equals_quantizing_after(tiny_model_dir):
+    from lmforge.hub import load_model
+
+    delta = peft.build("qlora", {"r": 4, "quant_type": "fp4"})
+    loaded = load_model(tiny_model_dir, quantize=delta.quantization())
+    assert sum(isinstance(m, NF4Linear) for m in loaded.modules()) == 14
+    after = load_model(tiny_model_dir)
+    quantize_model(after, **delta.quantization())
+    with torch.no_grad():
+        assert torch.equal(loaded(ids()).logits, after(ids()).logits)
+    delta.apply(loaded)  # already quantized with its settings: kept as it is
+    with pytest.raises(ConfigError, match="already quantized"):
+        peft.apply(load_model(tiny_model_dir, quantize={"quant_type": "fp4"}), "qlora", {})

@@ -41,6 +41,7 @@ class Run:
     template: str = PLAIN
     lr: float = 1e-3
     group: str = "methods"  # which table of the report the run belongs to
+    train: dict[str, Any] = field(default_factory=dict)  # train.* overrides (e.g. optimizer)
 
 
 def runs(
@@ -149,6 +150,7 @@ def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
                 "save_every": s["steps"],
                 "log_every": 5,
                 "weight_decay": 0.0,
+                **run.train,
             },
         },
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -34,6 +34,7 @@ from lmforge.errors import CheckpointError, ConfigError
 from lmforge.io import atomic_write, atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
+from lmforge.model.weights import SafetensorsFile
 from lmforge.registry import Registry
 
 CONFIG_FILE = "config.json"
@@ -207,14 +208,19 @@ def _build(
     origin: str,
     dtype: torch.dtype,
     device: torch.device | str,
+    quantize: Callable[[CausalLM, str], None] | None = None,
 ) -> CausalLM:
     """A CausalLM whose parameters are the tensors `read(name)` returns; `where[name]` says
     which file holds each. The model is built on the meta device and never initialised:
     the checkpoint replaces every weight, and initialising 135M parameters costs seconds.
-    A tensor already in `dtype` on `device` is used as it is, without a copy."""
+    A tensor already in `dtype` on `device` is used as it is, without a copy. `quantize`,
+    if given, is called with each module name as soon as all its tensors are in, so a
+    quantized model never holds more than one float layer beyond what it keeps."""
     with torch.device("meta"):
         model = CausalLM(config)
-    for name, placeholder in _check_names(model, where, origin).items():
+    names = _check_names(model, where, origin)
+    pending = Counter(name.rpartition(".")[0] for name in names)  # tensors left per module
+    for name, placeholder in names.items():
         tensor = read(name)
         if tensor.shape != placeholder.shape:
             raise CheckpointError(
@@ -224,6 +230,9 @@ def _build(
         owner, _, attr = name.rpartition(".")
         tensor = tensor.to(device=device, dtype=dtype)
         setattr(model.get_submodule(owner), attr, torch.nn.Parameter(tensor))
+        pending[owner] -= 1
+        if quantize is not None and not pending[owner]:  # complete: quantize it right away
+            quantize(model, owner)
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # Non-persistent buffers (RoPE frequencies) are in no checkpoint; a one-layer twin built
@@ -231,7 +240,9 @@ def _build(
     twin = dict(CausalLM(config.replace(n_layer=1, vocab_size=1)).named_buffers())
     for name, _ in list(model.named_buffers()):
         owner, _, attr = name.rpartition(".")
-        value = twin[re.sub(r"layers\.\d+\.", "layers.0.", name)]
+        value = twin.get(re.sub(r"layers\.\d+\.", "layers.0.", name))
+        if value is None:  # a quantized layer's own buffers, already filled
+            continue
         setattr(model.get_submodule(owner), attr, value.to(device=device))
     return model
 
@@ -308,8 +319,12 @@ def load_hf_dir(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     max_seq_len: int | None = None,
+    quantize: dict[str, Any] | None = None,
 ) -> CausalLM:
     """A native CausalLM from a transformers directory (config.json + safetensors), in eval mode.
+
+    quantize: `lmforge.quant.quantize_model` settings (quant_type, double_quant, blocksize);
+    every linear layer but the head is quantized the moment it is read.
 
     The tensors are read straight from the safetensors files, one at a time, so
     no transformers model is built and peak memory stays near one model's worth.
@@ -321,8 +336,8 @@ def load_hf_dir(
         handles, where = {}, {}
         for file in files:
             try:
-                handle = stack.enter_context(safe_open(str(file), framework="pt"))
-            except (SafetensorError, OSError) as e:
+                handle = stack.enter_context(SafetensorsFile(file))
+            except CheckpointError as e:
                 raise CheckpointError(f"{file} is not a readable safetensors file ({e})") from None
             for name in handle.keys():  # noqa: SIM118 (a safetensors handle is no dict)
                 handles[name], where[name] = handle, str(file)
@@ -330,12 +345,25 @@ def load_hf_dir(
         def read(name: str) -> Tensor:
             try:
                 return handles[name].get_tensor(name)
-            except (SafetensorError, OSError, RuntimeError) as e:
+            except (CheckpointError, OSError, RuntimeError, ValueError) as e:
                 raise CheckpointError(f"{where[name]}: cannot read tensor {name!r} ({e})") from None
 
         origin = str(files[0] if len(files) == 1 else path)
-        model = _build(config, where, read, origin, dtype, device)
+        model = _build(config, where, read, origin, dtype, device, _quantizer(quantize))
     return model.eval()
+
+
+def _quantizer(settings: dict[str, Any] | None) -> Callable[[CausalLM, str], None] | None:
+    if settings is None:
+        return None
+    from lmforge.quant import quantize_model
+
+    def quantize(model: CausalLM, name: str) -> None:
+        module = model.get_submodule(name)
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            quantize_model(model, targets=[name], **settings)
+
+    return quantize
 
 
 # ------------------------------------------------------------------------------------ export

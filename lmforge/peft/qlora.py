@@ -71,12 +71,33 @@ class Qlora(DeltaMethod):
         self.lora = Lora(self.config.lora())
         self.report = None  # the QuantReport of the base
 
+    def quantization(self) -> dict:
+        """The base's quantize_model settings: pass them to `load_model(..., quantize=)` to
+        quantize while loading, which never holds the float model (apply then keeps it)."""
+        c = self.config
+        return {
+            "quant_type": c.quant_type,
+            "double_quant": c.double_quant,
+            "blocksize": c.blocksize,
+        }
+
     def apply(self, model: nn.Module) -> nn.Module:
-        from lmforge.quant import quantize_model
+        from lmforge.quant import NF4Linear, quantize_model
 
         c = self.config
         targets = match_targets(model, c.targets)  # names first: the layers are swapped next
-        self.report = quantize_model(model, c.quant_type, c.double_quant, c.blocksize)
+        quantized = [m for m in model.modules() if isinstance(m, NF4Linear)]
+        if not quantized:
+            self.report = quantize_model(model, **self.quantization())
+        else:
+            want = self.quantization()
+            for m in quantized:
+                have = {k: getattr(m, k) for k in want}
+                if have != want:
+                    raise ConfigError(
+                        f"the model is already quantized with {have}, not with this qlora "
+                        f"config's {want}; load it with the config's settings"
+                    )
         self.lora.config.targets = targets
         self.model = self.lora.apply(model)
         return self.model

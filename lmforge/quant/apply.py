@@ -140,18 +140,21 @@ def quantize_model(
             f"skip={list(skip)})"
         )
     report = QuantReport(quant_type, double_quant, blocksize)
-    weights: dict[str, Tensor] = {}
+    owners: dict[int, int] = {}  # id(parameter) → how many modules hold it
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
     for name in names:
         linear = model.get_submodule(name)
         layer = NF4Linear.from_linear(linear, quant_type, double_quant, blocksize)
-        replace_module(model, name, layer)
-        weights[name] = linear.weight
+        replace_module(model, name, layer)  # the float weight is freed here unless tied
+        if owners.get(id(linear.weight), 0) > 1:
+            report.tied.append(name)
         report.layers.append(name)
         report.parameters += linear.weight.numel()
         report.bytes_before += linear.weight.numel() * linear.weight.element_size()
         report.bytes_after += layer.storage_bytes()
-    held = {id(p) for p in model.parameters()}
-    report.tied = [name for name, weight in weights.items() if id(weight) in held]
+        del linear, layer
     return report
 
 

@@ -90,7 +90,10 @@ def prepare_model(cfg: FinetuneConfig):
     from lmforge import peft
     from lmforge.hub import load_model
 
-    model = load_model(cfg.model, backend=cfg.backend)
+    quantize = None
+    if cfg.method == "qlora":  # quantize while loading: the float model is never held
+        quantize = peft.build("qlora", cfg.delta).quantization()
+    model = load_model(cfg.model, backend=cfg.backend, quantize=quantize)
     if cfg.method in ("full", "none"):
         return model.requires_grad_(cfg.method == "full"), None
     if cfg.method not in peft.METHODS:

@@ -1,0 +1,152 @@
+"""Memory of QLoRA and of the 8-bit and paged optimizers, fine-tuning SmolLM2-135M.
+
+Every side runs in its own child process (so ru_maxrss, its peak resident memory, is its
+own) on the same batch of 4 × 128 tokens through the training loop's objective:
+
+    lora        fp32 base, LoRA r=8 α=16 on every linear layer, AdamW
+    qlora       NF4 + double-quantized base, the same LoRA, AdamW     target: RSS ≤ 0.6× lora
+    full        every weight trains, fp32 AdamW (state: 2 × 4 bytes per weight)
+    full-8bit   every weight trains, 8-bit AdamW                  target: state ≈ 0.25× full
+    full-paged  every weight trains, paged AdamW, 64 MiB budget   RSS ≈ full − state + budget
+
+Usage: python benchmarks/qlora_memory.py [--steps 3] [--threads N]
+It prints a table and rewrites the "## QLoRA and optimizer memory" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lmforge.train import default_objective  # the loop's own: the loss only
+
+SECTION = "## QLoRA and optimizer memory"
+MODEL = "smollm2-135m-instruct"
+LORA = {"r": 8, "alpha": 16, "targets": "all-linear"}
+BUDGET = 64 << 20  # paged AdamW's RAM budget
+
+
+def build(side: str, page_dir: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    from lmforge import peft
+    from lmforge.hub import load_model
+    from lmforge.quant.optim import build_optimizer
+
+    quantize = peft.build("qlora", LORA).quantization() if side == "qlora" else None
+    model = load_model(MODEL, quantize=quantize)
+    if side in ("lora", "qlora"):
+        model = peft.apply(model, side, LORA).model
+    params = [p for p in model.parameters() if p.requires_grad]
+    name, options = {
+        "full-8bit": ("adamw8bit", {}),
+        "full-paged": ("paged_adamw", {"max_resident_bytes": BUDGET, "page_dir": page_dir}),
+    }.get(side, ("adamw", {}))
+    return model, build_optimizer(name, params, lr=1e-5, **options)
+
+
+def child(side: str, args: argparse.Namespace) -> None:
+    """Run one side; print one JSON line with step times, first loss, state bytes, peak RSS."""
+    from lmforge.quant.optim import state_bytes
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(dir=args.page_dir) as page_dir:
+        model, optimizer = build(side, page_dir)
+        model.train()
+        batch = torch.randint(
+            0, 49152, (args.batch_size, args.seq_len), generator=torch.Generator().manual_seed(1)
+        )
+        times, losses = [], []
+        for i in range(1 + args.steps):
+            start = time.perf_counter()
+            loss = default_objective(model, {"input_ids": batch, "labels": batch})
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i:
+                times.append(time.perf_counter() - start)
+            losses.append(loss.item())
+        state = state_bytes(optimizer)
+        if hasattr(optimizer, "close"):
+            optimizer.close()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"times": times, "first_loss": losses[0], "rss_mb": rss_mb, "state": state}))
+
+
+def run_child(side: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", side, "--steps", str(args.steps)]
+    cmd += ["--threads", str(args.threads), "--batch-size", str(args.batch_size)]
+    cmd += ["--seq-len", str(args.seq_len), "--page-dir", args.page_dir]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(args.child, args)
+        return
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import update_section
+
+    runs = {}
+    for side in SIDES:
+        runs[side] = run_child(side, args)
+        print(f"{side}: {runs[side]['rss_mb']:,.0f} MB", file=sys.stderr)
+    tokens = args.batch_size * args.seq_len
+    lines = [
+        "| side | s/step | tokens/s | optimizer state | peak RSS | RSS vs lora | RSS vs full |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for side, r in runs.items():
+        sec = statistics.median(r["times"])
+        lines.append(
+            f"| {side} | {sec:.2f} | {tokens / sec:,.0f} | {r['state'] / 2**20:,.1f} MiB | "
+            f"{r['rss_mb']:,.0f} MB | {r['rss_mb'] / runs['lora']['rss_mb']:.2f}x | "
+            f"{r['rss_mb'] / runs['full']['rss_mb']:.2f}x |"
+        )
+    full, paged = runs["full"], runs["full-paged"]
+    bound = full["rss_mb"] - full["state"] / 2**20 + BUDGET / 2**20
+    setup = (
+        f"SmolLM2-135M-Instruct, batch {args.batch_size} × {args.seq_len}, {args.steps} measured "
+        f"steps after one warmup, one child process per side, peak RSS = ru_maxrss; "
+        f"QLoRA/LoRA RSS {runs['qlora']['rss_mb'] / runs['lora']['rss_mb']:.2f}x (target ≤ 0.6); "
+        f"8-bit/fp32 AdamW state {runs['full-8bit']['state'] / full['state']:.4f}x (target "
+        f"≈ 0.25); paged AdamW with a {BUDGET >> 20} MiB budget peaked at "
+        f"{paged['rss_mb']:,.0f} MB against full − fp32 state + budget = {bound:,.0f} MB "
+        f"(slack {paged['rss_mb'] - bound:+,.0f} MB); first losses "
+        + ", ".join(f"{r['first_loss']:.4f}" for r in runs.values())
+        + f"; {args.threads} threads, {platform.machine()}, torch {torch.__version__}."
+    )
+    body = "\n".join(lines) + "\n\n" + setup
+    print(body)
+    if not args.no_write:
+        update_section(SECTION, body + "\n\nRun: `python benchmarks/qlora_memory.py`")
+
+
+SIDES = ("lora", "qlora", "full", "full-8bit", "full-paged")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=3, help="measured steps per child")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--page-dir", default=".", help="a directory on disk for the page file")
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    main()
