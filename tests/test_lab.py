@@ -69,3 +69,22 @@ def test_qlora_quick_on_smollm2(tmp_path):
     ppl = results["perplexity"]
     assert ppl["NF4 + DQ"]["perplexity"] < ppl["FP4"]["perplexity"]
     assert set(results["finetune"]) == {"LoRA (fp32 base)", "QLoRA (NF4 + DQ base)"}
+
+
+def test_instruct_answers_are_parsed_by_their_first_topic_word():
+    from lmforge.lab.instruct import parse_label
+
+    assert parse_label("It would appear in the Sport section.") == "sport"
+    assert parse_label("Tag: tech, not business") == "tech"
+    assert parse_label("sports and technology") is None  # whole words only
+
+
+@pytest.mark.assets
+def test_instruct_quick_on_smollm2(tmp_path):
+    import json
+
+    text = run_experiment("instruct", tmp_path / "lab", quick=True).read_text()
+    assert "| phrasings | before tuning | after tuning |" in text
+    results = json.loads((tmp_path / "lab" / "results.json").read_text())
+    assert results["before"]["seen"]["n"] == 6 and results["after"]["heldout"]["n"] == 6
+    assert (tmp_path / "lab" / "sft" / "delta" / "delta_config.json").exists()

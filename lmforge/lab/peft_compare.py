@@ -121,8 +121,8 @@ def settings(quick: bool) -> dict[str, Any]:
 
 
 def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
-    """`lmforge finetune` in a child process; its results.json, or the error it raised."""
-    from lmforge.config import from_dict, save_yaml
+    """`lmforge finetune` of one run in a child process; its results.json, or its error."""
+    from lmforge.config import from_dict
     from lmforge.recipes.finetune import FinetuneConfig
 
     run_dir = out_dir / "runs" / run.name.replace(" ", "-").replace(",", "")
@@ -154,6 +154,14 @@ def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
             },
         },
     )
+    return finetune_child(cfg, run_dir)
+
+
+def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """`lmforge finetune` with FinetuneConfig `cfg` in a child process (so its peak memory is
+    its own); its results.json, or {"error": last line of its log}."""
+    from lmforge.config import save_yaml
+
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "lab-config.yaml")
     with open(run_dir / "log.txt", "w") as log:
