@@ -6,17 +6,41 @@ import pytest
 import yaml
 
 import lmforge
-from lmforge.recipes.pretrain import load_config
+from lmforge.recipes import eval as eval_recipe
+from lmforge.recipes import finetune, pretrain
 from lmforge.recipes.quickstart import QUICKSTART
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_loads_and_validates(path):
-    cfg = load_config(path, [])
+def check_pretrain(path):
+    cfg = pretrain.load_config(path, [])
     cfg.train.validate()
     assert cfg.model.n_layer > 0 and cfg.data.seq_len <= cfg.model.max_seq_len
+
+
+def check_finetune(path):
+    from lmforge import peft
+
+    cfg = finetune.load_config(path, [])
+    cfg.validate()
+    cfg.train.validate()
+    peft.build(cfg.method, cfg.delta)  # the delta fields are the method's own
+
+
+def check_eval(path):
+    eval_recipe.load_config(path, []).validate()
+
+
+KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain}
+KINDS |= {"finetune": check_finetune, "eval": check_eval}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_validates(path):
+    kind = path.stem.split("-")[0]
+    assert kind in KINDS, f"{path.name}: name configs <kind>-...yaml, kind in {sorted(KINDS)}"
+    KINDS[kind](path)
 
 
 def test_quickstart_yaml_mirrors_the_recipe():
