@@ -63,6 +63,7 @@ def test_qlora_quick_on_smollm2(tmp_path):
 
     text = run_experiment("qlora", tmp_path / "lab", quick=True).read_text()
     assert "| NF4 + DQ | 4.127 |" in text and "failed" not in text
+    assert "follows fp32 AdamW exactly" in text
     results = json.loads((tmp_path / "lab" / "results.json").read_text())
     errors = {row[0]: row[1] for row in results["errors"]}
     assert errors["NF4"] < errors["INT4"] < errors["FP4"]  # block 64, normal weights
