@@ -230,6 +230,18 @@ def test_split_linear_blocks_follow_the_weight_and_carry_gradients():
     torch.manual_seed(0)
     layer = SplitLinear(8, 6, bias=False)
     x = torch.randn(1, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two blocks, whatever the machine
+    try:
+        _check_blocks(layer, x, split_linear)
+    finally:
+        torch.set_num_threads(threads)
+    layer(x).sum().backward()  # few rows with grad on: the weight still gets its gradient
+    assert torch.allclose(layer.weight.grad, x.expand(6, 8))
+
+
+def _check_blocks(layer, x, split_linear):
+    assert layer.blocks().shape[0] == 2
     with torch.no_grad():
         fresh = lambda: split_linear(x, layer.weight, None, layer.splits())  # noqa: E731
         assert torch.equal(layer(x), fresh())
@@ -238,5 +250,3 @@ def test_split_linear_blocks_follow_the_weight_and_carry_gradients():
         layer.weight = torch.nn.Parameter(torch.randn(6, 8))  # replaced: cut again
         assert torch.equal(layer(x), fresh())
         assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-6)
-    layer(x).sum().backward()  # few rows with grad on: the weight still gets its gradient
-    assert torch.allclose(layer.weight.grad, x.expand(6, 8))
