@@ -89,3 +89,24 @@ def test_instruct_quick_on_smollm2(tmp_path):
     results = json.loads((tmp_path / "lab" / "results.json").read_text())
     assert results["before"]["seen"]["n"] == 6 and results["after"]["heldout"]["n"] == 6
     assert (tmp_path / "lab" / "sft" / "delta" / "delta_config.json").exists()
+
+
+def test_a_finished_lab_run_is_reused_when_its_config_is_the_same(tmp_path, monkeypatch):
+    import json
+
+    from lmforge.config import from_dict, save_yaml
+    from lmforge.lab import peft_compare
+    from lmforge.recipes.finetune import FinetuneConfig
+
+    cfg = from_dict(
+        FinetuneConfig, {"method": "lora", "train": {"max_steps": 3, "warmup_steps": 1}}
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_yaml(cfg, run_dir / "lab-config.yaml")
+    (run_dir / "results.json").write_text(json.dumps({"test_accuracy": 0.5}))
+    monkeypatch.setattr(peft_compare.subprocess, "run", lambda *a, **k: 1 / 0)  # never called
+    assert peft_compare.finetune_child(cfg, run_dir) == {"test_accuracy": 0.5}
+    cfg.train.max_steps = 4  # another config: the run would be made again
+    with pytest.raises(ZeroDivisionError):
+        peft_compare.finetune_child(cfg, run_dir)

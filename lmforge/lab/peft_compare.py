@@ -159,11 +159,17 @@ def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
 
 def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """`lmforge finetune` with FinetuneConfig `cfg` in a child process (so its peak memory is
-    its own); its results.json, or {"error": last line of its log}."""
-    from lmforge.config import save_yaml
+    its own); its results.json, or {"error": last line of its log}. A run directory that
+    already holds the results of the same config is reused, so a stopped lab resumes."""
+    from lmforge.config import from_dict, read_yaml, save_yaml, to_dict
 
+    config, results = run_dir / "lab-config.yaml", run_dir / "results.json"
+    if results.exists() and config.exists():
+        done = to_dict(from_dict(type(cfg), read_yaml(config)))  # fields added later: defaults
+        if done == to_dict(cfg):
+            return json.loads(results.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "lab-config.yaml")
+    save_yaml(cfg, config)
     with open(run_dir / "log.txt", "w") as log:
         done = subprocess.run(
             [
