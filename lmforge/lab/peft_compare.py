@@ -220,6 +220,30 @@ def _row(run: Run, r: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _verdict(acc: dict[str, float]) -> str:
+    """What the numbers say about each claim, in sentences computed from them."""
+    needed = ("full", "zero-shot", "prefix", "prefix, embedding only", "prompt")
+    if any(n not in acc for n in needed) or "prompt, length 1" not in acc:
+        return "Verdict: not every run finished; see the tables."
+    delta = {n: a for n, a in acc.items() if n not in ("full", "zero-shot", "discrete prompt")}
+    best = max(delta, key=delta.get)
+    near = sorted(n for n, a in delta.items() if acc["full"] - a <= 10)
+    lengths = [acc.get(f"prompt, length {n}") for n in (1, 5)] + [acc["prompt"]]
+    grows = all(a is not None and a < b for a, b in zip(lengths, lengths[1:]))
+    deep = acc["prefix"] - acc["prefix, embedding only"]
+    return (
+        f"Verdict: full fine-tuning reaches {acc['full']:.1f}% and zero-shot "
+        f"{acc['zero-shot']:.1f}%; the best delta method, {best}, reaches "
+        f"{delta[best]:.1f}%, and {len(near)} of {len(delta)} delta runs are within 10 points "
+        f"of full fine-tuning ({', '.join(near)}). "
+        f"Prefixes at every layer score {abs(deep):.1f} points "
+        f"{'above' if deep > 0 else 'below'} the same prefix at the input embeddings only. "
+        f"Prompt tuning with 1, 5 and 20 tokens: "
+        f"{' → '.join(f'{a:.1f}%' for a in lengths if a is not None)} "
+        f"({'longer is better' if grows else 'not monotone'})."
+    )
+
+
 @experiment(
     "peft-compare",
     "Delta tuning nears full fine-tuning while training a tiny share of the weights.",
@@ -254,10 +278,13 @@ def run(out_dir: Path, quick: bool) -> Report:
         ("length", "Prompt-tuning length"),
         ("init", "Prompt-tuning initialisation"),
     ]:
-        rows = [_row(r, results[r.name]) for r in plan if r.group == group]
-        if rows:
-            report.table(headers, rows, caption)
+        # The main prompt run (length 20, vocabulary init) is the reference of both ablations.
+        ablation = group in ("length", "init")
+        chosen = [r for r in plan if r.group == group or (ablation and r.name == "prompt")]
+        if [r for r in chosen if r.group == group]:
+            report.table(headers, [_row(r, results[r.name]) for r in chosen], caption)
     accuracy = {n: 100 * r["test_accuracy"] for n, r in results.items() if "test_accuracy" in r}
+    report.text(_verdict(accuracy))
     base = accuracy.get("zero-shot")
     plot_bars(
         accuracy,
