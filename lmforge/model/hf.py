@@ -34,7 +34,7 @@ from lmforge.errors import CheckpointError, ConfigError
 from lmforge.io import atomic_write, atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
-from lmforge.model.weights import SafetensorsFile
+from lmforge.model.weights import SafetensorsFile, quantizer
 from lmforge.registry import Registry
 
 CONFIG_FILE = "config.json"
@@ -349,21 +349,8 @@ def load_hf_dir(
                 raise CheckpointError(f"{where[name]}: cannot read tensor {name!r} ({e})") from None
 
         origin = str(files[0] if len(files) == 1 else path)
-        model = _build(config, where, read, origin, dtype, device, _quantizer(quantize))
+        model = _build(config, where, read, origin, dtype, device, quantizer(quantize))
     return model.eval()
-
-
-def _quantizer(settings: dict[str, Any] | None) -> Callable[[CausalLM, str], None] | None:
-    if settings is None:
-        return None
-    from lmforge.quant import quantize_model
-
-    def quantize(model: CausalLM, name: str) -> None:
-        module = model.get_submodule(name)
-        if isinstance(module, torch.nn.Linear) and name != "lm_head":
-            quantize_model(model, targets=[name], **settings)
-
-    return quantize
 
 
 # ------------------------------------------------------------------------------------ export
