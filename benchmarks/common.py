@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,3 +46,10 @@ def update_section(section: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     else:
         new = old.rstrip() + "\n\n" + text
     atomic_write_text(path, new)
+
+
+def child_result(cmd: list[str]) -> dict:
+    """Run one side of a benchmark in its own process (so its peak RSS is its own) and read
+    the JSON line it prints last."""
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])

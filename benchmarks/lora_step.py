@@ -17,7 +17,6 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -109,8 +108,9 @@ def run_child(side: str, args: argparse.Namespace) -> dict:
         "--rank",
         str(args.rank),
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    from common import child_result
+
+    return child_result(cmd)
 
 
 def main() -> None:

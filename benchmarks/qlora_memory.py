@@ -20,7 +20,6 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,8 +85,9 @@ def run_child(side: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--steps", str(args.steps)]
     cmd += ["--threads", str(args.threads), "--batch-size", str(args.batch_size)]
     cmd += ["--seq-len", str(args.seq_len), "--page-dir", args.page_dir]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    from common import child_result
+
+    return child_result(cmd)
 
 
 def main() -> None:
