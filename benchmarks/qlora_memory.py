@@ -4,7 +4,9 @@ Every side runs in its own child process (so ru_maxrss, its peak resident memory
 own) on the same batch of 4 × 128 tokens through the training loop's objective:
 
     lora        fp32 base, LoRA r=8 α=16 on every linear layer, AdamW
-    qlora       NF4 + double-quantized base, the same LoRA, AdamW     target: RSS ≤ 0.6× lora
+    qlora       NF4 + double-quantized base, the same LoRA, AdamW
+    lora+gc     lora with gradient checkpointing (activations recomputed in backward)
+    qlora+gc    qlora with gradient checkpointing, as in the paper  target: RSS ≤ 0.6× lora+gc
     full        every weight trains, fp32 AdamW (state: 2 × 4 bytes per weight)
     full-8bit   every weight trains, 8-bit AdamW                  target: state ≈ 0.25× full
     full-paged  every weight trains, paged AdamW, 64 MiB budget   RSS ≈ full − state + budget
@@ -38,12 +40,15 @@ BUDGET = 64 << 20  # paged AdamW's RAM budget
 def build(side: str, page_dir: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     from lmforge import peft
     from lmforge.hub import load_model
+    from lmforge.model import set_gradient_checkpointing
     from lmforge.quant.optim import build_optimizer
 
-    quantize = peft.build("qlora", LORA).quantization() if side == "qlora" else None
+    method, checkpointing = side.removesuffix("+gc"), side.endswith("+gc")
+    quantize = peft.build("qlora", LORA).quantization() if method == "qlora" else None
     model = load_model(MODEL, quantize=quantize)
-    if side in ("lora", "qlora"):
-        model = peft.apply(model, side, LORA).model
+    if method in ("lora", "qlora"):
+        model = peft.apply(model, method, LORA).model
+    set_gradient_checkpointing(model, checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     name, options = {
         "full-8bit": ("adamw8bit", {}),
@@ -109,9 +114,10 @@ def main() -> None:
     ]
     for side, r in runs.items():
         sec = statistics.median(r["times"])
+        lora = runs["lora+gc" if side.endswith("+gc") else "lora"]["rss_mb"]
         lines.append(
             f"| {side} | {sec:.2f} | {tokens / sec:,.0f} | {r['state'] / 2**20:,.1f} MiB | "
-            f"{r['rss_mb']:,.0f} MB | {r['rss_mb'] / runs['lora']['rss_mb']:.2f}x | "
+            f"{r['rss_mb']:,.0f} MB | {r['rss_mb'] / lora:.2f}x | "
             f"{r['rss_mb'] / runs['full']['rss_mb']:.2f}x |"
         )
     full, paged = runs["full"], runs["full-paged"]
@@ -119,7 +125,9 @@ def main() -> None:
     setup = (
         f"SmolLM2-135M-Instruct, batch {args.batch_size} × {args.seq_len}, {args.steps} measured "
         f"steps after one warmup, one child process per side, peak RSS = ru_maxrss; "
-        f"QLoRA/LoRA RSS {runs['qlora']['rss_mb'] / runs['lora']['rss_mb']:.2f}x (target ≤ 0.6); "
+        f"QLoRA/LoRA RSS {runs['qlora']['rss_mb'] / runs['lora']['rss_mb']:.2f}x, with gradient "
+        f"checkpointing on both {runs['qlora+gc']['rss_mb'] / runs['lora+gc']['rss_mb']:.2f}x "
+        "(target ≤ 0.6); "
         f"8-bit/fp32 AdamW state {runs['full-8bit']['state'] / full['state']:.4f}x (target "
         f"≈ 0.25); paged AdamW with a {BUDGET >> 20} MiB budget peaked at "
         f"{paged['rss_mb']:,.0f} MB against full − fp32 state + budget = {bound:,.0f} MB "
@@ -133,7 +141,7 @@ def main() -> None:
         update_section(SECTION, body + "\n\nRun: `python benchmarks/qlora_memory.py`")
 
 
-SIDES = ("lora", "qlora", "full", "full-8bit", "full-paged")
+SIDES = ("lora", "qlora", "lora+gc", "qlora+gc", "full", "full-8bit", "full-paged")
 
 
 def parse_args() -> argparse.Namespace:

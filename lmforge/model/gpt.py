@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.model.attention import (
     Attention,
@@ -107,6 +108,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.fused_loss = False  # see _fuse_head_and_loss and loss_only
+        self.gradient_checkpointing = False  # see set_gradient_checkpointing
         self.model = Decoder(config)
         self.lm_head = SplitLinear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -155,8 +157,12 @@ class CausalLM(nn.Module):
             position_ids = _position_ids(attention_mask, B, T, past, x.device)
         cos, sin = self.model.rotary(position_ids, x.dtype)  # (B, 1, T, hd)
         mask = _attention_mask(attention_mask, T, past)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.model.layers:
-            x = block(x, cos, sin, mask, cache)
+            if recompute and cache is None:  # keep only each block's input for backward
+                x = checkpoint(block, x, cos, sin, mask, None, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
         if logits_to_keep:  # generation needs only the last positions' logits
@@ -203,3 +209,31 @@ def loss_only(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in zip(natives, before):
             m.fused_loss = flag
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
+    """Recompute each block's activations during backward instead of keeping them: activation
+    memory drops from every intermediate of every layer to one (B, T, d) tensor per layer,
+    for about one more forward pass of compute. Native models and transformers models alike
+    (the latter through their own `gradient_checkpointing_enable`)."""
+    natives = [m for m in model.modules() if isinstance(m, CausalLM)]
+    for m in natives:
+        m.gradient_checkpointing = enabled
+    if natives:
+        return
+    hf = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
+    if not hf:
+        raise ValueError(
+            f"{type(model).__name__} supports no gradient checkpointing; "
+            "set train.gradient_checkpointing=false"
+        )
+    model, kwargs = hf[0], {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        if enabled:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()

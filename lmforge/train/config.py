@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | ...
     precision: str = "auto"  # auto | fp32 | bf16 (autocast)
     compile: bool = False  # run the model through torch.compile
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every")

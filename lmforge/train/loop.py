@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from lmforge.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, restore_rng
 from lmforge.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.errors import CheckpointError, ConfigError, TrainingDivergedError
+from lmforge.model.gpt import set_gradient_checkpointing
 from lmforge.train.config import TrainConfig, autocast, resolve_device
 from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_losses
@@ -99,6 +100,8 @@ class _Run:
         self.device = resolve_device(config.device)
         model.to(self.device)
         model.train()
+        if config.gradient_checkpointing:
+            set_gradient_checkpointing(model)
         self.forward_model = torch.compile(model) if config.compile else model
         self.optimizer = build_optimizer(model, config)
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
