@@ -34,8 +34,8 @@ ANSWER = re.compile(r"\b(" + "|".join(LABELS) + r")\b")
 
 def settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return dict(train=16, test=6, chars=300, steps=2, batch=2, max_length=160, new=8)
-    return dict(train=480, test=100, chars=600, steps=60, batch=8, max_length=256, new=16)
+        return dict(train=16, test=6, chars=300, steps=2, batch=2, max_length=160, new=8, lr=1e-3)
+    return dict(train=480, test=225, chars=600, steps=100, batch=8, max_length=256, new=16, lr=1e-3)
 
 
 def parse_label(answer: str) -> str | None:
@@ -112,7 +112,7 @@ def sft(train_path: Path, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
             "train": {
                 "max_steps": s["steps"],
                 "batch_size": s["batch"],
-                "lr": 5e-4,
+                "lr": s["lr"],
                 "warmup_steps": max(1, s["steps"] // 10),
                 "eval_every": s["steps"],
                 "eval_batches": 4,
@@ -158,7 +158,7 @@ def run(out_dir: Path, quick: bool) -> Report:
     report.text(
         f"Settings: {s['train']} training records (seen phrasings, articles cut to {s['chars']} "
         f"characters), LoRA r=8 on every linear layer, {s['steps']} steps of {s['batch']} "
-        f"examples of at most {s['max_length']} tokens, loss on the answers only; "
+        f"examples of at most {s['max_length']} tokens at lr {s['lr']:g}, loss on the answers; "
         f"{s['test']} test articles per phrasing set, greedy answers of at most {s['new']} "
         f"tokens. Training took {trained['train_seconds']:.0f} s."
     )
