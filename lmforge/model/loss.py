@@ -20,8 +20,9 @@ scalar that backward brings; each chunk of rows is projected, scored and turned 
 its gradients before the next chunk is projected:
 
     for rows c in chunks(N):      z = h_c Wᵀ                     (c, V), the only logits alive
-                                  loss += Σ lse(z) − z[y]
-                                  z ← softmax(z) − onehot(y)     in place
+                                  z ← log_softmax(z)             in place
+                                  loss −= Σ z[y]
+                                  z ← exp(z) − onehot(y)         in place: ∂loss/∂logits
                                   ∂h_c = z W      ∂W += zᵀ h_c   (∂W only if W trains)
     backward                      ∂h · g/n, ∂W · g/n
 
@@ -81,12 +82,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, len(h), chunk):
             rows = slice(start, start + chunk)
             z = (h[rows] @ weight.t()).float()  # (c, V)
-            lse = torch.logsumexp(z, dim=-1)  # (c,)
-            picked = z.gather(1, safe[rows, None]).squeeze(1)  # (c,)
-            total += ((lse - picked) * valid[rows]).sum()
-            z.sub_(lse[:, None]).exp_()  # softmax
+            torch.log_softmax(z, dim=-1, out=z)  # in place: a row is reduced before it is written
+            picked = z.gather(1, safe[rows, None]).squeeze(1)  # (c,) log-probabilities
+            total -= (picked * valid[rows]).sum()
+            z.exp_()  # softmax
             z[torch.arange(len(z), device=z.device), safe[rows]] -= 1.0
-            z.mul_(valid[rows, None])
+            z.index_fill_(0, (~valid[rows]).nonzero().squeeze(1), 0.0)  # ignored rows: no grad
             z = z.to(h.dtype)
             grad_h[rows] = z @ weight  # (c, d)
             if grad_w is not None:
