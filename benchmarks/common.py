@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -48,8 +49,9 @@ def update_section(section: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     atomic_write_text(path, new)
 
 
-def child_result(cmd: list[str]) -> dict:
-    """Run one side of a benchmark in its own process (so its peak RSS is its own) and read
-    the JSON line it prints last."""
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+def child_result(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run one side of a benchmark in its own process (so its peak RSS is its own), with
+    `env` added to the environment, and read the JSON line it prints last."""
+    environ = {**os.environ, **(env or {})}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=environ).stdout
     return json.loads(out.strip().splitlines()[-1])

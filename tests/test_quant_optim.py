@@ -126,6 +126,39 @@ def test_blockwise_error_is_within_half_a_code_step(signed):
         assert torch.all(y[x > 0] > 0)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_code_equals_bucketize_on_every_edge(signed):
+    from lmforge.quant.optim8bit import NearestCode
+
+    qmap = dynamic_tree_map(signed)
+    mids = (qmap[1:] + qmap[:-1]) / 2
+    up, down = torch.tensor(2.0), torch.tensor(-2.0)
+    x = torch.cat(
+        [
+            torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 2 - int(signed),
+            torch.rand(10_000, generator=torch.Generator().manual_seed(1)) * 1e-6,
+            mids,  # ties go to the lower code
+            torch.nextafter(mids, up),
+            torch.nextafter(mids, down),
+            qmap,
+            torch.tensor([0.0, -0.0, 1.0, -1.0]),
+        ]
+    )
+    coder = NearestCode(qmap)
+    assert coder.exact
+    assert torch.equal(coder(x), torch.bucketize(x, mids).to(torch.uint8))
+
+
+def test_nearest_code_falls_back_for_a_map_finer_than_its_buckets():
+    from lmforge.quant.optim8bit import NearestCode
+
+    qmap = torch.linspace(0.5, 0.5001, 256)  # 256 codes inside one bucket
+    coder = NearestCode(qmap)
+    x = torch.linspace(0.49, 0.51, 1001)
+    assert not coder.exact
+    assert torch.equal(coder(x), torch.bucketize(x, (qmap[1:] + qmap[:-1]) / 2).to(torch.uint8))
+
+
 def test_an_all_zero_block_stays_zero():
     q = dynamic_tree_map(True)
     codes, absmax = quantize_blockwise(torch.zeros(300), q)
@@ -182,6 +215,29 @@ def test_adamw8bit_small_tensors_update_exactly_like_adamw():
                 p.grad = g.clone()
             o.step()
     assert same_params(ref, model)
+
+
+def test_adamw8bit_in_chunks_equals_one_piece(monkeypatch):
+    """The update runs CHUNK elements at a time; chunk edges change no bit (odd sizes, a
+    partial last block, a non-contiguous parameter)."""
+    from lmforge.quant import optim8bit
+
+    def train(chunk: int) -> tuple[list[torch.Tensor], list[dict]]:
+        monkeypatch.setattr(optim8bit, "CHUNK", chunk)
+        torch.manual_seed(0)
+        params = [nn.Parameter(torch.randn(5000)), nn.Parameter(torch.randn(90, 70).t())]
+        opt = AdamW8bit(params, lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape)
+            opt.step()
+        return [p.detach().clone() for p in params], [dict(opt.state[p]) for p in params]
+
+    one_params, one_states = train(1 << 20)
+    params, states = train(512)
+    assert all(torch.equal(a, b) for a, b in zip(params, one_params))
+    for a, b in zip(states, one_states):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_state_bytes_are_a_quarter_of_fp32_adamw():

@@ -48,6 +48,7 @@ from lmforge.quant.adamw import AdamWBase, Hyper, Params, adamw_update_
 
 BLOCK_SIZE = 256
 MIN_8BIT_SIZE = 4096
+CHUNK = 1 << 18  # elements updated at a time: bounds the fp32 working copies of m and v
 
 
 # ---------------------------------------------------------------- the dynamic map
@@ -73,6 +74,62 @@ def dynamic_tree_map(signed: bool) -> Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
+class NearestCode:
+    """code(x) = the number of map midpoints below x, i.e. `torch.bucketize(x, midpoints)`
+    (a tie goes to the lower value), found with two table lookups instead of a binary search.
+
+    A float32's bits, read as an integer (negatives mirrored), are ordered like its value; the
+    top 17 bits of that key name a bucket 1/256 of an octave wide. A bucket holds at most one
+    midpoint of the dynamic maps (their steps are coarser), so the code is the count of
+    midpoints below the bucket plus one if x is above the bucket's own midpoint. A map too
+    fine for that falls back to bucketize."""
+
+    SHIFT = 15  # key bits below the bucket index: 23 mantissa bits − 8 kept
+
+    def __init__(self, qmap: Tensor) -> None:
+        self.midpoints = ((qmap[1:] + qmap[:-1]) / 2).contiguous()  # (255,) sorted
+        keys = self._keys(self.midpoints).long()
+        self.offset = 1 << (31 - self.SHIFT)
+        buckets = (keys >> self.SHIFT) + self.offset
+        n = 2 * self.offset
+        self.exact = bool(torch.bincount(buckets.cpu(), minlength=n).max() <= 1)
+        starts = (torch.arange(n, device=qmap.device) - self.offset) << self.SHIFT
+        self.below = torch.searchsorted(keys, starts).to(torch.uint8)  # (n,) ≤ 255
+        self.inside = torch.full((n,), float("inf"), device=qmap.device)
+        self.inside[buckets] = self.midpoints
+
+    @staticmethod
+    def _keys(x: Tensor) -> Tensor:
+        bits = x.view(torch.int32)
+        return torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)  # −0 and +0 share key 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """uint8 codes of a float32 tensor."""
+        if not self.exact:
+            return torch.bucketize(x, self.midpoints).to(torch.uint8)
+        bucket = ((self._keys(x) >> self.SHIFT) + self.offset).long()  # index_select's fast path
+        return self.below.index_select(0, bucket) + (x > self.inside.index_select(0, bucket))
+
+
+_CODERS: dict[tuple[Any, ...], NearestCode] = {}
+
+
+def nearest_code(qmap: Tensor) -> NearestCode:
+    """The (cached) NearestCode of a map."""
+    key = (qmap.device, *qmap.tolist())
+    if key not in _CODERS:
+        _CODERS[key] = NearestCode(qmap.float())
+    return _CODERS[key]
+
+
+def _blocks(flat: Tensor, block_size: int) -> Tensor:
+    """(n,) → (⌈n/bs⌉, bs), zero-padded only when n is not a multiple of the block."""
+    n_blocks = math.ceil(flat.numel() / block_size)
+    if flat.numel() != n_blocks * block_size:
+        flat = F.pad(flat, (0, n_blocks * block_size - flat.numel()))
+    return flat.view(n_blocks, block_size)
+
+
 def quantize_blockwise(
     x: Tensor, qmap: Tensor, block_size: int = BLOCK_SIZE, *, round_up_tiny: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -83,16 +140,14 @@ def quantize_blockwise(
     """
     flat = x.detach().reshape(-1).float()  # (n,)
     n = flat.numel()
-    n_blocks = math.ceil(n / block_size)
-    blocks = F.pad(flat, (0, n_blocks * block_size - n)).view(n_blocks, block_size)  # (nb, bs)
+    blocks = _blocks(flat, block_size)  # (nb, bs)
     absmax = blocks.abs().amax(dim=1)  # (nb,)
     scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     normed = (blocks / scale[:, None]).view(-1)[:n]  # (n,) in [-1, 1]
-    midpoints = (qmap[1:] + qmap[:-1]) / 2  # (255,)
-    codes = torch.bucketize(normed, midpoints)  # (n,) int64, ties to the lower value
+    codes = nearest_code(qmap)(normed)  # (n,) uint8, ties to the lower value
     if round_up_tiny:
         codes = torch.where((codes == 0) & (normed > 0), torch.ones_like(codes), codes)
-    return codes.to(torch.uint8), absmax
+    return codes, absmax
 
 
 def dequantize_blockwise(
@@ -100,9 +155,8 @@ def dequantize_blockwise(
 ) -> Tensor:
     """fp32 values absmax(block) · qmap[code]; codes (n,) uint8, absmax (nb,) → (n,)."""
     n = codes.numel()
-    values = qmap[codes.reshape(-1).long()]  # (n,)
-    blocks = F.pad(values, (0, absmax.numel() * block_size - n)).view(-1, block_size)  # (nb, bs)
-    return (blocks * absmax[:, None]).view(-1)[:n]
+    values = qmap.index_select(0, codes.reshape(-1).long())  # (n,)
+    return (_blocks(values, block_size) * absmax[:, None]).view(-1)[:n]
 
 
 # ---------------------------------------------------------------- the optimizer
@@ -168,24 +222,36 @@ class AdamW8bit(AdamWBase):
         if "exp_avg" in state:  # a small tensor: fp32 moments
             adamw_update_(work, grad.float(), state["exp_avg"], state["exp_avg_sq"], step, h)
         else:
-            signed, unsigned = self.maps(param.device)
-            bs = self.block_size
-            m = dequantize_blockwise(state["exp_avg_code"], state["exp_avg_absmax"], signed, bs)
-            v = dequantize_blockwise(
-                state["exp_avg_sq_code"], state["exp_avg_sq_absmax"], unsigned, bs
-            )
-            m, v = m.view_as(param), v.view_as(param)
-            # θ is updated with the fresh fp32 moments; only what is carried over is quantized.
-            adamw_update_(work, grad.float(), m, v, step, h)
-            for key, x, qmap, tiny in (
-                ("exp_avg", m, signed, False),
-                ("exp_avg_sq", v, unsigned, True),
-            ):
-                codes, absmax = quantize_blockwise(x, qmap, bs, round_up_tiny=tiny)
-                state[f"{key}_code"].copy_(codes)
-                state[f"{key}_absmax"].copy_(absmax)
+            flat = work.view(-1) if work.is_contiguous() else work.reshape(-1).clone()
+            self._update_8bit(flat, grad.float().reshape(-1), state, step, h)
+            if not work.is_contiguous():
+                work.copy_(flat.view_as(work))
         if work is not param:
             param.copy_(work)
+
+    def _update_8bit(
+        self, flat: Tensor, grad: Tensor, state: dict[str, Any], step: float, h: Hyper
+    ) -> None:
+        """Dequantize, update and requantize a flat parameter CHUNK elements at a time (whole
+        blocks), so the fp32 moments of a large embedding never exist all at once. Every
+        operation is per element or per block: the result is the same as in one piece."""
+        signed, unsigned = self.maps(flat.device)
+        bs = self.block_size
+        per = bs * max(1, CHUNK // bs)
+        for start in range(0, flat.numel(), per):
+            rows, blocks = slice(start, start + per), slice(start // bs, (start + per) // bs)
+            moments = {}
+            for key, qmap in (("exp_avg", signed), ("exp_avg_sq", unsigned)):
+                codes, absmax = state[f"{key}_code"][rows], state[f"{key}_absmax"][blocks]
+                moments[key] = dequantize_blockwise(codes, absmax, qmap, bs)
+            # θ is updated with the fresh fp32 moments; only what is carried over is quantized.
+            adamw_update_(
+                flat[rows], grad[rows], moments["exp_avg"], moments["exp_avg_sq"], step, h
+            )
+            for key, qmap, tiny in (("exp_avg", signed, False), ("exp_avg_sq", unsigned, True)):
+                codes, absmax = quantize_blockwise(moments[key], qmap, bs, round_up_tiny=tiny)
+                state[f"{key}_code"][rows].copy_(codes)
+                state[f"{key}_absmax"][blocks].copy_(absmax)
 
     def _load_entry(self, param: Tensor, entry: dict[str, Any]) -> None:
         """Install saved state after checking it was quantized with this block size."""
