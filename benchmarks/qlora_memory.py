@@ -119,7 +119,7 @@ def main() -> None:
     ]
     for side, r in runs.items():
         sec = statistics.median(r["times"])
-        lora = runs.get(side.replace("qlora", "lora"), {}).get("rss_mb")
+        lora = runs[side.replace("qlora", "lora")]["rss_mb"] if "lora" in side else None
         vs_lora = f"{r['rss_mb'] / lora:.2f}x" if lora else "-"
         lines.append(
             f"| {side} | {sec:.2f} | {tokens / sec:,.0f} | {r['state'] / 2**20:,.1f} MiB | "
