@@ -5,6 +5,7 @@ import torch
 from peft_models import BACKENDS, ids, make
 
 from lmforge import peft
+from lmforge.errors import ConfigError
 from lmforge.model import set_gradient_checkpointing
 from lmforge.train import default_objective
 
@@ -60,5 +61,5 @@ def test_checkpointing_is_off_in_eval_and_for_cached_decoding():
 
 
 def test_a_model_without_checkpointing_support_is_refused():
-    with pytest.raises(ValueError, match="gradient_checkpointing=false"):
+    with pytest.raises(ConfigError, match="gradient_checkpointing=false"):
         set_gradient_checkpointing(torch.nn.Linear(2, 2))

@@ -48,6 +48,7 @@ def finetune_args(model_dir, data, run_dir, method, *extra):
         ("adapter", ["--delta.bottleneck", "8"]),
         ("bitfit", []),
         ("qlora", ["--delta.r=4", "--train.optimizer=paged_adamw"]),
+        ("qlora", ["--train.optimizer=adamw8bit", "--train.gradient_checkpointing=true"]),
         ("none", []),
         ("full", []),
     ],

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lmforge.errors import ConfigError
 from lmforge.model.attention import (
     Attention,
     KVCache,
@@ -223,7 +224,7 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
         return
     hf = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
     if not hf:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} supports no gradient checkpointing; "
             "set train.gradient_checkpointing=false"
         )

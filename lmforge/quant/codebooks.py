@@ -35,6 +35,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
@@ -156,3 +157,9 @@ def dynamic_lookup() -> Tensor:
     midpoints = 0.5 * (code[:-1] + code[1:])  # (255,)
     grid = -1.0 + (2.0 * torch.arange(65536, dtype=torch.float32)) / 65535.0  # (65536,)
     return torch.bucketize(grid, midpoints).to(torch.uint8)  # ties go to the lower code
+
+
+def as_blocks(flat: Tensor, block_size: int) -> Tensor:
+    """(n,) → (⌈n/B⌉, B): a view when B divides n, else a copy with the last block zero-padded."""
+    pad = -flat.numel() % block_size
+    return (F.pad(flat, (0, pad)) if pad else flat).view(-1, block_size)

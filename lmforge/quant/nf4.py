@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.quant.codebooks import codebook, dynamic_lookup, dynamic_map
+from lmforge.quant.codebooks import as_blocks, codebook, dynamic_lookup, dynamic_map
 
 DQ_BLOCKSIZE = 256  # constants per group in double quantization (bitsandbytes' choice)
 
@@ -108,12 +108,6 @@ class Quantized4bit:
 # ──────────────────────────────────────────────────────────────────── 4-bit blocks
 
 
-def _blocks(flat: Tensor, blocksize: int) -> Tensor:
-    """(n,) → (⌈n/B⌉, B), the short last block padded with zeros."""
-    pad = -flat.numel() % blocksize
-    return F.pad(flat, (0, pad)).view(-1, blocksize)
-
-
 def _nearest_codes(scaled: Tensor, quant_type: str) -> Tensor:
     """Code of the nearest table value for each entry of `scaled` (in [-1, 1]); int64."""
     values = codebook(quant_type).values(scaled.device)  # (K,)
@@ -133,7 +127,7 @@ def quantize_4bit(
         )
     flat = weight.detach().reshape(-1).float()  # (n,)
     n = flat.numel()
-    blocks = _blocks(flat, blocksize)  # (nb, B)
+    blocks = as_blocks(flat, blocksize)  # (nb, B)
     absmax = blocks.abs().amax(dim=1)  # (nb,)
     scaled = blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]  # (nb, B)
     tail = n % blocksize
@@ -186,7 +180,7 @@ def quantize_dynamic(x: Tensor, blocksize: int = DQ_BLOCKSIZE) -> tuple[Tensor, 
     Rounds through bitsandbytes' 65,536-point grid (see `dynamic_lookup`), as its CPU
     kernel does; an all-zero block stores code 0."""
     flat = x.detach().reshape(-1).float()  # (n,)
-    blocks = _blocks(flat, blocksize)  # (nb, 256)
+    blocks = as_blocks(flat, blocksize)  # (nb, 256)
     absmax = blocks.abs().amax(dim=1)  # (nb,)
     inverse = torch.where(absmax > 0, 1.0 / absmax, torch.zeros_like(absmax))  # (nb,)
     v = (blocks * inverse[:, None]).clamp(-1.0, 1.0)  # (nb, 256)
@@ -200,7 +194,7 @@ def dequantize_dynamic(codes: Tensor, absmax: Tensor, blocksize: int = DQ_BLOCKS
     """(n,) uint8 codes + (nb,) fp32 absmax → (n,) fp32."""
     n = codes.numel()
     values = dynamic_map().to(codes.device).index_select(0, codes.int())  # (n,)
-    return (_blocks(values, blocksize) * absmax[:, None]).view(-1)[:n]
+    return (as_blocks(values, blocksize) * absmax[:, None]).view(-1)[:n]
 
 
 def double_quantize(absmax: Tensor) -> DoubleQuant:

@@ -40,11 +40,11 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.quant.adamw import AdamWBase, Hyper, Params, adamw_update_
+from lmforge.quant.codebooks import as_blocks
 
 BLOCK_SIZE = 256
 MIN_8BIT_SIZE = 4096
@@ -122,14 +122,6 @@ def nearest_code(qmap: Tensor) -> NearestCode:
     return _CODERS[key]
 
 
-def _blocks(flat: Tensor, block_size: int) -> Tensor:
-    """(n,) → (⌈n/bs⌉, bs), zero-padded only when n is not a multiple of the block."""
-    n_blocks = math.ceil(flat.numel() / block_size)
-    if flat.numel() != n_blocks * block_size:
-        flat = F.pad(flat, (0, n_blocks * block_size - flat.numel()))
-    return flat.view(n_blocks, block_size)
-
-
 def quantize_blockwise(
     x: Tensor, qmap: Tensor, block_size: int = BLOCK_SIZE, *, round_up_tiny: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -140,7 +132,7 @@ def quantize_blockwise(
     """
     flat = x.detach().reshape(-1).float()  # (n,)
     n = flat.numel()
-    blocks = _blocks(flat, block_size)  # (nb, bs)
+    blocks = as_blocks(flat, block_size)  # (nb, bs)
     absmax = blocks.abs().amax(dim=1)  # (nb,)
     scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     normed = (blocks / scale[:, None]).view(-1)[:n]  # (n,) in [-1, 1]
@@ -156,7 +148,7 @@ def dequantize_blockwise(
     """fp32 values absmax(block) · qmap[code]; codes (n,) uint8, absmax (nb,) → (n,)."""
     n = codes.numel()
     values = qmap.index_select(0, codes.reshape(-1).long())  # (n,)
-    return (_blocks(values, block_size) * absmax[:, None]).view(-1)[:n]
+    return (as_blocks(values, block_size) * absmax[:, None]).view(-1)[:n]
 
 
 # ---------------------------------------------------------------- the optimizer
@@ -222,7 +214,7 @@ class AdamW8bit(AdamWBase):
         if "exp_avg" in state:  # a small tensor: fp32 moments
             adamw_update_(work, grad.float(), state["exp_avg"], state["exp_avg_sq"], step, h)
         else:
-            flat = work.view(-1) if work.is_contiguous() else work.reshape(-1).clone()
+            flat = work.contiguous().view(-1)  # work itself unless it is not contiguous
             self._update_8bit(flat, grad.float().reshape(-1), state, step, h)
             if not work.is_contiguous():
                 work.copy_(flat.view_as(work))
