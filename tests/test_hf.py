@@ -34,6 +34,16 @@ from lmforge.registry import Registry
 
 VOCAB = 101
 TOL = 1e-4
+TINY_FIELDS = dict(  # a two-layer model with grouped-query attention
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
@@ -55,14 +65,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def tiny_hf(family: str, tied: bool = False, **overrides: object) -> torch.nn.Module:
     config_cls, model_cls = FAMILIES[family]
     fields = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-5,
+        **TINY_FIELDS,
         rope_parameters={"rope_type": "default", "rope_theta": 500.0},
         tie_word_embeddings=tied,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 
@@ -182,6 +183,32 @@ def test_nf4_linear_forward_backward() -> None:
     layer.bias.requires_grad_(True)  # BitFit-style: an unfrozen bias gets its gradient
     layer(x).sum().backward()
     assert torch.equal(layer.bias.grad, torch.full((24,), 10.0))
+
+
+def test_layers_sharing_the_scratch_buffer_stay_exact() -> None:
+    """Every layer rebuilds Ŵ in the same per-thread buffer: interleaved forwards and the
+    backward passes (which rebuild Ŵ again, in reverse order) must still be exact."""
+    torch.manual_seed(0)
+    linears = [nn.Linear(64, 96, bias=False), nn.Linear(96, 64, bias=False)]
+    layers = [NF4Linear.from_linear(lin) for lin in linears]
+    weights = [layer.dequantize() for layer in layers]  # fresh tensors, never overwritten
+    x = normal(3, 64, seed=2).requires_grad_()
+    y = layers[1](layers[0](x))
+    with torch.no_grad():  # the no-grad path uses the buffer too, and must not disturb y
+        layers[0](normal(3, 64, seed=3))
+    assert torch.equal(y, F.linear(F.linear(x, weights[0]), weights[1]))
+    y.square().sum().backward()
+    expected = ((2 * y.detach()) @ weights[1]) @ weights[0]
+    assert torch.allclose(x.grad, expected, atol=1e-6, rtol=0)
+    assert torch.equal(layers[0].dequantize(), weights[0])
+
+    def inference_first() -> None:  # a new thread starts with no buffers
+        with torch.inference_mode():  # inference tensors cannot be written outside the mode
+            layers[0](x)
+        layers[0](x).sum().backward()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(inference_first).result()
 
 
 def test_nf4_linear_dtypes_and_placement() -> None:

@@ -8,21 +8,17 @@ RoPE layout of attention.py).
     config.json ──► config_from_hf ──► ModelConfig ──► CausalLM skeleton (meta device)
     *.safetensors ──► tensor by tensor (memory-mapped) ─► its parameters
 
-Which checkpoints qualify is a registry of architectures (Llama, Mistral,
-Qwen2). A checkpoint that uses something the native model does not compute
-(scaled RoPE, a sliding window shorter than the context, biases it lacks)
-raises ConfigError instead of giving wrong logits without a word.
+Which checkpoints qualify, and how their config.json becomes a ModelConfig, is
+hf_config.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,145 +26,16 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import CheckpointError
 from lmforge.io import atomic_write, atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
+from lmforge.model.hf_config import CONFIG_FILE, config_from_hf, load_hf_config
+from lmforge.model.hf_config import read_json as _read_json
 from lmforge.model.weights import SafetensorsFile, quantizer
-from lmforge.registry import Registry
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-# A check looks at a transformers config and names what would break parity, or returns None.
-Check = Callable[[Any], "str | None"]
-
-
-def _rope_parameters(c: Any) -> dict:
-    # transformers ≥ 5 keeps rope_theta inside rope_parameters; older configs had both apart.
-    params = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
-    params.setdefault("rope_theta", getattr(c, "rope_theta", 10000.0))
-    return params
-
-
-def _check_activation(c: Any) -> str | None:
-    act = getattr(c, "hidden_act", "silu")
-    return None if act == "silu" else f"hidden_act={act!r} (the native MLP is SwiGLU with SiLU)"
-
-
-def _check_rope(c: Any) -> str | None:
-    params = _rope_parameters(c)
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in (None, "default"):
-        return f"RoPE type {kind!r} (only unscaled RoPE is implemented natively)"
-    if params.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", 1.0)) != 1.0:
-        return "partial_rotary_factor != 1 (the native model rotates whole heads)"
-    return None
-
-
-def _check_mlp_bias(c: Any) -> str | None:
-    return "mlp_bias=True (the native MLP has no biases)" if getattr(c, "mlp_bias", False) else None
-
-
-def _check_not_quantized(c: Any) -> str | None:
-    quant = getattr(c, "quantization_config", None)
-    if quant is None:
-        return None
-    method = quant.get("quant_method") if isinstance(quant, dict) else quant.quant_method
-    return f"quantized weights (quant_method {method!r}); dequantize them first"
-
-
-def _check_llama_attention_bias(c: Any) -> str | None:
-    if getattr(c, "attention_bias", False):
-        return "attention_bias=True also biases o_proj, which the native attention lacks"
-    return None
-
-
-COMMON_CHECKS: tuple[Check, ...] = (
-    _check_activation,
-    _check_rope,
-    _check_mlp_bias,
-    _check_not_quantized,
-)
-
-
-@dataclass(frozen=True)
-class Family:
-    model_type: str  # transformers' config.model_type
-    qkv_bias: Callable[[Any], bool]  # whether q/k/v projections carry a bias
-    checks: tuple[Check, ...] = field(default=())  # family-specific parity checks
-
-
-FAMILIES: Registry[Family] = Registry("transformers architecture")
-FAMILIES.add("LlamaForCausalLM", Family("llama", lambda c: False, (_check_llama_attention_bias,)))
-FAMILIES.add("MistralForCausalLM", Family("mistral", lambda c: False))
-FAMILIES.add("Qwen2ForCausalLM", Family("qwen2", lambda c: True))
-
-
-def _architecture(c: Any) -> str:
-    names = getattr(c, "architectures", None) or []
-    if names:
-        return names[0]
-    by_type = {FAMILIES.get(a).model_type: a for a in FAMILIES}
-    model_type = getattr(c, "model_type", "")
-    return by_type.get(model_type, f"(model_type {model_type!r})")
-
-
-def _sliding_window(c: Any) -> int | None:
-    """The attention window if some layer actually uses one, else None."""
-    window = getattr(c, "sliding_window", None)
-    layer_types = getattr(c, "layer_types", None)
-    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
-        return None
-    return int(window)
-
-
-def config_from_hf(
-    hf_config: Any, *, max_seq_len: int | None = None, architecture: str | None = None
-) -> ModelConfig:
-    """The native ModelConfig computing what the transformers config computes.
-
-    max_seq_len defaults to max_position_embeddings, capped at the sliding window
-    where one is active: up to that length the window masks nothing, so logits match.
-    """
-    arch = architecture or _architecture(hf_config)
-    if arch not in FAMILIES:
-        raise ConfigError(
-            f"transformers architecture {arch} cannot be imported natively; "
-            f"supported: {', '.join(FAMILIES.names())} (use backend='hf' for others)"
-        )
-    family = FAMILIES.get(arch)
-    problems = [p for check in COMMON_CHECKS + family.checks if (p := check(hf_config))]
-    if problems:
-        raise ConfigError(f"{arch} uses {'; '.join(problems)}: logits would not match")
-    c = hf_config
-    window = _sliding_window(c)
-    limit = c.max_position_embeddings if window is None else min(c.max_position_embeddings, window)
-    if max_seq_len is None:
-        max_seq_len = limit
-    elif window is not None and max_seq_len > window:
-        raise ConfigError(
-            f"{arch} attends through a sliding window of {window} tokens, which the native "
-            f"model does not implement; max_seq_len={max_seq_len} must be <= {window}"
-        )
-    config = ModelConfig(
-        vocab_size=c.vocab_size,
-        d_model=c.hidden_size,
-        n_layer=c.num_hidden_layers,
-        n_head=c.num_attention_heads,
-        n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
-        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        d_ff=c.intermediate_size,
-        max_seq_len=max_seq_len,
-        rope_theta=float(_rope_parameters(c)["rope_theta"]),
-        norm_eps=float(c.rms_norm_eps),
-        tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
-        attention_bias=family.qkv_bias(c),
-        init_std=float(getattr(c, "initializer_range", 0.02)),
-    )
-    config.validate()
-    return config
 
 
 # ------------------------------------------------------------------------------------ import
@@ -263,17 +130,6 @@ def from_hf(hf_model: torch.nn.Module, *, max_seq_len: int | None = None) -> Cau
     return model.train(hf_model.training)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing") from None
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read ({e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); re-save the checkpoint") from None
-
-
 def _weight_files(path: Path) -> list[Path]:
     # Like transformers: a single model.safetensors first, then a sharded index.
     if (path / WEIGHTS_FILE).is_file():
@@ -295,22 +151,6 @@ def _weight_files(path: Path) -> list[Path]:
         else "save the model with save_pretrained or lmforge's save_hf_dir"
     )
     raise CheckpointError(f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE}; {hint}")
-
-
-def load_hf_config(path: str | Path) -> Any:
-    """The transformers config of a checkpoint directory, read from its config.json."""
-    from transformers import AutoConfig
-
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory holding a transformers checkpoint")
-    raw = _read_json(path / CONFIG_FILE)
-    if "model_type" not in raw:
-        raise CheckpointError(f"{path / CONFIG_FILE} has no 'model_type' field")
-    try:
-        return AutoConfig.from_pretrained(str(path))
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        raise CheckpointError(f"{path / CONFIG_FILE}: transformers cannot read it ({e})") from None
 
 
 def load_hf_dir(

@@ -26,7 +26,8 @@ its gradients before the next chunk is projected:
                                   ∂h_c = z W      ∂W += zᵀ h_c   (∂W only if W trains)
     backward                      ∂h · g/n, ∂W · g/n
 
-Same FLOPs as head + loss, a (c, V) buffer instead of two or three (N, V) ones.
+Same FLOPs as head + loss, one (c, V) buffer, reused by every chunk, instead of two or three
+(N, V) ones.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h)  # (N, d)
         grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None  # (V, d)
         total = h.new_zeros((), dtype=torch.float32)
+        logits = h.new_empty(min(chunk, len(h)), len(weight))  # (c, V): one buffer, reused
         for start in range(0, len(h), chunk):
             rows = slice(start, start + chunk)
-            z = (h[rows] @ weight.t()).float()  # (c, V)
+            z = torch.mm(h[rows], weight.t(), out=logits[: len(h[rows])]).float()  # (c, V)
             torch.log_softmax(z, dim=-1, out=z)  # in place: a row is reduced before it is written
             picked = z.gather(1, safe[rows, None]).squeeze(1)  # (c,) log-probabilities
             total -= (picked * valid[rows]).sum()

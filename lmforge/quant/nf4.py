@@ -32,12 +32,15 @@ Data layout (row-major flattened weight, n = out · in values, B = 64):
 The last block may be short: it is padded with zeros (which leave its absmax unchanged).
 Dequantization is one gather: a 256-entry table maps each byte to its two values, then one
 multiply by the block constants. `NF4Linear.forward` runs exactly this, caching nothing, and
-its backward pass rebuilds Ŵ for the input gradient instead of keeping it alive.
+its backward pass rebuilds Ŵ for the input gradient instead of keeping it alive. Both write
+Ŵ into one scratch buffer per thread that every layer reuses, so a step allocates no
+weight-sized temporaries.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +53,7 @@ from lmforge.errors import ConfigError
 from lmforge.quant.codebooks import as_blocks, codebook, dynamic_lookup, dynamic_map
 
 DQ_BLOCKSIZE = 256  # constants per group in double quantization (bitsandbytes' choice)
+_SCRATCH = threading.local()  # per thread: buffers for a Ŵ that one product consumes at once
 
 
 def check_settings(quant_type: str, blocksize: int) -> None:
@@ -151,11 +155,30 @@ def byte_table(quant_type: str, device: torch.device | str | None = None) -> Ten
     return pairs.contiguous().view(torch.int64).view(256)
 
 
+def scratch(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """This thread's reusable buffer `name` of at least `numel` elements, cut to `numel`."""
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (name, dtype, device, torch.is_inference_mode_enabled())  # inference tensors differ
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
 def expand_4bit(
-    packed: Tensor, absmax: Tensor, table: Tensor, blocksize: int, numel: int
+    packed: Tensor, absmax: Tensor, table: Tensor, blocksize: int, numel: int, reuse: bool = False
 ) -> Tensor:
-    """(⌈n/2⌉,) uint8 codes + (nb,) fp32 constants → (n,) fp32 weights."""
-    values = table.index_select(0, packed.int()).view(torch.float32)  # (2⌈n/2⌉,)
+    """(⌈n/2⌉,) uint8 codes + (nb,) fp32 constants → (n,) fp32 weights.
+
+    reuse: write into this thread's scratch buffers instead of new tensors; the result is
+    then overwritten by the next such call, so it must be consumed at once (a layer's
+    product). Freeing and re-allocating megabytes per layer fragments the heap."""
+    if reuse:
+        index = scratch("index", len(packed), torch.int32, packed.device).copy_(packed)
+        out = scratch("values", len(packed), table.dtype, packed.device)
+        values = torch.index_select(table, 0, index, out=out).view(torch.float32)
+    else:
+        values = table.index_select(0, packed.int()).view(torch.float32)  # (2⌈n/2⌉,)
     total = absmax.numel() * blocksize
     if values.numel() != total:
         values = F.pad(values[:numel], (0, total - numel))  # (nb·B,)
@@ -235,13 +258,14 @@ class _DequantLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, bias: Tensor | None, layer: NF4Linear) -> Tensor:
         ctx.layer = layer
-        return F.linear(x, layer.dequantize(), bias)  # (..., out)
+        return F.linear(x, layer.dequantize(reuse=True), bias)  # (..., out)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # Ŵ lives in a scratch buffer, not the graph
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ ctx.layer.dequantize().to(grad.dtype)  # (..., in)
+            grad_x = grad @ ctx.layer.dequantize(reuse=True).to(grad.dtype)  # (..., in)
         if ctx.needs_input_grad[1]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)  # (out,)
         return grad_x, grad_bias, None
@@ -355,10 +379,12 @@ class NF4Linear(nn.Module):
         constants = self.quantized().absmax
         return constants if isinstance(constants, Tensor) else double_dequantize(constants)
 
-    def dequantize(self) -> Tensor:
-        """The float weight Ŵ, (out, in) in `compute_dtype`."""
+    def dequantize(self, reuse: bool = False) -> Tensor:
+        """The float weight Ŵ, (out, in) in `compute_dtype`; with `reuse`, in a scratch buffer
+        that the next such call overwrites (see expand_4bit)."""
         n = self.out_features * self.in_features
-        flat = expand_4bit(self.qweight, self.block_constants(), self.byte_table, self.blocksize, n)
+        constants, table = self.block_constants(), self.byte_table
+        flat = expand_4bit(self.qweight, constants, table, self.blocksize, n, reuse)
         return flat.view(self.out_features, self.in_features).to(self.compute_dtype)  # (out, in)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -370,7 +396,7 @@ class NF4Linear(nn.Module):
         ):
             y = _DequantLinear.apply(h, bias, self)  # (..., out)
         else:
-            y = F.linear(h, self.dequantize(), bias)  # (..., out)
+            y = F.linear(h, self.dequantize(reuse=True), bias)  # (..., out)
         return y if y.dtype == dtype else y.to(dtype)
 
     def settings(self) -> dict[str, object]:
