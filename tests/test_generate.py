@@ -115,6 +115,34 @@ def test_batched_left_padded_equals_one_by_one(make, eos):
     assert len({len(r.token_ids) for r in batched}) > 1  # rows really finished apart
 
 
+def test_packed_prefill_equals_the_padded_call(monkeypatch):
+    """A padded prefill runs packed (no compute on padding): same last logits and cache."""
+    model = native_model()
+    L = max(len(p) for p in PROMPTS)
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in PROMPTS])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in PROMPTS])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    host = NativeHost(model)
+    runs = []
+    for limit in (L * L * len(PROMPTS) ** 2, 0):  # packed, then the padded call (limit 0)
+        monkeypatch.setattr("lmforge.model.host.PACK_LIMIT", limit)
+        cache = host.new_cache(len(PROMPTS), L + 3)
+        with torch.no_grad():
+            runs.append(host.step(ids, mask, positions, cache))
+    (packed, cache), (padded, reference) = runs
+    assert cache.length == reference.length == L
+    assert torch.allclose(packed, padded, atol=1e-5, rtol=0)
+    real = mask.bool()
+    for mine, theirs in zip(cache.keys + cache.values, reference.keys + reference.values):
+        assert torch.allclose(
+            mine[:, :, :L].transpose(1, 2)[real],
+            theirs[:, :, :L].transpose(1, 2)[real],
+            atol=1e-5,
+            rtol=0,
+        )
+        assert not mine[:, :, :L].transpose(1, 2)[~real].any()  # padding slots zeroed
+
+
 def test_transformers_greedy_equals_hf_generate():
     model = llama_model()
     L = max(len(p) for p in PROMPTS)

@@ -139,7 +139,7 @@ class CausalLM(nn.Module):
         past_key_values: KVCache | None = None,
         labels: Tensor | None = None,
         use_cache: bool = False,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | Tensor = 0,
     ) -> CausalLMOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -166,7 +166,9 @@ class CausalLM(nn.Module):
                 x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
-        if logits_to_keep:  # generation needs only the last positions' logits
+        if isinstance(logits_to_keep, Tensor):  # positions whose logits are needed, (K,)
+            x = x[:, logits_to_keep]
+        elif logits_to_keep:  # generation needs only the last positions' logits
             x = x[:, -logits_to_keep:]
         x = self.model.norm(x)
         if labels is not None and self._fuse_head_and_loss():

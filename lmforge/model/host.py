@@ -52,6 +52,9 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
+PACK_LIMIT = 1 << 22  # most entries of the (N, N) mask of a packed prefill (N ≤ 2,048 tokens)
+
+
 class NativeHost:
     """lmforge's CausalLM: one KVCache buffer allocated up front, filled in place."""
 
@@ -72,6 +75,8 @@ class NativeHost:
     def step(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: KVCache
     ) -> tuple[Tensor, KVCache]:
+        if self._packs(input_ids, attention_mask, cache):
+            return self._prefill_packed(input_ids, attention_mask, cache)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -81,6 +86,48 @@ class NativeHost:
             logits_to_keep=1,  # the prefill needs only the last position's logits
         )
         return out.logits[:, -1], out.past_key_values
+
+    def _packs(self, ids: Tensor, mask: Tensor, cache: KVCache) -> bool:
+        """Whether this call is a padded prefill that `_prefill_packed` can run instead: a plain
+        CausalLM (a virtual-token wrapper lays out its cache itself), some padding, and a
+        packed sequence within the context and PACK_LIMIT."""
+        if cache.length or ids.shape[1] == 1 or not isinstance(self.model, CausalLM):
+            return False
+        n = int(mask.sum())
+        return n < mask.numel() and n <= self.max_length() and n * n <= PACK_LIMIT
+
+    def _prefill_packed(self, ids: Tensor, mask: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+        """A left-padded prefill run without its padding, which then costs no compute (prompts
+        of mixed lengths pad a batch by a third or more): the rows' real tokens are packed
+        into one sequence, each attending causally within its own row (a block-diagonal mask,
+        positions restarting per row). Each row's keys and values then land in its slots of
+        the batch cache, its padding slots zeroed (the mask hides them; zeros keep them
+        finite). The same as the padded call up to float rounding."""
+        B, L = ids.shape
+        keep = mask.bool()
+        lengths = keep.sum(dim=1)  # (B,)
+        N = int(lengths.sum())
+        row = torch.repeat_interleave(torch.arange(B, device=ids.device), lengths)  # (N,)
+        starts = torch.cumsum(lengths, 0) - lengths  # (B,)
+        positions = torch.arange(N, device=ids.device) - starts[row]  # (N,) per-row positions
+        same_row = row[:, None] == row[None, :]  # (N, N)
+        causal = torch.ones(N, N, dtype=torch.bool, device=ids.device).tril()
+        packed = KVCache.allocate(self.model.config, 1, N, cache.keys[0].dtype, ids.device)
+        out = self.model(
+            input_ids=ids[keep][None],  # (1, N)
+            attention_mask=(same_row & causal)[None, None],  # (1, 1, N, N)
+            position_ids=positions[None],
+            past_key_values=packed,
+            use_cache=True,
+            logits_to_keep=starts + lengths - 1,  # each row's last token
+        )
+        for store, filled in ((cache.keys, packed.keys), (cache.values, packed.values)):
+            for buf, part in zip(store, filled):  # buf (B, nkv, cap, hd), part (1, nkv, N, hd)
+                for i, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+                    buf[i, :, : L - n] = 0
+                    buf[i, :, L - n : L] = part[0, :, start : start + n]
+        cache.advance(L)
+        return out.logits[0], cache  # (B, V)
 
     def select_rows(self, cache: KVCache, rows: Tensor) -> KVCache:
         cache.select(rows)
