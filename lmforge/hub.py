@@ -14,6 +14,7 @@ directories of dead processes are removed on the next attempt.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -81,9 +82,17 @@ EMBEDDED.add(
 )
 
 
-def _fingerprint(source: Path) -> dict:
-    stat = source.stat()
-    return {"source": source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _fingerprint(source: Path, span: int = 1 << 20) -> dict:
+    """What identifies a source file by content: name, size and a hash of its first and last
+    MiB (a GGUF header names every tensor). Not its path or time stamp, which differ between
+    two environments that installed the same package, and would make them convert in turn."""
+    size = source.stat().st_size
+    digest = hashlib.sha256()
+    with source.open("rb") as f:
+        digest.update(f.read(span))
+        f.seek(max(size - span, 0))
+        digest.update(f.read(span))
+    return {"source": source.name, "size": size, "sha256_ends": digest.hexdigest()}
 
 
 def _is_cache_of(cache: Path, entry: Embedded) -> bool:

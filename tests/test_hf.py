@@ -367,8 +367,12 @@ def test_conversion_runs_once_and_is_reused(tmp_path, monkeypatch):
     assert cache == fake.home / "models" / "fake" and (cache / hub.MARKER).is_file()
     assert hub.ensure_converted("fake") == cache and fake.calls == 1
     assert_parity(hub.load_model("fake"), hub.load_model("fake", backend="hf"))
-    fake.source.write_bytes(b"v2 is longer")  # a new package version: convert again
+    os.utime(fake.source, ns=(1, 1))  # the same package installed elsewhere: reused
+    assert hub.ensure_converted("fake") == cache and fake.calls == 1
+    fake.source.write_bytes(b"v3")  # a new package version of the same size: convert again
     assert hub.ensure_converted("fake") == cache and fake.calls == 2
+    fake.source.write_bytes(b"v2 is longer")  # and of another size
+    assert hub.ensure_converted("fake") == cache and fake.calls == 3
     assert fake.leftovers() == []
 
 
