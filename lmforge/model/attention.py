@@ -83,11 +83,11 @@ def blocks_linear(x: Tensor, blocks: Tensor, bias: Tensor | None) -> Tensor:
     """`split_linear` with the blocks (s, K, N/s) already cut."""
     splits, K, n = blocks.shape
     N = splits * n
-    rows = x.reshape(-1, K)  # (M, K)
-    if bias is None:
-        y = torch.matmul(rows, blocks)  # (s, M, N/s): the rows meet every block
+    rows = x.reshape(-1, K).expand(splits, -1, -1)  # (s, M, K): a view
+    if bias is None:  # bmm itself: matmul would reach the same kernel through more dispatch
+        y = torch.bmm(rows, blocks)  # (s, M, N/s): the rows meet every block
     else:  # bias inside the product, as F.linear's addmm adds it (same rounding)
-        y = torch.baddbmm(bias.view(splits, 1, -1), rows.expand(splits, -1, -1), blocks)
+        y = torch.baddbmm(bias.view(splits, 1, -1), rows, blocks)
     return y.transpose(0, 1).reshape(*x.shape[:-1], N)  # (..., N)
 
 
@@ -218,12 +218,13 @@ class KVCache:
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store k/v (B, n_kv, T, hd) after the cached positions; return all positions so far."""
-        end = self.length + k.shape[2]
-        if end > self.capacity:
-            self._grow(end)
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        T = k.shape[2]
+        if self.length + T > self.capacity:
+            self._grow(self.length + T)
+        keys, values = self.keys[layer], self.values[layer]
+        keys.narrow(2, self.length, T).copy_(k)
+        values.narrow(2, self.length, T).copy_(v)
+        return keys.narrow(2, 0, self.length + T), values.narrow(2, 0, self.length + T)
 
     def advance(self, n: int) -> None:
         self.length += n
