@@ -224,10 +224,12 @@ def test_fused_loss_matches_cross_entropy_in_value_and_gradient():
         assert torch.allclose(causal_lm_loss(z, y), ref, atol=1e-6)
 
 
-def test_logits_to_keep_returns_only_the_last_positions(model):
+def test_logits_to_keep_returns_only_the_asked_positions(model):
     x = tokens()
     kept = model(x, logits_to_keep=1).logits
     assert kept.shape == (2, 1, V) and torch.allclose(kept, model(x).logits[:, -1:], atol=1e-5)
+    chosen = model(x, logits_to_keep=torch.tensor([3, 0, 3])).logits  # positions, as given
+    assert torch.allclose(chosen, model(x).logits[:, [3, 0, 3]], atol=1e-5)
 
 
 def test_silu_mul_gradients_match_autograd_of_the_plain_expression():
