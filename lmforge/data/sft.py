@@ -52,6 +52,7 @@ from lmforge.chat import chat_format, chat_stop_tokens
 from lmforge.data.instruct import BadRecord, Conversation, validate_conversation
 from lmforge.data.loader import Batch
 from lmforge.errors import CheckpointError, ConfigError, DataError
+from lmforge.model.attention import packed_attention_mask
 from lmforge.model.loss import IGNORE_INDEX
 from lmforge.tokenizer import Tokenizer
 
@@ -277,23 +278,6 @@ def pack_examples(examples: Iterable[EncodedExample], max_length: int) -> list[P
     if ids:
         rows.append(PackedRow(ids, labels, positions, segments))
     return rows
-
-
-def packed_attention_mask(segment_ids: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """(B, T) segment ids → a (B, 1, T, T) mask, causal within a segment, closed across.
-
-    Boolean (True = may attend) by default, the form the native model and SDPA take; with a
-    float `dtype`, additive (0 or the dtype's minimum) for attention that adds the mask.
-    Padding (segment 0) attends causally to padding only, so every query sees some key.
-    """
-    T = segment_ids.shape[1]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()  # (T, T)
-    allowed = (same & causal)[:, None]  # (B, 1, T, T)
-    if dtype is None:
-        return allowed
-    zeros = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    return zeros.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _filled(rows: Sequence[Sequence[int]], width: int, fill: int) -> Tensor:

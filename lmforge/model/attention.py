@@ -61,6 +61,23 @@ def naive_attention(
     return weights @ v  # (B, nh, T, hd)
 
 
+def packed_attention_mask(segment_ids: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """(B, T) segment ids → a (B, 1, T, T) mask, causal within a segment, closed across.
+
+    Boolean (True = may attend) by default, the form the native model and SDPA take; with a
+    float `dtype`, additive (0 or the dtype's minimum) for attention that adds the mask.
+    Padding (segment 0) attends causally to padding only, so every query sees some key.
+    """
+    T = segment_ids.shape[1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()  # (T, T)
+    allowed = (same & causal)[:, None]  # (B, 1, T, T)
+    if dtype is None:
+        return allowed
+    zeros = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return zeros.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 def weight_blocks(weight: Tensor, splits: int) -> Tensor:
     """W (N, K) as `splits` blocks of rows, transposed for a batched product: (s, K, N/s)."""
     N, K = weight.shape

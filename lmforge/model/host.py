@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.model.attention import KVCache
+from lmforge.model.attention import KVCache, packed_attention_mask
 from lmforge.model.gpt import CausalLM
 
 
@@ -107,15 +107,13 @@ class NativeHost:
         keep = mask.bool()
         lengths = keep.sum(dim=1)  # (B,)
         N = int(lengths.sum())
-        row = torch.repeat_interleave(torch.arange(B, device=ids.device), lengths)  # (N,)
+        segments = torch.repeat_interleave(torch.arange(1, B + 1, device=ids.device), lengths)
         starts = torch.cumsum(lengths, 0) - lengths  # (B,)
-        positions = torch.arange(N, device=ids.device) - starts[row]  # (N,) per-row positions
-        same_row = row[:, None] == row[None, :]  # (N, N)
-        causal = torch.ones(N, N, dtype=torch.bool, device=ids.device).tril()
+        positions = torch.arange(N, device=ids.device) - starts[segments - 1]  # (N,) per row
         packed = KVCache.allocate(self.model.config, 1, N, cache.keys[0].dtype, ids.device)
         out = self.model(
             input_ids=ids[keep][None],  # (1, N)
-            attention_mask=(same_row & causal)[None, None],  # (1, 1, N, N)
+            attention_mask=packed_attention_mask(segments[None]),  # (1, 1, N, N)
             position_ids=positions[None],
             past_key_values=packed,
             use_cache=True,
