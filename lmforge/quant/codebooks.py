@@ -163,3 +163,13 @@ def as_blocks(flat: Tensor, block_size: int) -> Tensor:
     """(n,) → (⌈n/B⌉, B): a view when B divides n, else a copy with the last block zero-padded."""
     pad = -flat.numel() % block_size
     return (F.pad(flat, (0, pad)) if pad else flat).view(-1, block_size)
+
+
+def dequantize_blockwise(
+    codes: Tensor, absmax: Tensor, qmap: Tensor, block_size: int = 256
+) -> Tensor:
+    """Block-wise 8-bit values back to fp32: absmax(block) · qmap[code]; codes (n,) uint8,
+    absmax (nb,) → (n,). The 8-bit optimizer state and double-quantized constants share it."""
+    n = codes.numel()
+    values = qmap.index_select(0, codes.reshape(-1).long())  # (n,)
+    return (as_blocks(values, block_size) * absmax[:, None]).view(-1)[:n]

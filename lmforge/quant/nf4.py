@@ -50,7 +50,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.quant.codebooks import as_blocks, codebook, dynamic_lookup, dynamic_map
+from lmforge.quant.codebooks import (
+    as_blocks,
+    codebook,
+    dequantize_blockwise,
+    dynamic_lookup,
+    dynamic_map,
+)
 
 DQ_BLOCKSIZE = 256  # constants per group in double quantization (bitsandbytes' choice)
 _SCRATCH = threading.local()  # per thread: buffers for a Ŵ that one product consumes at once
@@ -215,9 +221,7 @@ def quantize_dynamic(x: Tensor, blocksize: int = DQ_BLOCKSIZE) -> tuple[Tensor, 
 
 def dequantize_dynamic(codes: Tensor, absmax: Tensor, blocksize: int = DQ_BLOCKSIZE) -> Tensor:
     """(n,) uint8 codes + (nb,) fp32 absmax → (n,) fp32."""
-    n = codes.numel()
-    values = dynamic_map().to(codes.device).index_select(0, codes.int())  # (n,)
-    return (as_blocks(values, blocksize) * absmax[:, None]).view(-1)[:n]
+    return dequantize_blockwise(codes, absmax, dynamic_map().to(codes.device), blocksize)
 
 
 def double_quantize(absmax: Tensor) -> DoubleQuant:

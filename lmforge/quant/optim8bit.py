@@ -44,7 +44,7 @@ from torch import Tensor
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.quant.adamw import AdamWBase, Hyper, Params, adamw_update_
-from lmforge.quant.codebooks import as_blocks
+from lmforge.quant.codebooks import as_blocks, dequantize_blockwise
 
 BLOCK_SIZE = 256
 MIN_8BIT_SIZE = 4096
@@ -140,15 +140,6 @@ def quantize_blockwise(
     if round_up_tiny:
         codes = torch.where((codes == 0) & (normed > 0), torch.ones_like(codes), codes)
     return codes, absmax
-
-
-def dequantize_blockwise(
-    codes: Tensor, absmax: Tensor, qmap: Tensor, block_size: int = BLOCK_SIZE
-) -> Tensor:
-    """fp32 values absmax(block) · qmap[code]; codes (n,) uint8, absmax (nb,) → (n,)."""
-    n = codes.numel()
-    values = qmap.index_select(0, codes.reshape(-1).long())  # (n,)
-    return (as_blocks(values, block_size) * absmax[:, None]).view(-1)[:n]
 
 
 # ---------------------------------------------------------------- the optimizer
