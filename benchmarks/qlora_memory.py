@@ -125,11 +125,12 @@ def main() -> None:
     ]
     for side, r in runs.items():
         sec = statistics.median(r["times"])
-        lora = runs[side.replace("qlora", "lora")]["rss_mb"] if "lora" in side else None
-        vs_lora = f"{r['rss_mb'] / lora:.2f}x" if lora else "-"
         grown = r["rss_mb"] - r["base_mb"]
-        lora_grown = runs[side.replace("qlora", "lora")] if lora else None
-        grown_vs = f"{grown / (lora_grown['rss_mb'] - lora_grown['base_mb']):.2f}x" if lora else "-"
+        vs_lora = grown_vs = "-"
+        if "lora" in side:  # against the LoRA side with the same settings
+            lora = runs[side.replace("qlora", "lora")]
+            vs_lora = f"{r['rss_mb'] / lora['rss_mb']:.2f}x"
+            grown_vs = f"{grown / (lora['rss_mb'] - lora['base_mb']):.2f}x"
         lines.append(
             f"| {side} | {sec:.2f} | {tokens / sec:,.0f} | {r['state'] / 2**20:,.1f} MiB | "
             f"{r['rss_mb']:,.0f} MB | {vs_lora} | "
