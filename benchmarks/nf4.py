@@ -4,6 +4,9 @@ Both layers hold the same NF4 weights (block 64, double-quantized constants; the
 are identical, as tests/test_quant_nf4.py checks) and run forward + backward to the input
 (the base of a QLoRA layer is frozen) on the same activations, alternating ABBA. The time
 ratio is bitsandbytes / lmforge per adjacent pair, median: above 1 means lmforge is faster.
+A backward straight after its layer's forward finds Ŵ still in lmforge's scratch buffer and
+skips the rebuild (as the last layer of each size does under gradient checkpointing); the
+column "rebuilding Ŵ" times the same layer made to rebuild it, as any other backward does.
 
 Usage: python benchmarks/nf4.py [--rows 512] [--calls 30] [--threads N]
 It prints a table and rewrites the "## NF4 linear layer" section of BENCHMARKS.md.
@@ -63,30 +66,38 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     lines = [
-        "| layer (in → out) | bitsandbytes ms | lmforge ms | speed vs bitsandbytes |",
-        "|---|---:|---:|---:|",
+        "| layer (in → out) | bitsandbytes ms | lmforge ms | speed vs bitsandbytes "
+        "| rebuilding Ŵ: ms | speed |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    ratios = []
+    ratios, rebuild_ratios = [], []
     for name, (n_in, n_out) in SHAPES.items():
         torch.manual_seed(0)
         linear = nn.Linear(n_in, n_out, bias=False)
         ours, ref = NF4Linear.from_linear(linear), bnb_layer(linear)
+        rebuilding = NF4Linear.from_linear(linear)
+        rebuilding._holder = lambda: None  # records nothing, so its backward never reuses
         x = torch.randn(args.rows, n_in, requires_grad=True)
         with torch.no_grad():
             if not torch.equal(ours(x), ref(x)):
                 raise SystemExit(f"{name}: the two layers disagree")
-        times = measure({"bnb": step(ref, x), "lmforge": step(ours, x)}, args.calls, 3)
+        steps = {"bnb": step(ref, x), "lmforge": step(ours, x), "rebuild": step(rebuilding, x)}
+        times = measure(steps, args.calls, 3)
         ratio = pair_ratio(times["bnb"], times["lmforge"])
+        rebuild_ratio = pair_ratio(times["bnb"], times["rebuild"])
         ratios.append(ratio)
+        rebuild_ratios.append(rebuild_ratio)
         ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
         lines.append(
-            f"| {name} ({n_in} → {n_out}) | {ms['bnb']:.2f} | {ms['lmforge']:.2f} | {ratio:.2f}x |"
+            f"| {name} ({n_in} → {n_out}) | {ms['bnb']:.2f} | {ms['lmforge']:.2f} | {ratio:.2f}x "
+            f"| {ms['rebuild']:.2f} | {rebuild_ratio:.2f}x |"
         )
         print(lines[-1], file=sys.stderr)
     setup = (
         f"Forward + backward to the input of {args.rows} rows, fp32 compute, NF4 block 64 with "
         f"double quantization; median over {args.calls} ABBA calls after 3 warmup; geometric "
-        f"mean speed {statistics.geometric_mean(ratios):.2f}x; {args.threads} threads, "
+        f"mean speed {statistics.geometric_mean(ratios):.2f}x (rebuilding Ŵ in the backward "
+        f"{statistics.geometric_mean(rebuild_ratios):.2f}x); {args.threads} threads, "
         f"{platform.machine()}, torch {torch.__version__}, bitsandbytes "
         f"{__import__('bitsandbytes').__version__}. Time ratio lmforge / bitsandbytes = "
         "1 / speed (target ≤ 1.0)."

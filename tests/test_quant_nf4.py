@@ -24,6 +24,7 @@ from lmforge.quant import (
     double_dequantize,
     double_quantize,
     dynamic_map,
+    linear4bit,
     load_quantized,
     normal_float_values,
     overhead_bits,
@@ -209,6 +210,36 @@ def test_layers_sharing_the_scratch_buffer_stay_exact() -> None:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(inference_first).result()
+
+
+def test_backward_takes_the_held_weight_only_while_it_is_unchanged(monkeypatch) -> None:
+    """A backward straight after its layer's forward (as under gradient checkpointing) skips
+    rebuilding Ŵ; a same-size layer in between, or new codes, make it rebuild."""
+    torch.manual_seed(0)
+    linears = [nn.Linear(64, 96, bias=False), nn.Linear(96, 64, bias=False)]  # one size
+    layers = [NF4Linear.from_linear(lin) for lin in linears]
+    weights = [layer.dequantize() for layer in layers]
+    calls = []
+    expand = linear4bit.expand_4bit
+    monkeypatch.setattr(linear4bit, "expand_4bit", lambda *a: calls.append(1) or expand(*a))
+
+    def input_grad(layer: NF4Linear, between=lambda: None) -> tuple[torch.Tensor, int]:
+        calls.clear()
+        x = normal(3, layer.in_features, seed=4).requires_grad_()
+        y = layer(x)
+        between()
+        y.sum().backward()
+        return x.grad, len(calls)
+
+    ones = torch.ones(3, 96)
+    grad, count = input_grad(layers[0])
+    assert count == 1 and torch.equal(grad, ones @ weights[0])  # reused: one expansion
+    grad, count = input_grad(layers[0], lambda: layers[1](normal(3, 96, seed=5)))
+    assert count == 3 and torch.equal(grad, ones @ weights[0])  # overwritten: rebuilt
+    other = quantize_4bit(linears[1].weight.reshape(96, 64), "nf4", 64, double_quant=True)
+    grad, count = input_grad(layers[0], lambda: layers[0].load_quantized(other))
+    assert count == 2 and torch.equal(grad, ones @ layers[0].dequantize())  # new codes
+    assert not torch.equal(grad, ones @ weights[0])
 
 
 def test_nf4_linear_dtypes_and_placement() -> None:

@@ -9,9 +9,9 @@ from lmforge.quant.codebooks import (
     dynamic_map,
     normal_float_values,
 )
+from lmforge.quant.linear4bit import NF4Linear
 from lmforge.quant.nf4 import (
     DoubleQuant,
-    NF4Linear,
     Quantized4bit,
     dequantize_4bit,
     double_dequantize,

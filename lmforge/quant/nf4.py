@@ -31,23 +31,19 @@ Data layout (row-major flattened weight, n = out · in values, B = 64):
 
 The last block may be short: it is padded with zeros (which leave its absmax unchanged).
 Dequantization is one gather: a 256-entry table maps each byte to its two values, then one
-multiply by the block constants. `NF4Linear.forward` runs exactly this, caching nothing, and
-its backward pass rebuilds Ŵ for the input gradient instead of keeping it alive. Both write
-Ŵ into one scratch buffer per thread that every layer reuses, so a step allocates no
-weight-sized temporaries.
+multiply by the block constants. With `reuse`, `expand_4bit` writes Ŵ into a per-thread
+scratch buffer per weight size (scratch.py), which NF4Linear (linear4bit.py) does for every
+product, so a training step allocates no weight-sized temporaries.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lmforge.errors import ConfigError
 from lmforge.quant.codebooks import (
@@ -57,9 +53,9 @@ from lmforge.quant.codebooks import (
     dynamic_lookup,
     dynamic_map,
 )
+from lmforge.quant.scratch import hold, holds, scratch
 
 DQ_BLOCKSIZE = 256  # constants per group in double quantization (bitsandbytes' choice)
-_SCRATCH = threading.local()  # per thread: buffers for a Ŵ that one product consumes at once
 
 
 def check_settings(quant_type: str, blocksize: int) -> None:
@@ -161,27 +157,27 @@ def byte_table(quant_type: str, device: torch.device | str | None = None) -> Ten
     return pairs.contiguous().view(torch.int64).view(256)
 
 
-def scratch(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """This thread's reusable buffer `name` of at least `numel` elements, cut to `numel`."""
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    key = (name, dtype, device, torch.is_inference_mode_enabled())  # inference tensors differ
-    buf = buffers.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
-    return buf[:numel]
-
-
 def expand_4bit(
-    packed: Tensor, absmax: Tensor, table: Tensor, blocksize: int, numel: int, reuse: bool = False
+    packed: Tensor,
+    absmax: Tensor,
+    table: Tensor,
+    blocksize: int,
+    numel: int,
+    reuse: bool = False,
+    holder: object = None,
 ) -> Tensor:
     """(⌈n/2⌉,) uint8 codes + (nb,) fp32 constants → (n,) fp32 weights.
 
-    reuse: write into this thread's scratch buffers instead of new tensors; the result is
-    then overwritten by the next such call, so it must be consumed at once (a layer's
-    product). Freeing and re-allocating megabytes per layer fragments the heap."""
+    reuse: write into this thread's scratch buffer for this size instead of a new tensor; the
+    result is then overwritten by the next such call of the same size, so it must be consumed
+    at once (a layer's product). Freeing and re-allocating megabytes per layer fragments the
+    heap. holder: a tag recorded with that result (see `held_weight`); None records nothing."""
     if reuse:
         index = scratch("index", len(packed), torch.int32, packed.device).copy_(packed)
-        out = scratch("values", len(packed), table.dtype, packed.device)
+        name = f"values{len(packed)}"
+        out = scratch(name, len(packed), table.dtype, packed.device)
+        exact = 2 * len(packed) == numel == absmax.numel() * blocksize  # no padded copy below
+        hold(name, packed.device, holder if exact else None)
         values = torch.index_select(table, 0, index, out=out).view(torch.float32)
     else:
         values = table.index_select(0, packed.int()).view(torch.float32)  # (2⌈n/2⌉,)
@@ -190,6 +186,15 @@ def expand_4bit(
         values = F.pad(values[:numel], (0, total - numel))  # (nb·B,)
     out = values.view(-1, blocksize).mul_(absmax[:, None])  # (nb, B)
     return out.view(-1)[:numel] if total != numel else out.view(-1)
+
+
+def held_weight(packed: Tensor, holder: object) -> Tensor | None:
+    """The scratch result of the last `expand_4bit(packed-sized, reuse=True, holder=...)` on this
+    thread, if that call recorded `holder` (and nothing of its size has been expanded since)."""
+    name = f"values{len(packed)}"
+    if not holds(name, packed.device, holder):
+        return None
+    return scratch(name, len(packed), torch.int64, packed.device).view(torch.float32)
 
 
 def dequantize_4bit(q: Quantized4bit, dtype: torch.dtype | None = None) -> Tensor:
@@ -251,188 +256,3 @@ def quantization_error(
         "max_abs": error.abs().max().item(),
         "bits_per_parameter": 8 * q.nbytes / weight.numel(),
     }
-
-
-# ──────────────────────────────────────────────────────────────────── the layer
-
-
-class _DequantLinear(torch.autograd.Function):
-    """y = x Ŵᵀ + b with Ŵ rebuilt in forward and again in backward (never saved)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, bias: Tensor | None, layer: NF4Linear) -> Tensor:
-        ctx.layer = layer
-        return F.linear(x, layer.dequantize(reuse=True), bias)  # (..., out)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # Ŵ lives in a scratch buffer, not the graph
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        grad_x = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ ctx.layer.dequantize(reuse=True).to(grad.dtype)  # (..., in)
-        if ctx.needs_input_grad[1]:
-            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)  # (out,)
-        return grad_x, grad_bias, None
-
-
-class NF4Linear(nn.Module):
-    """A frozen linear layer whose weight lives in 4 bits (see the module docstring).
-
-    Buffers: `qweight` (⌈out·in/2⌉,) uint8, and `absmax` (n_blocks,) fp32 or, with double
-    quantization, `absmax_codes` uint8, `absmax_scale` fp32 and `absmax_offset` (1,) fp32.
-    The bias (if any) is a frozen float parameter. `compute_dtype` is the float dtype the
-    layer computes in (its weight's original dtype); inputs of another dtype are cast to it
-    and the output cast back. The forward dequantizes on the fly; gradients reach the input.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        quant_type: str = "nf4",
-        double_quant: bool = True,
-        blocksize: int = 64,
-        compute_dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__()
-        check_settings(quant_type, blocksize)
-        if in_features <= 0 or out_features <= 0:
-            raise ConfigError(f"NF4Linear needs positive sizes, got {in_features}→{out_features}")
-        self.in_features, self.out_features = in_features, out_features
-        self.quant_type, self.blocksize, self.double_quant = quant_type, blocksize, double_quant
-        self.compute_dtype = compute_dtype
-        n = in_features * out_features
-        n_blocks = -(-n // blocksize)
-        self.register_buffer("qweight", torch.zeros((n + 1) // 2, dtype=torch.uint8, device=device))
-        if double_quant:
-            groups = -(-n_blocks // DQ_BLOCKSIZE)
-            self.register_buffer(
-                "absmax_codes", torch.zeros(n_blocks, dtype=torch.uint8, device=device)
-            )
-            self.register_buffer("absmax_scale", torch.zeros(groups, device=device))
-            self.register_buffer("absmax_offset", torch.zeros(1, device=device))
-        else:
-            self.register_buffer("absmax", torch.zeros(n_blocks, device=device))
-        self.register_buffer("byte_table", byte_table(quant_type, device), persistent=False)
-        self.bias = None
-        if bias:
-            zeros = torch.zeros(out_features, dtype=compute_dtype, device=device)
-            self.bias = nn.Parameter(zeros, requires_grad=False)
-
-    @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        quant_type: str = "nf4",
-        double_quant: bool = True,
-        blocksize: int = 64,
-    ) -> NF4Linear:
-        """Quantize an nn.Linear's weight; the bias is copied as is."""
-        weight = linear.weight.detach()  # (out, in)
-        has_bias = linear.bias is not None
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            has_bias,
-            quant_type=quant_type,
-            double_quant=double_quant,
-            blocksize=blocksize,
-            compute_dtype=weight.dtype,
-            device=weight.device,
-        )
-        layer.load_quantized(quantize_4bit(weight, quant_type, blocksize, double_quant))
-        if has_bias:
-            layer.bias.data.copy_(linear.bias.detach())
-        return layer
-
-    @torch.no_grad()
-    def load_quantized(self, q: Quantized4bit) -> None:
-        """Copy a `Quantized4bit` of this layer's shape and settings into the buffers."""
-        mine = self.quantized()
-        if (q.quant_type, q.blocksize, type(q.absmax), math.prod(q.shape)) != (
-            mine.quant_type,
-            mine.blocksize,
-            type(mine.absmax),
-            math.prod(mine.shape),
-        ):
-            raise ConfigError(f"{self!r} cannot hold a quantized weight of shape {list(q.shape)}")
-        self.qweight.copy_(q.packed)
-        if isinstance(q.absmax, Tensor):
-            self.absmax.copy_(q.absmax)
-        else:
-            for name in ("codes", "scale", "offset"):
-                getattr(self, f"absmax_{name}").copy_(getattr(q.absmax, name))
-
-    def quantized(self) -> Quantized4bit:
-        """The layer's weight as a `Quantized4bit` (views of the buffers)."""
-        constants: Tensor | DoubleQuant = (
-            DoubleQuant(self.absmax_codes, self.absmax_scale, self.absmax_offset)
-            if self.double_quant
-            else self.absmax
-        )
-        shape = torch.Size((self.out_features, self.in_features))
-        return Quantized4bit(
-            self.qweight, constants, shape, self.quant_type, self.blocksize, self.compute_dtype
-        )
-
-    def block_constants(self) -> Tensor:
-        """(n_blocks,) fp32 absmax of each block (rebuilt from 8 bits when double-quantized)."""
-        constants = self.quantized().absmax
-        return constants if isinstance(constants, Tensor) else double_dequantize(constants)
-
-    def dequantize(self, reuse: bool = False) -> Tensor:
-        """The float weight Ŵ, (out, in) in `compute_dtype`; with `reuse`, in a scratch buffer
-        that the next such call overwrites (see expand_4bit)."""
-        n = self.out_features * self.in_features
-        constants, table = self.block_constants(), self.byte_table
-        flat = expand_4bit(self.qweight, constants, table, self.blocksize, n, reuse)
-        return flat.view(self.out_features, self.in_features).to(self.compute_dtype)  # (out, in)
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        h = x if dtype == self.compute_dtype else x.to(self.compute_dtype)  # (..., in)
-        bias = self.bias
-        if torch.is_grad_enabled() and (
-            h.requires_grad or (bias is not None and bias.requires_grad)
-        ):
-            y = _DequantLinear.apply(h, bias, self)  # (..., out)
-        else:
-            y = F.linear(h, self.dequantize(reuse=True), bias)  # (..., out)
-        return y if y.dtype == dtype else y.to(dtype)
-
-    def settings(self) -> dict[str, object]:
-        """JSON-able constructor arguments (what save_quantized records per module)."""
-        names = ("in_features", "out_features", "quant_type", "double_quant", "blocksize")
-        return {
-            **{name: getattr(self, name) for name in names},
-            "bias": self.bias is not None,
-            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
-        }
-
-    def storage_bytes(self) -> int:
-        """Bytes of the quantized weight: packed codes plus block constants (bias excluded)."""
-        return self.quantized().nbytes
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> NF4Linear:
-        # model.half()/.to(dtype) must not round the fp32 constants: they keep fp32 (moved to
-        # the new device) while compute_dtype follows the cast, as a float weight would.
-        kept = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
-        probe = fn(torch.empty(0, dtype=self.compute_dtype, device=self.qweight.device))
-        super()._apply(fn, recurse)
-        for name, old in kept.items():
-            new = self._buffers[name]
-            if new.dtype != old.dtype:
-                self._buffers[name] = old.to(new.device)
-        if probe.is_floating_point():
-            self.compute_dtype = probe.dtype
-        return self
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, quant_type={self.quant_type}, "
-            f"blocksize={self.blocksize}, double_quant={self.double_quant}"
-        )
