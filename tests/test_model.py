@@ -62,15 +62,53 @@ def test_fused_loss_in_small_chunks_equals_one_chunk():
 
     torch.manual_seed(0)
     h = torch.randn(2, 9, 16, requires_grad=True)
-    w = torch.randn(V, 16)  # a frozen head: no weight gradient is computed
+    w = torch.randn(V, 16, requires_grad=True)  # a trained head: row chunks
     labels = torch.randint(0, V, (2, 9))
     one = linear_cross_entropy(h, w, labels, chunk_rows=64)
-    (g_one,) = torch.autograd.grad(one, h)
+    g_one = torch.autograd.grad(one, (h, w))
     small = linear_cross_entropy(h, w, labels, chunk_rows=5)
-    (g_small,) = torch.autograd.grad(small, h)
-    assert torch.allclose(one, small) and torch.allclose(g_one, g_small, atol=1e-7)
+    g_small = torch.autograd.grad(small, (h, w))
+    assert torch.allclose(one, small)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(g_one, g_small))
     reference = F.cross_entropy((h @ w.t())[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
     assert torch.allclose(one, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1 << 21, 18 * 7, 18])  # one slice, slices of 7, of 1 word
+def test_frozen_head_loss_over_vocabulary_slices_equals_the_reference(budget):
+    from lmforge.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(V, 16, dtype=torch.float64)  # frozen: vocabulary slices, online softmax
+    labels = torch.randint(0, V, (2, 9))
+    labels[1, :3] = -100
+    loss = linear_cross_entropy(h, w, labels, budget=budget)
+    (grad,) = torch.autograd.grad(2.5 * loss, h)
+    z = (h @ w.t())[:, :-1].reshape(-1, V)
+    reference = F.cross_entropy(z, labels[:, 1:].reshape(-1), ignore_index=-100)
+    (expected,) = torch.autograd.grad(2.5 * reference, h)
+    assert torch.allclose(loss, reference, atol=1e-12, rtol=0)
+    assert torch.allclose(grad, expected, atol=1e-12, rtol=0)
+    assert torch.all(grad[1, :2] == 0)  # rows whose next token is ignored
+
+
+def test_frozen_head_loss_is_exact_for_a_sure_model_and_a_16_bit_head():
+    from lmforge.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    w = torch.randn(V, 64).to(torch.bfloat16)  # stored in 16 bits, computed in fp32
+    labels = torch.randint(0, V, (1, 9))
+    h = (0.5 * w[labels[0].roll(-1)].float())[None].requires_grad_()  # p(target) ≈ 1 − 1e-7
+    loss = linear_cross_entropy(h, w, labels, budget=9 * 5)
+    (grad,) = torch.autograd.grad(loss, h)
+    h64 = h.detach().double().requires_grad_()
+    z = (h64 @ w.double().t())[:, :-1].reshape(-1, V)
+    reference = F.cross_entropy(z, labels[:, 1:].reshape(-1))
+    (expected,) = torch.autograd.grad(reference, h64)
+    assert reference.item() < 1e-6  # the regime where 1 − p would cancel
+    assert abs(loss.item() - reference.item()) <= 1e-4 * reference.item()
+    assert (grad.double() - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_kv_cache_gives_the_same_logits_as_one_pass(model):

@@ -28,6 +28,24 @@ its gradients before the next chunk is projected:
 
 Same FLOPs as head + loss, one (c, V) buffer, reused by every chunk, instead of two or three
 (N, V) ones.
+
+A frozen head (every parameter-efficient method) needs no ∂W, so the vocabulary can be cut
+instead of the rows, with the softmax normalised online as FlashAttention does over keys.
+For each slice W_s of the vocabulary (all N rows at once; y is the target, m the running
+maximum, z_y = h·W_y is known before the loop):
+
+    z = h W_sᵀ                                  (N, V_s), the only logits alive
+    m' = max(m, max z);  r = exp(m − m')         rescale what was summed under the old m
+    e = exp(z − m'),  with the target's entry set to 0
+    S ← S·r + Σ e        A ← A·r + e W_s          sums over every word but the target
+
+    loss = m + log(S + exp(z_y − m)) − z_y
+    ∂loss/∂h = A / S_all − (S / S_all) W_y        S_all = S + exp(z_y − m)
+
+Keeping the target out of S and A gives p_y − 1 = −S / S_all without cancellation when the
+model is sure of the target. The buffer is (N, V_s) with N·V_s ≤ 2²⁰, and W is read one slice
+at a time: a head stored in 16 bits (a QLoRA model's tied embedding) is widened slice by
+slice to the rows' precision, never as a whole.
 """
 
 from __future__ import annotations
@@ -112,13 +130,60 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+class _FrozenHeadCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, budget: int) -> Tensor:
+        valid = targets != IGNORE_INDEX  # h (N, d), weight (V, d) frozen, targets (N,)
+        safe = targets.masked_fill(~valid, 0)
+        wide = torch.promote_types(h.dtype, torch.float32)  # softmax precision: fp32 at least
+        w_y = weight[safe].to(h.dtype)  # (N, d)
+        z_y = (h * w_y).sum(1).to(wide)  # (N,) the target's logit
+        m = z_y.clone()  # running maximum, starting at the target's logit
+        total = torch.zeros_like(z_y)  # Σ exp(z − m) over the words seen, target excluded
+        acc = torch.zeros_like(h)  # Σ exp(z − m) W_v over the same words, (N, d)
+        size = max(1, min(len(weight), budget // max(1, len(h))))
+        buffer = h.new_empty(len(h), size)  # (N, V_s): one buffer, reused
+        rows = torch.arange(len(h), device=h.device)
+        for start in range(0, len(weight), size):
+            w = weight[start : start + size].to(h.dtype)  # (V_s, d)
+            z = torch.mm(h, w.t(), out=buffer[:, : len(w)]).to(wide)  # (N, V_s)
+            new_m = torch.maximum(m, z.amax(dim=1))
+            rescale = (m - new_m).exp_()  # (N,)
+            z.sub_(new_m[:, None]).exp_()
+            here = (safe >= start) & (safe < start + len(w))
+            z[rows[here], safe[here] - start] = 0.0  # the target is counted apart
+            total.mul_(rescale).add_(z.sum(dim=1))
+            acc.mul_(rescale[:, None].to(h.dtype)).addmm_(z.to(h.dtype), w)
+            m = new_m
+        target = (z_y - m).exp_()  # (N,)
+        everything = total + target
+        sure = target >= total  # p_y ≥ ½: log(1 + S/e_y) keeps a tiny loss's digits
+        losses = torch.where(sure, (total / target).log1p(), m + everything.log() - z_y)  # (N,)
+        grad_h = acc.div_(everything[:, None].to(h.dtype))
+        grad_h.sub_(w_y * (total / everything)[:, None].to(h.dtype))
+        grad_h.mul_(valid[:, None].to(h.dtype))  # ignored rows: no gradient
+        n = valid.sum()
+        ctx.save_for_backward(grad_h, n)
+        return (losses * valid).sum() / n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        grad_h, n = ctx.saved_tensors
+        return grad_h * (grad_out / n).to(grad_h.dtype), None, None, None
+
+
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, labels: Tensor, chunk_rows: int = 256
+    hidden: Tensor, weight: Tensor, labels: Tensor, chunk_rows: int = 256, budget: int = 1 << 20
 ) -> Tensor:
     """Next-token loss of `hidden @ weight.T` without materialising the (B, T, V) logits.
 
     hidden (B, T, d), weight (V, d), labels (B, T) as for `causal_lm_loss`, which this equals
-    in value and gradients up to float rounding."""
+    in value and gradients up to float rounding. A trained weight goes by `chunk_rows` rows
+    at a time; a frozen one (no gradient) by vocabulary slices of at most `budget` logits,
+    and may be stored in another float dtype than `hidden` (see the module docstring)."""
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
+    if not weight.requires_grad:
+        return _FrozenHeadCrossEntropy.apply(h, weight, targets.reshape(-1), budget)
     return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk_rows)
