@@ -38,7 +38,7 @@ def test_every_linear_but_the_head_is_nf4_under_lora():
 
 def test_at_init_it_computes_the_quantized_base():
     quantized = native()
-    quantize_model(quantized)
+    quantize_model(quantized, embedding_dtype="bfloat16")  # QLoRA's defaults
     with torch.no_grad():
         expected = quantized(ids()).logits
         got = peft.apply(native(), "qlora", {"r": 4}).model(ids()).logits

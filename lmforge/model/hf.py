@@ -163,8 +163,8 @@ def load_hf_dir(
 ) -> CausalLM:
     """A native CausalLM from a transformers directory (config.json + safetensors), in eval mode.
 
-    quantize: `lmforge.quant.quantize_model` settings (quant_type, double_quant, blocksize);
-    every linear layer but the head is quantized the moment it is read.
+    quantize: `lmforge.quant.quantize_model` settings (quant_type, double_quant, blocksize,
+    embedding_dtype); every linear layer but the head is quantized the moment it is read.
 
     The tensors are read straight from the safetensors files, one at a time, so
     no transformers model is built and peak memory stays near one model's worth.
@@ -190,6 +190,10 @@ def load_hf_dir(
 
         origin = str(files[0] if len(files) == 1 else path)
         model = _build(config, where, read, origin, dtype, device, quantizer(quantize))
+    if quantize and quantize.get("embedding_dtype"):  # once the head is tied to the embedding
+        from lmforge.quant.embed16 import store_embeddings
+
+        store_embeddings(model, quantize["embedding_dtype"])
     return model.eval()
 
 

@@ -105,9 +105,11 @@ def quantizer(settings: dict[str, Any] | None) -> Callable[[nn.Module, str], Non
         return None
     from lmforge.quant import quantize_model
 
+    per_layer = {k: v for k, v in settings.items() if k != "embedding_dtype"}  # see load_hf_dir
+
     def quantize(model: nn.Module, name: str) -> None:
         module = model.get_submodule(name)
         if isinstance(module, nn.Linear) and name != "lm_head":
-            quantize_model(model, targets=[name], **settings)
+            quantize_model(model, targets=[name], **per_layer)
 
     return quantize

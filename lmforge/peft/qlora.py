@@ -40,6 +40,8 @@ class QloraConfig:
     quant_type: str = "nf4"  # the base's 4-bit code book: nf4 | fp4 | int4
     double_quant: bool = True  # quantize the block constants again (8 bits, blocks of 256)
     blocksize: int = 64  # weights per absmax block
+    embedding_dtype: str | None = "bfloat16"  # the frozen embeddings' storage (the paper's
+    # 16-bit rest of the model); None keeps them in the model's dtype
 
     def lora(self) -> LoraConfig:
         return LoraConfig(self.r, self.alpha, self.dropout, self.targets, self.rslora, self.init)
@@ -54,6 +56,13 @@ class QloraConfig:
             )
         if self.blocksize <= 0:
             raise ConfigError(f"qlora.blocksize must be positive, got {self.blocksize}")
+        from lmforge.quant.embed16 import STORAGE_DTYPES
+
+        if self.embedding_dtype is not None and self.embedding_dtype not in STORAGE_DTYPES:
+            raise ConfigError(
+                f"qlora.embedding_dtype {self.embedding_dtype!r} is unknown; choose from "
+                f"{sorted(STORAGE_DTYPES)} or null (keep the model's dtype)"
+            )
 
 
 @register
@@ -79,10 +88,12 @@ class Qlora(DeltaMethod):
             "quant_type": c.quant_type,
             "double_quant": c.double_quant,
             "blocksize": c.blocksize,
+            "embedding_dtype": c.embedding_dtype,
         }
 
     def apply(self, model: nn.Module) -> nn.Module:
         from lmforge.quant import NF4Linear, quantize_model
+        from lmforge.quant.embed16 import store_embeddings
 
         c = self.config
         targets = match_targets(model, c.targets)  # names first: the layers are swapped next
@@ -91,6 +102,9 @@ class Qlora(DeltaMethod):
             self.report = quantize_model(model, **self.quantization())
         else:
             want = self.quantization()
+            embedding_dtype = want.pop("embedding_dtype")
+            if embedding_dtype is not None:  # quantized while loading: stored there already
+                store_embeddings(model, embedding_dtype)
             for m in quantized:
                 have = {k: getattr(m, k) for k in want}
                 if have != want:

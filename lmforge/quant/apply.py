@@ -31,7 +31,9 @@ from torch import Tensor, nn
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.io import atomic_write, atomic_write_json
-from lmforge.quant.nf4 import NF4Linear, check_settings
+from lmforge.quant.embed16 import Stored16, store_embeddings
+from lmforge.quant.linear4bit import NF4Linear
+from lmforge.quant.nf4 import check_settings
 
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "quantization.json"
@@ -52,6 +54,8 @@ class QuantReport:
     bytes_after: int = 0  # packed codes plus block constants
     tied: list[str] = field(default_factory=list)  # quantized, but the float weight is still
     # held by another module (a head tied to the embedding): those bytes are not freed
+    embeddings: list[str] = field(default_factory=list)  # stored in 16 bits (embed16.py)
+    embedding_bytes_saved: int = 0  # what that storage saves
 
     @property
     def num_layers(self) -> int:
@@ -64,7 +68,7 @@ class QuantReport:
 
     @property
     def bytes_saved(self) -> int:
-        return self.bytes_before - self.bytes_after
+        return self.bytes_before - self.bytes_after + self.embedding_bytes_saved
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,11 +131,14 @@ def quantize_model(
     blocksize: int = 64,
     targets: Sequence[str] | None = None,
     skip: Sequence[str] = ("lm_head",),
+    embedding_dtype: str | None = None,
 ) -> QuantReport:
     """Swap nn.Linear modules for NF4Linear in place and report the storage saved.
 
     targets: module names (full, or their last parts such as "q_proj") to quantize; None
-    quantizes every nn.Linear except those matching `skip` (which applies only then)."""
+    quantizes every nn.Linear except those matching `skip` (which applies only then).
+    embedding_dtype: "bfloat16" or "float16" stores the embeddings (and a head tied to them)
+    in 16 bits, frozen, as QLoRA keeps its unquantized weights (embed16.py); None leaves them."""
     check_settings(quant_type, blocksize)
     names = _select(model, targets, skip)
     if not names:
@@ -155,7 +162,17 @@ def quantize_model(
         report.bytes_before += linear.weight.numel() * linear.weight.element_size()
         report.bytes_after += layer.storage_bytes()
         del linear, layer
+    if embedding_dtype is not None:
+        before = _float_bytes(model)
+        report.embeddings = store_embeddings(model, embedding_dtype)
+        report.embedding_bytes_saved = before - _float_bytes(model)
     return report
+
+
+def _float_bytes(model: nn.Module) -> int:
+    """Bytes of the model's distinct float parameters."""
+    unique = {id(p): p for p in model.parameters() if p.is_floating_point()}
+    return sum(p.numel() * p.element_size() for p in unique.values())
 
 
 # ──────────────────────────────────────────────────────────────────── save / load
@@ -186,6 +203,9 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
         )
     tensors, aliases = _unique_tensors(model)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "modules": modules, "aliases": aliases}
+    stored = {n: m.weight.dtype for n, m in model.named_modules() if isinstance(m, Stored16)}
+    if stored:  # 16-bit embeddings: load_quantized stores the fresh model's the same way
+        meta["embedding_dtype"] = str(next(iter(stored.values()))).removeprefix("torch.")
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), {"format": FORMAT}))
     atomic_write_json(path / SIDECAR_FILE, meta)  # written last: a complete save has both
@@ -286,5 +306,7 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         for name, old in originals.items():  # leave the caller's model as it was
             replace_module(model, name, old)
         raise
+    if meta.get("embedding_dtype"):  # as saved, so the 16-bit tensors load without widening
+        store_embeddings(model, meta["embedding_dtype"])
     model.load_state_dict(tensors, strict=True)
     return model

@@ -1,0 +1,117 @@
+"""Frozen embeddings stored in 16 bits and computed in the model's precision.
+
+QLoRA quantizes the linear layers to 4 bits and keeps the rest of the frozen model in
+16 bits (bfloat16 in the paper). The token embedding is the largest of that rest: 49,152 ×
+576 for SmolLM2, 108 MB in fp32, as much as all its 4-bit blocks together. On a CPU, where
+16-bit products are slow, lmforge stores it in 16 bits and widens what it reads:
+
+    Embedding16   a lookup widens only the rows it picks
+    Linear16      a head tied to that embedding (the same tensor) widens one slice of the
+                  vocabulary at a time, so the full-precision weight never exists at once;
+                  the training loss reads the head the same way (model/loss.py)
+
+Rounding a weight to bfloat16 moves it by at most 2⁻⁹ of its size, far less than NF4 moves
+the blocks. Both modules keep their 16-bit storage under `model.float()` or `.to(dtype)`;
+the dtype they compute in follows the cast, as NF4Linear's does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.errors import ConfigError
+
+STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+SLICE_NUMEL = 1 << 21  # weights widened at once by Linear16
+
+
+class Stored16:
+    """Mixin: `weight` stays in its 16-bit storage dtype; `compute_dtype` follows casts."""
+
+    compute_dtype: torch.dtype
+    weight: nn.Parameter
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True):
+        storage = self.weight.dtype
+        probe = fn(torch.empty(0, dtype=self.compute_dtype, device=self.weight.device))
+        super()._apply(fn, recurse)
+        if self.weight.dtype != storage:  # a dtype cast: undo it on the stored weight
+            self.weight.data = self.weight.data.to(storage)
+        if probe.is_floating_point():
+            self.compute_dtype = probe.dtype
+        return self
+
+
+class Embedding16(Stored16, nn.Embedding):
+    """nn.Embedding whose frozen weight is stored in 16 bits; lookups return compute_dtype."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        rows = F.embedding(input, self.weight, self.padding_idx, self.max_norm)
+        return rows.to(self.compute_dtype)  # (..., d)
+
+
+class Linear16(Stored16, nn.Linear):
+    """nn.Linear whose frozen weight is stored in 16 bits, widened one output slice at a time."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.compute_dtype)
+        out = x.new_empty(*x.shape[:-1], self.out_features)  # (..., out)
+        size = max(1, SLICE_NUMEL // self.in_features)
+        for start in range(0, self.out_features, size):
+            rows = slice(start, start + size)
+            bias = None if self.bias is None else self.bias[rows].to(x.dtype)
+            out[..., rows] = F.linear(x, self.weight[rows].to(x.dtype), bias)
+        return out
+
+
+def _stored(module: nn.Module) -> nn.Module:
+    """The 16-bit twin of an nn.Embedding or nn.Linear, holding the very same Parameters."""
+    with torch.device("meta"):  # nothing allocated: the parameters are the module's own
+        if isinstance(module, nn.Embedding):
+            twin = Embedding16(
+                module.num_embeddings,
+                module.embedding_dim,
+                module.padding_idx,
+                module.max_norm,
+                module.norm_type,
+                module.scale_grad_by_freq,
+                module.sparse,
+            )
+        else:
+            twin = Linear16(module.in_features, module.out_features, module.bias is not None)
+            twin.bias = module.bias
+    twin.weight = module.weight
+    twin.compute_dtype = module.weight.dtype
+    twin.train(module.training)
+    return twin
+
+
+def store_embeddings(model: nn.Module, dtype: str = "bfloat16") -> list[str]:
+    """Store every nn.Embedding of `model`, and any linear layer sharing its weight (a tied
+    head), in the 16-bit `dtype`, frozen. Returns the names of the modules changed."""
+    from lmforge.quant.apply import replace_module
+
+    if dtype not in STORAGE_DTYPES:
+        raise ConfigError(
+            f"embedding_dtype {dtype!r} is unknown; choose from {sorted(STORAGE_DTYPES)}"
+        )
+    modules = dict(model.named_modules())
+    embeddings = [
+        n for n, m in modules.items() if isinstance(m, nn.Embedding) and not isinstance(m, Stored16)
+    ]
+    weights = {id(modules[n].weight): modules[n].weight for n in embeddings}
+    heads = [
+        n
+        for n, m in modules.items()
+        if isinstance(m, nn.Linear) and not isinstance(m, Stored16) and id(m.weight) in weights
+    ]
+    for name in embeddings + heads:
+        replace_module(model, name, _stored(modules[name]))
+    for weight in weights.values():  # once per tensor: a tied head holds the same Parameter
+        weight.requires_grad_(False)
+        weight.data = weight.data.to(STORAGE_DTYPES[dtype])
+    return embeddings + heads

@@ -1,0 +1,84 @@
+"""Frozen embeddings (and a head tied to them) stored in 16 bits, computed in fp32."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from peft_models import VOCAB, ids, logits, make
+from torch import nn
+
+from lmforge import peft
+from lmforge.errors import ConfigError
+from lmforge.quant import NF4Linear, embed16, load_quantized, quantize_model, save_quantized
+from lmforge.quant.apply import SIDECAR_FILE
+from lmforge.quant.embed16 import Embedding16, Linear16, store_embeddings
+
+
+def rounded_twin(model: nn.Module, quantized: nn.Module) -> nn.Module:
+    """`model` in fp32 with the weights `quantized` holds: dequantized, and bf16-rounded."""
+    twin = copy.deepcopy(model)
+    for name, module in quantized.named_modules():
+        if isinstance(module, NF4Linear):
+            twin.get_submodule(name).weight.data = module.dequantize()
+    embed = twin.get_input_embeddings()
+    embed.weight.data = embed.weight.data.to(torch.bfloat16).float()  # a tied head follows
+    return twin
+
+
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_16_bit_embeddings_compute_like_their_rounded_float_twin(backend, monkeypatch) -> None:
+    monkeypatch.setattr(embed16, "SLICE_NUMEL", 64 * 10)  # the head in slices of 10 words
+    model = make(backend)
+    original = copy.deepcopy(model)
+    tied = model.lm_head.weight is model.get_input_embeddings().weight
+    report = quantize_model(model, embedding_dtype="bfloat16")
+    twin = rounded_twin(original, model)
+    names = ["model.embed_tokens", "lm_head"] if tied else ["model.embed_tokens"]
+    assert report.embeddings == names and tied == (backend == "native")
+    embed = model.get_input_embeddings()
+    assert type(embed) is Embedding16 and embed.weight.dtype == torch.bfloat16
+    assert not embed.weight.requires_grad and report.embedding_bytes_saved == VOCAB * 64 * 2
+    assert isinstance(model.lm_head, Linear16) == tied
+    if tied:
+        assert model.lm_head.weight is embed.weight  # still one tensor
+    assert torch.allclose(logits(model), logits(twin), atol=1e-5, rtol=0)
+    lora, twin_lora = (peft.apply(m, "lora", {"r": 4}).model for m in (model, twin))
+    model.train(), twin.train()
+    losses = [m(ids(), labels=ids()).loss for m in (lora, twin_lora)]
+    assert torch.allclose(losses[0], losses[1], atol=1e-5, rtol=0)
+    losses[0].backward()
+    trained = [n for n, p in lora.named_parameters() if p.grad is not None]
+    assert trained and all(".lora_" in n for n in trained)
+
+
+def test_casts_keep_the_16_bit_storage() -> None:
+    model = make("native")
+    store_embeddings(model, "float16")
+    model.double()
+    embed = model.get_input_embeddings()
+    assert embed.weight.dtype == torch.float16 and embed.compute_dtype == torch.float64
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.float64
+    assert logits(model).dtype == torch.float64
+    assert store_embeddings(model) == []  # already stored: nothing left to change
+
+
+def test_save_and_load_keep_the_16_bit_embeddings(tmp_path) -> None:
+    model = make("native")
+    quantize_model(model, embedding_dtype="bfloat16")
+    expected = logits(model)
+    save_quantized(model, tmp_path / "q")
+    assert json.loads((tmp_path / "q" / SIDECAR_FILE).read_text())["embedding_dtype"] == "bfloat16"
+    fresh = make("native")
+    load_quantized(fresh, tmp_path / "q")
+    assert fresh.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert torch.equal(logits(fresh), expected)
+
+
+def test_bad_storage_dtype_is_named() -> None:
+    with pytest.raises(ConfigError, match="embedding_dtype 'int8' is unknown"):
+        quantize_model(make("native"), embedding_dtype="int8")
+    with pytest.raises(ConfigError, match="qlora.embedding_dtype 'fp8'"):
+        peft.apply(make("native"), "qlora", {"embedding_dtype": "fp8"})
