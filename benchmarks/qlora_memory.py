@@ -4,7 +4,8 @@ Every side runs in its own child process (so ru_maxrss, its peak resident memory
 own) on the same batch of 4 × 128 tokens through the training loop's objective:
 
     lora        fp32 base, LoRA r=8 α=16 on every linear layer, AdamW
-    qlora       NF4 + double-quantized base, the same LoRA, AdamW
+    qlora       NF4 + double-quantized base, the frozen (tied) embedding in bfloat16 as
+                in the paper, computed in fp32; the same LoRA, AdamW
     lora+gc     lora with gradient checkpointing (activations recomputed in backward)
     qlora+gc    qlora with gradient checkpointing, as in the paper  target: RSS ≤ 0.6× lora+gc
     …@live      the same, with glibc told to return every freed buffer of 128 KiB or more
