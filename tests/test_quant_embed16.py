@@ -63,6 +63,10 @@ def test_casts_keep_the_16_bit_storage() -> None:
     assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.float64
     assert logits(model).dtype == torch.float64
     assert store_embeddings(model) == []  # already stored: nothing left to change
+    tiny = torch.tensor([1e-7, 3.0e-5, -2.5e-6], dtype=torch.float16)  # fp16 subnormals
+    embed.weight.data[0, :3] = tiny
+    model.bfloat16()  # a cast to another 16-bit type must not round the stored values
+    assert torch.equal(embed.weight.data[0, :3], tiny) and embed.compute_dtype == torch.bfloat16
 
 
 def test_save_and_load_keep_the_16_bit_embeddings(tmp_path) -> None:

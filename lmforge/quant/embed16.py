@@ -36,11 +36,11 @@ class Stored16:
     weight: nn.Parameter
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True):
-        storage = self.weight.dtype
+        stored = self.weight.data
         probe = fn(torch.empty(0, dtype=self.compute_dtype, device=self.weight.device))
         super()._apply(fn, recurse)
-        if self.weight.dtype != storage:  # a dtype cast: undo it on the stored weight
-            self.weight.data = self.weight.data.to(storage)
+        if self.weight.dtype != stored.dtype:  # a dtype cast: keep the stored values as they were
+            self.weight.data = stored.to(self.weight.device)
         if probe.is_floating_point():
             self.compute_dtype = probe.dtype
         return self
@@ -50,7 +50,15 @@ class Embedding16(Stored16, nn.Embedding):
     """nn.Embedding whose frozen weight is stored in 16 bits; lookups return compute_dtype."""
 
     def forward(self, input: Tensor) -> Tensor:
-        rows = F.embedding(input, self.weight, self.padding_idx, self.max_norm)
+        rows = F.embedding(
+            input,
+            self.weight,
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
         return rows.to(self.compute_dtype)  # (..., d)
 
 
