@@ -31,7 +31,8 @@ from lmforge.quant.nf4 import (
 
 
 class _DequantLinear(torch.autograd.Function):
-    """y = x Ŵᵀ + b with Ŵ rebuilt in forward and again in backward (never saved)."""
+    """y = x Ŵᵀ + b with Ŵ rebuilt in forward and, unless its scratch buffer still holds it,
+    again in backward: never saved in the graph."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, bias: Tensor | None, layer: NF4Linear) -> Tensor:
