@@ -45,13 +45,25 @@ def test_16_bit_embeddings_compute_like_their_rounded_float_twin(backend, monkey
     if tied:
         assert model.lm_head.weight is embed.weight  # still one tensor
     assert torch.allclose(logits(model), logits(twin), atol=1e-5, rtol=0)
-    lora, twin_lora = (peft.apply(m, "lora", {"r": 4}).model for m in (model, twin))
+    lora, twin_lora = (
+        torch.manual_seed(0) and peft.apply(m, "lora", {"r": 4}).model for m in (model, twin)
+    )  # the same initial A on both
     model.train(), twin.train()
     losses = [m(ids(), labels=ids()).loss for m in (lora, twin_lora)]
     assert torch.allclose(losses[0], losses[1], atol=1e-5, rtol=0)
-    losses[0].backward()
+    for loss in losses:  # full logits through the head: Linear16's backward when tied
+        loss.backward()
     trained = [n for n, p in lora.named_parameters() if p.grad is not None]
     assert trained and all(".lora_" in n for n in trained)
+    twin_params = dict(twin_lora.named_parameters())
+    for name in trained:
+        assert torch.allclose(lora.get_parameter(name).grad, twin_params[name].grad, atol=1e-5)
+    with pytest.raises(ConfigError, match="stored in 16 bits and frozen"):
+        if tied:
+            model.lm_head.weight.requires_grad_(True)
+            model(ids())
+        else:
+            raise ConfigError("stored in 16 bits and frozen")  # an untied head is plain fp32
 
 
 def test_casts_keep_the_16_bit_storage() -> None:
@@ -86,3 +98,12 @@ def test_bad_storage_dtype_is_named() -> None:
         quantize_model(make("native"), embedding_dtype="int8")
     with pytest.raises(ConfigError, match="qlora.embedding_dtype 'fp8'"):
         peft.apply(make("native"), "qlora", {"embedding_dtype": "fp8"})
+
+
+def test_the_head_keeps_only_its_stored_weight_for_backward() -> None:
+    model = make("native")
+    store_embeddings(model)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model.lm_head(torch.randn(2, 3, 64, requires_grad=True)).sum().backward()
+    assert len(saved) == 1 and saved[0] is model.lm_head.weight  # no widened fp32 copy

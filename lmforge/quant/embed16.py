@@ -62,18 +62,49 @@ class Embedding16(Stored16, nn.Embedding):
         return rows.to(self.compute_dtype)  # (..., d)
 
 
+def _slices(weight: Tensor) -> list[slice]:
+    """W's rows in slices of at most SLICE_NUMEL weights."""
+    size = max(1, SLICE_NUMEL // weight.shape[1])
+    return [slice(start, start + size) for start in range(0, weight.shape[0], size)]
+
+
+class _WidenedLinear(torch.autograd.Function):
+    """y = x Wᵀ + b with the 16-bit W widened one slice of rows at a time, forward and
+    backward: autograd keeps the stored W, never a widened copy of it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(weight)
+        out = x.new_empty(*x.shape[:-1], weight.shape[0])  # (..., out)
+        for rows in _slices(weight):
+            b = None if bias is None else bias[rows].to(x.dtype)
+            out[..., rows] = F.linear(x, weight[rows].to(x.dtype), b)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        (weight,) = ctx.saved_tensors
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.new_zeros(*grad.shape[:-1], weight.shape[1])  # (..., in)
+            for rows in _slices(weight):
+                grad_x += grad[..., rows] @ weight[rows].to(grad.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)  # (out,)
+        return grad_x, None, grad_bias
+
+
 class Linear16(Stored16, nn.Linear):
     """nn.Linear whose frozen weight is stored in 16 bits, widened one output slice at a time."""
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.to(self.compute_dtype)
-        out = x.new_empty(*x.shape[:-1], self.out_features)  # (..., out)
-        size = max(1, SLICE_NUMEL // self.in_features)
-        for start in range(0, self.out_features, size):
-            rows = slice(start, start + size)
-            bias = None if self.bias is None else self.bias[rows].to(x.dtype)
-            out[..., rows] = F.linear(x, self.weight[rows].to(x.dtype), bias)
-        return out
+        if self.weight.requires_grad:
+            raise ConfigError(
+                "a Linear16 head is stored in 16 bits and frozen; it cannot train (leave the "
+                "embedding out of the trained parameters, or quantize without embedding_dtype)"
+            )
+        return _WidenedLinear.apply(x.to(self.compute_dtype), self.weight, self.bias)
 
 
 def _stored(module: nn.Module) -> nn.Module:
