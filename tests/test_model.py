@@ -91,6 +91,12 @@ def test_frozen_head_loss_over_vocabulary_slices_equals_the_reference(budget):
     assert torch.allclose(loss, reference, atol=1e-12, rtol=0)
     assert torch.allclose(grad, expected, atol=1e-12, rtol=0)
     assert torch.all(grad[1, :2] == 0)  # rows whose next token is ignored
+    h16 = h.detach().bfloat16().requires_grad_()  # 16-bit rows: softmax and sums in fp32
+    half = linear_cross_entropy(h16, w.float(), labels, budget=budget)
+    (half_grad,) = torch.autograd.grad(2.5 * half, h16)
+    assert abs(half.item() - reference.item()) < 2e-2 * reference.item()
+    assert half_grad.dtype == torch.bfloat16
+    assert (half_grad.double() - expected).abs().max() < 2e-2 * expected.abs().max()
 
 
 def test_frozen_head_loss_is_exact_for_a_sure_model_and_a_16_bit_head():

@@ -136,11 +136,11 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         valid = targets != IGNORE_INDEX  # h (N, d), weight (V, d) frozen, targets (N,)
         safe = targets.masked_fill(~valid, 0)
         wide = torch.promote_types(h.dtype, torch.float32)  # softmax precision: fp32 at least
-        w_y = weight[safe].to(h.dtype)  # (N, d)
-        z_y = (h * w_y).sum(1).to(wide)  # (N,) the target's logit
+        w_y = weight[safe].to(wide)  # (N, d)
+        z_y = (h.to(wide) * w_y).sum(1)  # (N,) the target's logit
         m = z_y.clone()  # running maximum, starting at the target's logit
         total = torch.zeros_like(z_y)  # Σ exp(z − m) over the words seen, target excluded
-        acc = torch.zeros_like(h)  # Σ exp(z − m) W_v over the same words, (N, d)
+        acc = torch.zeros(h.shape, dtype=wide, device=h.device)  # Σ exp(z − m) W_v, (N, d)
         size = max(1, min(len(weight), budget // max(1, len(h))))
         buffer = h.new_empty(len(h), size)  # (N, V_s): one buffer, reused
         rows = torch.arange(len(h), device=h.device)
@@ -153,15 +153,18 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             here = (safe >= start) & (safe < start + len(w))
             z[rows[here], safe[here] - start] = 0.0  # the target is counted apart
             total.mul_(rescale).add_(z.sum(dim=1))
-            acc.mul_(rescale[:, None].to(h.dtype)).addmm_(z.to(h.dtype), w)
+            acc.mul_(rescale[:, None])
+            if h.dtype == wide:
+                acc.addmm_(z, w)
+            else:  # a 16-bit product per slice, summed over the slices in fp32
+                acc.add_(torch.mm(z.to(h.dtype), w).to(wide))
             m = new_m
         target = (z_y - m).exp_()  # (N,)
         everything = total + target
         sure = target >= total  # p_y ≥ ½: log(1 + S/e_y) keeps a tiny loss's digits
         losses = torch.where(sure, (total / target).log1p(), m + everything.log() - z_y)  # (N,)
-        grad_h = acc.div_(everything[:, None].to(h.dtype))
-        grad_h.sub_(w_y * (total / everything)[:, None].to(h.dtype))
-        grad_h.mul_(valid[:, None].to(h.dtype))  # ignored rows: no gradient
+        grad_h = acc.div_(everything[:, None]).sub_(w_y * (total / everything)[:, None])
+        grad_h = grad_h.mul_(valid[:, None]).to(h.dtype)  # ignored rows: no gradient
         n = valid.sum()
         ctx.save_for_backward(grad_h, n)
         return (losses * valid).sum() / n
