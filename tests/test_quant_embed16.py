@@ -107,3 +107,18 @@ def test_the_head_keeps_only_its_stored_weight_for_backward() -> None:
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         model.lm_head(torch.randn(2, 3, 64, requires_grad=True)).sum().backward()
     assert len(saved) == 1 and saved[0] is model.lm_head.weight  # no widened fp32 copy
+
+
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_generation_computes_in_the_model_dtype(backend) -> None:
+    from lmforge.model.generate import SamplingConfig, generate
+    from lmforge.peft.inject import float_placement
+
+    model = make(backend)
+    original = copy.deepcopy(model)
+    quantize_model(model, embedding_dtype="bfloat16")
+    twin = rounded_twin(original, model)
+    assert float_placement(model) == (torch.device("cpu"), torch.float32)  # not the storage
+    prompts, config = [[1, 2, 3, 4], [5, 6]], SamplingConfig(max_new_tokens=6, temperature=0)
+    tokens = [[r.token_ids for r in generate(m, prompts, config)] for m in (model, twin)]
+    assert tokens[0] == tokens[1]

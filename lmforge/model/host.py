@@ -48,8 +48,10 @@ class ModelHost(Protocol):
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
-    return p.device, p.dtype
+    """Where the model computes, and in what dtype (its KV cache's)."""
+    from lmforge.peft.inject import float_placement
+
+    return float_placement(model)
 
 
 PACK_LIMIT = 1 << 22  # most entries of the (N, N) mask of a packed prefill (N ≤ 2,048 tokens)

@@ -97,9 +97,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def float_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of a base layer (a quantized base stores packed integers)."""
+    """Device and the floating dtype a layer or model computes in. A quantized base stores
+    packed integers, and a 16-bit stored embedding (quant/embed16.py) is widened on use: their
+    `compute_dtype` counts, not their storage."""
+    from lmforge.quant.embed16 import Stored16
+
     tensors = list(module.parameters()) + list(module.buffers())
     device = tensors[0].device if tensors else torch.device("cpu")
-    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    stored = {id(m.weight) for m in module.modules() if isinstance(m, Stored16)}
+    floats = [t.dtype for t in tensors if t.is_floating_point() and id(t) not in stored]
     dtype = getattr(module, "compute_dtype", None) or (floats[0] if floats else torch.float32)
     return device, dtype
