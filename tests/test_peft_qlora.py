@@ -1,5 +1,7 @@
 """QLoRA = NF4 base (every linear but the head) + LoRA on all linear layers."""
 
+import json
+
 import pytest
 import torch
 
@@ -58,6 +60,23 @@ def test_save_and_load_recreates_the_same_model(tmp_path):
     assert set(loaded.state_dict()) == set(delta.state_dict())  # A and B only
     with torch.no_grad():
         assert torch.equal(loaded.model(ids()).logits, expected)
+
+
+def test_a_delta_saved_without_embedding_dtype_loads_with_fp32_embeddings(tmp_path):
+    from lmforge.peft.base import CONFIG_FILE
+
+    delta = peft.apply(native(), "qlora", {"r": 4})
+    delta.save(tmp_path / "delta")
+    config_file = tmp_path / "delta" / CONFIG_FILE
+    meta = json.loads(config_file.read_text())
+    assert meta["config"]["embedding_dtype"] == "bfloat16"
+    loaded = peft.load_delta(tmp_path / "delta", native())
+    assert loaded.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    del meta["config"]["embedding_dtype"]  # as a delta saved before the field existed
+    config_file.write_text(json.dumps(meta))
+    old = peft.load_delta(tmp_path / "delta", native())
+    assert old.config.embedding_dtype is None
+    assert old.model.get_input_embeddings().weight.dtype == torch.float32
 
 
 def test_bad_settings_and_merging_are_refused():

@@ -47,6 +47,9 @@ class DeltaMethod:
     family: ClassVar[Family]
     mergeable: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = True  # output unchanged right after apply()
+    # Config fields added after deltas were first saved: a saved config without one was
+    # trained with this value, which may differ from today's default.
+    saved_before: ClassVar[dict[str, Any]] = {}
     Config: ClassVar[type]
 
     def __init__(self, config: Any = None) -> None:
@@ -140,7 +143,10 @@ def load_delta(directory: str | Path, model: nn.Module) -> DeltaMethod:
         ) from None
     except (json.JSONDecodeError, SafetensorError, OSError) as e:
         raise CheckpointError(f"{directory}: the saved delta is unreadable ({e})") from None
-    delta = build(meta["method"], meta["config"])
+    config = meta["config"]
+    if meta["method"] in METHODS and isinstance(config, dict):
+        config = {**METHODS.get(meta["method"]).saved_before, **config}
+    delta = build(meta["method"], config)
     delta.apply(model)
     delta.load_state_dict(state, origin=str(directory / WEIGHTS_FILE))
     return delta

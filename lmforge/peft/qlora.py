@@ -74,6 +74,7 @@ class Qlora(DeltaMethod):
     mergeable = False
     identity_at_init = False  # the quantized base differs from the float one
     Config = QloraConfig
+    saved_before = {"embedding_dtype": None}  # deltas saved before the field kept fp32
 
     def __init__(self, config: QloraConfig | None = None) -> None:
         super().__init__(config)
