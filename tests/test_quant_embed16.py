@@ -11,7 +11,7 @@ from peft_models import VOCAB, ids, logits, make
 from torch import nn
 
 from lmforge import peft
-from lmforge.errors import ConfigError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.quant import NF4Linear, embed16, load_quantized, quantize_model, save_quantized
 from lmforge.quant.apply import SIDECAR_FILE
 from lmforge.quant.embed16 import Embedding16, Linear16, store_embeddings
@@ -91,6 +91,12 @@ def test_save_and_load_keep_the_16_bit_embeddings(tmp_path) -> None:
     load_quantized(fresh, tmp_path / "q")
     assert fresh.get_input_embeddings().weight.dtype == torch.bfloat16
     assert torch.equal(logits(fresh), expected)
+    sidecar = tmp_path / "q" / SIDECAR_FILE
+    sidecar.write_text(sidecar.read_text().replace('"bfloat16"', '"bfloat17"'))
+    untouched = make("native")
+    with pytest.raises(CheckpointError, match=r"quantization.json: embedding_dtype 'bfloat17'"):
+        load_quantized(untouched, tmp_path / "q")
+    assert type(untouched.get_input_embeddings()) is nn.Embedding  # the model as it was
 
 
 def test_bad_storage_dtype_is_named() -> None:

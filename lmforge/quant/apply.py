@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.io import atomic_write, atomic_write_json
-from lmforge.quant.embed16 import Stored16, store_embeddings
+from lmforge.quant.embed16 import STORAGE_DTYPES, Stored16, store_embeddings
 from lmforge.quant.linear4bit import NF4Linear
 from lmforge.quant.nf4 import check_settings
 
@@ -228,6 +228,12 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{file} has format version {meta.get('version')}; this lmforge reads {FORMAT_VERSION}"
+        )
+    stored = meta.get("embedding_dtype")
+    if stored is not None and stored not in STORAGE_DTYPES:
+        raise CheckpointError(
+            f"{file}: embedding_dtype {stored!r} is not one of {sorted(STORAGE_DTYPES)}; the "
+            "sidecar is corrupt, save the model again"
         )
     return meta
 
