@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lmforge.atomic import fsync_dir
 from lmforge.errors import CheckpointError
-from lmforge.io import fsync_dir
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"

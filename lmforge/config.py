@@ -17,8 +17,8 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from lmforge.atomic import atomic_write_text
 from lmforge.errors import ConfigError
-from lmforge.io import atomic_write_text
 
 C = TypeVar("C")
 

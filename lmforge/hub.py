@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from lmforge.assets import asset_path
+from lmforge.atomic import fsync_dir
 from lmforge.errors import AssetError, CheckpointError, ConfigError
-from lmforge.io import fsync_dir
 from lmforge.model.hf import load_hf_dir
 from lmforge.registry import Registry
 from lmforge.tokenizer import Tokenizer

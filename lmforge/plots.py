@@ -11,7 +11,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.io import atomic_write
+from lmforge.atomic import atomic_write
 
 
 def _figure():

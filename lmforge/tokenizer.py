@@ -30,8 +30,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.errors import ConfigError, DataError
-from lmforge.io import atomic_write_json, atomic_write_text
 
 # <|endoftext|> ends every document; the ChatML pair is reserved for chat templates.
 DEFAULT_SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")

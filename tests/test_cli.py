@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import TEXT, tiny_args
 
 from lmforge.cli import VERBS, build_parser, main
+from tests.conftest import TEXT, tiny_args
 
 
 def test_every_verb_has_help(capsys):

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge.atomic import atomic_write, atomic_write_text
 from lmforge.data.text import read_utf8
 from lmforge.errors import DataError
-from lmforge.io import atomic_write, atomic_write_text
 from lmforge.registry import Registry
 
 if TYPE_CHECKING:

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.data.text import Document
 from lmforge.errors import ConfigError, DataError
-from lmforge.io import atomic_write, atomic_write_json
 from lmforge.tokenizer import Tokenizer
 
 SHARD_VERSION = 1

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.eval.base import RUNNERS, TASKS, EvalSettings, Task, TaskResult
-from lmforge.io import atomic_write_json, atomic_write_text
 from lmforge.tokenizer import Tokenizer
 
 

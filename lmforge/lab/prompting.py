@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from lmforge.io import atomic_write_json
+from lmforge.atomic import atomic_write_json
 from lmforge.lab.base import experiment
 from lmforge.lab.report import Report
 from lmforge.tokenizer import Tokenizer

@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from lmforge.atomic import atomic_write, atomic_write_text
 from lmforge.errors import CheckpointError
-from lmforge.io import atomic_write, atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
 from lmforge.model.hf_config import CONFIG_FILE, config_from_hf, load_hf_config

@@ -30,9 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.config import from_dict, to_dict
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.io import atomic_write, atomic_write_json
 from lmforge.registry import Registry
 
 Family = Literal["addition", "specification", "reparameterization"]

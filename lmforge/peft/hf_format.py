@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.io import atomic_write, atomic_write_json
 from lmforge.peft.lora import Lora, LoraConfig
 
 CONFIG_FILE = "adapter_config.json"

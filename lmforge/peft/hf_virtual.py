@@ -32,8 +32,8 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.io import atomic_write, atomic_write_json
 from lmforge.peft.hf_format import CONFIG_FILE, WEIGHTS_FILE, read_adapter_dir
 from lmforge.peft.prefix import PrefixConfig, PrefixTuning
 from lmforge.peft.prompt_tuning import PromptTuning, PromptTuningConfig

@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.config import to_dict
 from lmforge.errors import ConfigError
-from lmforge.io import atomic_write, atomic_write_json
 from lmforge.peft.backends import (
     BACKENDS,
     Geometry,

@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.io import atomic_write, atomic_write_json
 from lmforge.quant.embed16 import STORAGE_DTYPES, Stored16, store_embeddings
 from lmforge.quant.linear4bit import NF4Linear
 from lmforge.quant.nf4 import check_settings

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.atomic import atomic_write_json
 from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
 from lmforge.errors import ConfigError
-from lmforge.io import atomic_write_json
 from lmforge.train import TrainConfig, default_objective, train
 
 TASKS = ("classification", "causal-lm", "sft")

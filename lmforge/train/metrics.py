@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from lmforge.io import atomic_write_text
+from lmforge.atomic import atomic_write_text
 from lmforge.plots import plot_curves
 
 

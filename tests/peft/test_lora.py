@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from peft_models import BACKENDS, VOCAB, T, ids, logits, make  # noqa: F401
 from safetensors.torch import load_file
 from torch import nn
 
@@ -16,6 +15,7 @@ from lmforge.model.hf import from_hf
 from lmforge.peft import build, count_parameters, load_delta
 from lmforge.peft.hf_format import load_peft_lora, save_peft_lora
 from lmforge.peft.lora import Lora, LoraConfig, LoraLinear
+from tests.models import BACKENDS, VOCAB, T, ids, logits, make  # noqa: F401
 
 
 def randomize(method: Lora, seed: int = 2, std: float = 0.1) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft_models import BACKENDS, VOCAB, T, ids, logits, make  # noqa: F401
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -13,6 +12,7 @@ from lmforge.errors import CheckpointError, ConfigError
 from lmforge.peft import build, count_parameters, load_delta
 from lmforge.peft.adapter import Adapter, ParallelAdapter, SerialAdapter
 from lmforge.peft.bitfit import AddedBias, BitFit, NamedParameters
+from tests.models import BACKENDS, VOCAB, T, ids, logits, make  # noqa: F401
 
 ADAPTERS = [("adapter", {"bottleneck": 8}), ("adapter", {"bottleneck": 8, "variant": "parallel"})]
 # (method, config) cases that every contract test runs on both backends.

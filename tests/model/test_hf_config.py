@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_hf import TINY_FIELDS as SMALL
-from test_hf import tiny_hf
 from transformers import AutoConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 from lmforge.model.hf_config import config_from_hf, load_hf_config, plain_config
+from tests.model.test_hf import TINY_FIELDS as SMALL
+from tests.model.test_hf import tiny_hf
 
 CLASSES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
 

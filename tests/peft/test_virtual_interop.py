@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_peft_virtual import BACKENDS, CASES, applied, ids, make, max_diff, narrower
 from torch import nn
 
 from lmforge.errors import CheckpointError, ConfigError
@@ -17,6 +16,7 @@ from lmforge.peft.hf_virtual import load_peft_virtual, save_peft_virtual
 from lmforge.peft.prefix import PrefixTuning
 from lmforge.peft.prompt_tuning import PromptTuning
 from lmforge.peft.ptuning import PTuning
+from tests.peft.test_virtual import BACKENDS, CASES, applied, ids, make, max_diff, narrower
 
 # ──────────────────────────────────────────────────────────── Hugging Face PEFT interop
 

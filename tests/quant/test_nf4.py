@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from peft_models import ids, logits, make
 from torch import nn
 
 from lmforge.errors import CheckpointError, ConfigError
@@ -34,6 +33,7 @@ from lmforge.quant import (
     save_quantized,
 )
 from lmforge.quant.apply import SIDECAR_FILE, WEIGHTS_FILE
+from tests.models import ids, logits, make
 
 NF4 = codebook("nf4").values()
 

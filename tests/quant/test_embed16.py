@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from peft_models import VOCAB, ids, logits, make
 from torch import nn
 
 from lmforge import peft
@@ -15,6 +14,7 @@ from lmforge.errors import CheckpointError, ConfigError
 from lmforge.quant import NF4Linear, embed16, load_quantized, quantize_model, save_quantized
 from lmforge.quant.apply import SIDECAR_FILE
 from lmforge.quant.embed16 import Embedding16, Linear16, store_embeddings
+from tests.models import VOCAB, ids, logits, make
 
 
 def rounded_twin(model: nn.Module, quantized: nn.Module) -> nn.Module:

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from peft_models import BACKENDS, ids, make
 
 from lmforge import peft
 from lmforge.errors import ConfigError
 from lmforge.model import set_gradient_checkpointing
 from lmforge.train import default_objective
+from tests.models import BACKENDS, ids, make
 
 
 def loss_and_grads(model, enabled: bool, dropout_seed: int | None = None):
