@@ -37,10 +37,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lmforge.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, restore_rng
-from lmforge.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.errors import CheckpointError, ConfigError, TrainingDivergedError
 from lmforge.model.gpt import set_gradient_checkpointing
+from lmforge.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, restore_rng
+from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device
 from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_losses

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmforge.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from lmforge.errors import ConfigError, TrainingDivergedError
 from lmforge.model import CausalLM, preset
 from lmforge.train import BatchSource, TrainConfig, lr_at, train
+from lmforge.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 VOCAB, T = 64, 16
 

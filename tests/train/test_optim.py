@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 
-from lmforge.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.quant.optim import (
     OPTIMIZERS,
@@ -30,6 +29,7 @@ from lmforge.quant.optim import (
     state_bytes,
 )
 from lmforge.quant.pages import Layout, Segment
+from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
 
 PAGE = 4096  # bytes: 1024 fp32, the smallest page the OS page size allows
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lmforge.checkpoint as ckpt
-from lmforge.checkpoint import (
+import lmforge.train.checkpoint as ckpt
+from lmforge.errors import CheckpointError
+from lmforge.model import CausalLM, preset
+from lmforge.train.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
     list_checkpoints,
@@ -19,8 +21,6 @@ from lmforge.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from lmforge.errors import CheckpointError
-from lmforge.model import CausalLM, preset
 
 
 def make_model(seed: int = 0, **overrides) -> CausalLM:
