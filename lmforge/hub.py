@@ -32,6 +32,7 @@ from lmforge.assets import asset_path
 from lmforge.atomic import fsync_dir
 from lmforge.errors import AssetError, CheckpointError, ConfigError
 from lmforge.model.hf import load_hf_dir
+from lmforge.quant.apply import QuantizeOnRead, quantize_model
 from lmforge.registry import Registry
 from lmforge.tokenizer import Tokenizer
 
@@ -179,7 +180,10 @@ def ensure_converted(name: str = "smollm2-135m-instruct") -> Path:
 
 
 def _load_native(path: Path, dtype: torch.dtype, quantize: dict | None) -> nn.Module:
-    return load_hf_dir(path, dtype=dtype, quantize=quantize)
+    if quantize is None:
+        return load_hf_dir(path, dtype=dtype)
+    hook = QuantizeOnRead(quantize)  # each layer as it is read: the float model never exists
+    return hook.finish(load_hf_dir(path, dtype=dtype, on_module=hook))
 
 
 def _load_transformers(path: Path, dtype: torch.dtype, quantize: dict | None) -> nn.Module:
@@ -190,17 +194,14 @@ def _load_transformers(path: Path, dtype: torch.dtype, quantize: dict | None) ->
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: transformers cannot load it ({e})") from None
     if quantize is not None:  # after the fact: transformers loads the float weights first
-        from lmforge.quant import quantize_model
-
         quantize_model(model, **quantize)
     return model
 
 
-BACKENDS: Registry[Callable[[Path, torch.dtype, dict | None], nn.Module]] = Registry(
-    "model backend"
-)
-BACKENDS.add("native", _load_native)
-BACKENDS.add("hf", _load_transformers)
+# How a checkpoint directory becomes a model: `backend=` of load_model, `--backend` of the CLI.
+LOADERS: Registry[Callable[[Path, torch.dtype, dict | None], nn.Module]] = Registry("backend")
+LOADERS.add("native", _load_native)
+LOADERS.add("hf", _load_transformers)
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -227,9 +228,9 @@ def load_model(
 
     quantize: settings of `lmforge.quant.quantize_model`, e.g. {"quant_type": "nf4"}; every
     linear layer but the head becomes an NF4Linear (natively, as it is read)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown model backend {backend!r}; choose from {BACKENDS.names()}")
-    return BACKENDS.get(backend)(resolve(name_or_path), dtype, quantize)
+    if backend not in LOADERS:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {LOADERS.names()}")
+    return LOADERS.get(backend)(resolve(name_or_path), dtype, quantize)
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:

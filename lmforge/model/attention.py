@@ -27,7 +27,7 @@ from lmforge.registry import Registry
 
 # An attention kernel: (q, k, v, mask, dropout_p, is_causal) -> out; q (B,nh,T,hd), k/v (B,nkv,S,hd)
 AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor | None, float, bool], Tensor]
-ATTENTION: Registry[AttentionFn] = Registry("attention backend")
+ATTENTION: Registry[AttentionFn] = Registry("attention kernel")
 
 
 @ATTENTION.register("sdpa")

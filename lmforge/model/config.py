@@ -25,7 +25,7 @@ class ModelConfig:
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2 has it)
     dropout: float = 0.0  # dropout on attention weights and residual branches
     init_std: float = 0.02  # std of the normal initialisation
-    attention: str = "sdpa"  # attention backend: sdpa | naive (see attention.py)
+    attention: str = "sdpa"  # attention kernel: sdpa | naive (see attention.py)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:

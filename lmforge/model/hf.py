@@ -32,7 +32,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
 from lmforge.model.hf_config import CONFIG_FILE, config_from_hf, load_hf_config
 from lmforge.model.hf_config import read_json as _read_json
-from lmforge.model.weights import SafetensorsFile, quantizer
+from lmforge.model.weights import SafetensorsFile
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -75,14 +75,14 @@ def _build(
     origin: str,
     dtype: torch.dtype,
     device: torch.device | str,
-    quantize: Callable[[CausalLM, str], None] | None = None,
+    on_module: Callable[[CausalLM, str], None] | None = None,
 ) -> CausalLM:
     """A CausalLM whose parameters are the tensors `read(name)` returns; `where[name]` says
     which file holds each. The model is built on the meta device and never initialised:
     the checkpoint replaces every weight, and initialising 135M parameters costs seconds.
-    A tensor already in `dtype` on `device` is used as it is, without a copy. `quantize`,
-    if given, is called with each module name as soon as all its tensors are in, so a
-    quantized model never holds more than one float layer beyond what it keeps."""
+    A tensor already in `dtype` on `device` is used as it is, without a copy. `on_module`,
+    if given, is called with each module name as soon as all its tensors are in (a quantizer
+    there means the model never holds more than one float layer beyond what it keeps)."""
     with torch.device("meta"):
         model = CausalLM(config)
     names = _check_names(model, where, origin)
@@ -98,8 +98,8 @@ def _build(
         tensor = tensor.to(device=device, dtype=dtype)
         setattr(model.get_submodule(owner), attr, torch.nn.Parameter(tensor))
         pending[owner] -= 1
-        if quantize is not None and not pending[owner]:  # complete: quantize it right away
-            quantize(model, owner)
+        if on_module is not None and not pending[owner]:  # complete: hand it over right away
+            on_module(model, owner)
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # Non-persistent buffers (RoPE frequencies) are in no checkpoint; a one-layer twin built
@@ -159,12 +159,12 @@ def load_hf_dir(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     max_seq_len: int | None = None,
-    quantize: dict[str, Any] | None = None,
+    on_module: Callable[[CausalLM, str], None] | None = None,
 ) -> CausalLM:
     """A native CausalLM from a transformers directory (config.json + safetensors), in eval mode.
 
-    quantize: `lmforge.quant.quantize_model` settings (quant_type, double_quant, blocksize,
-    embedding_dtype); every linear layer but the head is quantized the moment it is read.
+    on_module(model, name) is called as soon as each module's tensors are in (hub.py quantizes
+    there, so a 4-bit model never holds the float one).
 
     The tensors are read straight from the safetensors files, one at a time, so
     no transformers model is built and peak memory stays near one model's worth.
@@ -189,11 +189,7 @@ def load_hf_dir(
                 raise CheckpointError(f"{where[name]}: cannot read tensor {name!r} ({e})") from None
 
         origin = str(files[0] if len(files) == 1 else path)
-        model = _build(config, where, read, origin, dtype, device, quantizer(quantize))
-    if quantize and quantize.get("embedding_dtype"):  # once the head is tied to the embedding
-        from lmforge.quant.embed16 import store_embeddings
-
-        store_embeddings(model, quantize["embedding_dtype"])
+        model = _build(config, where, read, origin, dtype, device, on_module)
     return model.eval()
 
 

@@ -34,8 +34,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.peft.base import DeltaMethod, register
-from lmforge.peft.inject import float_placement, freeze, replace_module
+from lmforge.model.host import float_placement
+from lmforge.model.targets import replace_module
+from lmforge.peft.base import DeltaMethod, freeze, register
 from lmforge.registry import Registry
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("adapter activation")

@@ -111,6 +111,20 @@ class DeltaMethod:
 METHODS: Registry[type[DeltaMethod]] = Registry("delta method")
 
 
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), counting shared tensors once and a quantized layer's weight as the
+    in × out parameters it stands for (its packed codes are buffers)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    packed = sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "qweight"))
+    trainable = sum(p.numel() for p in unique if p.requires_grad)
+    return trainable, sum(p.numel() for p in unique) + packed
+
+
 def register(cls: type[DeltaMethod]) -> type[DeltaMethod]:
     """Class decorator: add a method to METHODS under its `name`."""
     return METHODS.register(cls.name)(cls)

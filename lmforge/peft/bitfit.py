@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.peft.base import DeltaMethod, register
-from lmforge.peft.inject import float_placement, freeze, match_targets, replace_module
+from lmforge.model.host import float_placement
+from lmforge.model.targets import match_targets, replace_module
+from lmforge.peft.base import DeltaMethod, freeze, register
 
 
 @dataclass

@@ -50,7 +50,7 @@ def load_for_generation(args: argparse.Namespace):
 
     model = load_model(args.model, backend=args.backend)
     if getattr(args, "adapter", ""):
-        from lmforge.peft.loading import load_adapter
+        from lmforge.peft.interop import load_adapter
 
         delta = load_adapter(args.adapter, model)
         if delta.mergeable:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lmforge.errors import CheckpointError, ConfigError, TrainingDivergedError
-from lmforge.model.gpt import set_gradient_checkpointing
+from lmforge.model.host import set_gradient_checkpointing
 from lmforge.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, restore_rng
 from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device

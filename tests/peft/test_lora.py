@@ -13,7 +13,7 @@ from torch import nn
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.model.hf import from_hf
 from lmforge.peft import build, count_parameters, load_delta
-from lmforge.peft.hf_format import load_peft_lora, save_peft_lora
+from lmforge.peft.interop.lora import load_peft_lora, save_peft_lora
 from lmforge.peft.lora import Lora, LoraConfig, LoraLinear
 from tests.models import BACKENDS, VOCAB, T, ids, logits, make  # noqa: F401
 

@@ -34,11 +34,12 @@ from torch import Tensor, nn
 
 from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.peft.hf_format import CONFIG_FILE, WEIGHTS_FILE, read_adapter_dir
+from lmforge.model.host import Geometry, host_for
+from lmforge.peft.interop.lora import CONFIG_FILE, WEIGHTS_FILE, read_adapter_dir
 from lmforge.peft.prefix import PrefixConfig, PrefixTuning
 from lmforge.peft.prompt_tuning import PromptTuning, PromptTuningConfig
 from lmforge.peft.ptuning import PTuning, PTuningConfig
-from lmforge.peft.virtual import Geometry, VirtualTokenMethod, backend_for
+from lmforge.peft.virtual import VirtualTokenMethod
 from lmforge.registry import Registry
 
 KEY = "prompt_embeddings"
@@ -165,7 +166,7 @@ def _check_meta(meta: dict[str, Any], model: nn.Module, path: Path) -> int:
         raise CheckpointError(f"{path}: task_type {meta['task_type']!r}; lmforge reads CAUSAL_LM")
     if meta.get("num_transformer_submodules", 1) != 1:
         raise CheckpointError(f"{path}: num_transformer_submodules != 1 (an encoder-decoder)")
-    g = backend_for(model).geometry(model)
+    g = host_for(model).geometry()
     if kind == "PREFIX_TUNING" and meta.get("num_layers", g.n_layer) != g.n_layer:
         raise CheckpointError(
             f"{path}: num_layers={meta['num_layers']}, but this model has {g.n_layer} layers; "

@@ -3,7 +3,9 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.model import CausalLM, preset
-from lmforge.peft.inject import count_parameters, match_targets, replace_module
+from lmforge.model.hf_config import FAMILIES
+from lmforge.model.targets import default_targets, match_targets, replace_module
+from lmforge.peft.base import count_parameters
 
 
 @pytest.fixture
@@ -45,3 +47,12 @@ def test_replace_module_and_count_parameters(model):
     old = replace_module(model, "model.layers.0.mlp.up_proj", torch.nn.Identity())
     assert isinstance(old, torch.nn.Linear)
     assert isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Identity)
+
+
+def test_default_targets_come_from_the_model_family(model):
+    # a native model computes what LlamaForCausalLM does
+    assert default_targets(model) == list(FAMILIES.get("LlamaForCausalLM").targets)
+    other = torch.nn.Linear(2, 2)
+    other.config = type("Config", (), {"model_type": "gemma3"})()
+    with pytest.raises(ConfigError, match="--delta.targets"):
+        default_targets(other)

@@ -1,53 +1,12 @@
-"""Virtual tokens: the wrapper shared by prompt tuning, prefix-tuning and P-tuning v1/v2.
-
-These methods change what the frozen model READS, not its weights. `apply` returns a
-`VirtualTokenModel` that is called exactly like the model it wraps and that inserts the
-virtual tokens on the way in, in one of two ways (an "injector"):
-
-    input level  (prompt tuning, P-tuning v1, prefix embedding_only)
-        ids ─► embed ─► insert P rows of the prompt encoder ─► (B, P+T, d) ─► model ─► logits
-        attention_mask gains P ones, labels gain P × -100; the logits of the virtual columns
-        are dropped, so callers get (B, T, V) aligned with their input
-    layer level  (prefix-tuning, P-tuning v2)
-        prompt encoder ─► (P, L·2·n_kv·hd) ─► per layer keys/values (B, n_kv, P, hd)
-                      ─► a prefilled KV cache of length P ─► model(ids, cache) ─► (B, T, V)
-        attention_mask gains P ones at the front; given position_ids are shifted by P, else
-        the native model counts the extended mask and transformers counts the cache: both
-        give positions P..P+T-1 to an unpadded row, as HF PEFT does
-
-(P-tuning with a placeholder token replaces embeddings in place and adds no column.)
-
-Column layout. Whatever the placement, the extended attention mask is always
-cat(ones(B, P), attention_mask): the P virtual columns count as the first P columns of the
-cache. An input-level method writes its token stream (virtual and real tokens in their
-semantic order: all before the input for prompt tuning, some between input and target for
-P-tuning templates and infix prefixes) into the columns that this mask marks valid, keeping
-the input's padding columns where they are. Masked columns are never attended to and
-positions count valid columns only, so this is the same computation as the plain stream;
-and because the layout follows from the mask alone, a cached decoding step needs no state:
-
-    decoding step (non-empty cache): no virtual token is inserted again; attention_mask
-    gains P ones at the front and given position_ids are shifted by P.
-
-An input-level prefill with position_ids renumbers every column from the extended mask
-(virtual tokens get positions too), starting at each row's first given position. The
-logits returned for a real token are those of the last column before the next real token
-(its own, or that of the last virtual token after it), so that logits[:, t] still predicts
-token t + 1 when virtual tokens sit between them; with `logits_to_keep=k` the base's last
-k columns are returned as they are (k = 1 is what generation reads).
-
-Generation: `generate(wrapper, ...)` works once host_for drives a wrapper like the model in
-its `base_model` (a one-line change asked of model/host.py); the wrapper's `config` is the
-base's with the context shortened by P, so prompts leave the virtual tokens room.
-
-What differs between a native CausalLM and a transformers model (how a cache is made and
-filled, the context length, where the final norm is) is a `Backend`, chosen by
-`backend_for(model)` from the BACKENDS registry.
-"""
+"""VirtualTokenModel: a frozen causal LM that reads virtual tokens, called exactly like the
+model itself; and VirtualTokenMethod, what the four virtual-token methods share."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,36 +18,28 @@ from torch import Tensor, nn
 from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.config import to_dict
 from lmforge.errors import ConfigError
-from lmforge.peft.backends import (
-    BACKENDS,
-    Geometry,
-    backend_for,
-    cache_arg,
-    cache_length,
-    final_norm,
-)
-from lmforge.peft.base import CONFIG_FILE, WEIGHTS_FILE, DeltaMethod
-from lmforge.peft.inject import freeze
-from lmforge.peft.injectors import (
-    Call,
-    ClassificationOutput,
-    Injector,
-    InsertTokens,
-    PrefixCache,
-    PromptEncoder,
-    captured_output,
-    shift_for_cache,
-)
+from lmforge.model.host import Geometry, host_for
+from lmforge.peft.base import CONFIG_FILE, WEIGHTS_FILE, DeltaMethod, freeze
+from lmforge.peft.virtual.encoder import PromptEncoder
+from lmforge.peft.virtual.insert import Call, Insertion, shift_for_cache
 
-__all__ = [
-    "BACKENDS",
-    "Geometry",
-    "InsertTokens",
-    "PrefixCache",
-    "PromptEncoder",
-    "VirtualTokenMethod",
-    "VirtualTokenModel",
-]
+
+@dataclass
+class ClassificationOutput:
+    loss: Tensor | None
+    logits: Tensor  # (B, C) class logits
+    past_key_values: Any = None
+
+
+@contextlib.contextmanager
+def captured_output(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect `module`'s outputs during the block (the final norm: the last hidden state)."""
+    seen: list[Tensor] = []
+    handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 class VirtualTokenModel(nn.Module):
@@ -98,34 +49,33 @@ class VirtualTokenModel(nn.Module):
         self,
         base_model: nn.Module,
         prompt_encoder: PromptEncoder,
-        injector: Injector,
+        insertion: Insertion,
         head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.base_model = base_model
         self.prompt_encoder = prompt_encoder
-        self.injector = injector
+        self.insertion = insertion
         self.head = head  # class logits over the last hidden state (P-tuning v2's option)
-        self.backend = backend_for(base_model)
-        self._cache_arg = cache_arg(base_model)
+        self.host = host_for(base_model)
         self.train(base_model.training)  # a wrapper starts in its base's mode
 
     @property
     def num_virtual_tokens(self) -> int:
         """Columns the virtual tokens take in the sequence and the cache."""
-        return self.injector.extra
+        return self.insertion.extra
 
     @property
     def config(self) -> Any:
         """The base's config with the context shortened by the virtual columns, so that
         generation leaves them room."""
-        return self.backend.with_context(self.base_model.config, self.num_virtual_tokens)
+        return self.host.with_context(self.num_virtual_tokens)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.base_model.get_input_embeddings()
 
     def call_base(self, call: Call) -> Any:
-        kwargs = {self._cache_arg: call.past_key_values, **call.kwargs}
+        kwargs = {self.host.cache_arg: call.past_key_values, **call.kwargs}
         if call.logits_to_keep:
             kwargs["logits_to_keep"] = call.logits_to_keep
         return self.base_model(
@@ -164,10 +114,10 @@ class VirtualTokenModel(nn.Module):
 
     def _run(self, call: Call) -> tuple[Any, Tensor | None]:
         """The base's output with logits at the original positions, and the column map."""
-        if cache_length(call.past_key_values) > 0:  # a decoding step: the prompt is cached
+        if self.host.cache_length(call.past_key_values) > 0:  # decoding: the prompt is cached
             step = shift_for_cache(call, self.num_virtual_tokens, call.past_key_values)
             return self.call_base(step), None
-        out, cols = self.injector.prefill(self, self.prompt_encoder(), call)
+        out, cols = self.insertion.prefill(self, self.prompt_encoder(), call)
         if cols is not None and not call.logits_to_keep:
             out.logits = out.logits.gather(1, cols[..., None].expand(-1, -1, out.logits.shape[-1]))
         return out, cols
@@ -189,7 +139,7 @@ class VirtualTokenModel(nn.Module):
                 "task='classification' and num_classes to classify"
             )
         plain = dataclasses.replace(call, labels=None, use_cache=False, logits_to_keep=0)
-        with captured_output(final_norm(self.base_model)) as seen:
+        with captured_output(self.host.final_norm()) as seen:
             _, cols = self._run(plain)
         hidden = seen[-1]  # (B, C, d)
         if cols is not None:
@@ -222,7 +172,7 @@ class VirtualTokenMethod(DeltaMethod):
                 f"this model already reads virtual tokens ({type(model).__name__}); apply "
                 f"{self.name} to a plain base model"
             )
-        geometry = backend_for(model).geometry(model)
+        geometry = host_for(model).geometry()
         P = self.config.num_virtual_tokens
         if geometry.context <= P:
             raise ConfigError(

@@ -1,57 +1,21 @@
-"""The pieces a VirtualTokenModel is made of: the prompt encoder (the trainable rows),
-and the injectors that put virtual tokens into a call (input level: InsertTokens;
-layer level: PrefixCache). See virtual.py for the layout they share."""
+"""How virtual tokens enter a call: at the input (InsertTokens) or as a prefilled KV cache
+at every layer (PrefixCache). See virtual/__init__.py for the column layout they share."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lmforge.errors import DataError
+from lmforge.model.host import Geometry, float_placement
 from lmforge.model.loss import IGNORE_INDEX
-from lmforge.peft.backends import Geometry
-from lmforge.peft.inject import float_placement
 
 if TYPE_CHECKING:
-    from lmforge.peft.virtual import VirtualTokenModel
-
-
-class PromptEncoder(nn.Module):
-    """The virtual rows (P, width): `transform(embedding)` while reparameterised, the
-    embedding itself once folded (or for methods that train the rows directly)."""
-
-    def __init__(self, init: Tensor, transform: nn.Module | None = None) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding.from_pretrained(init, freeze=False)  # (P, width_in)
-        self.transform = transform
-
-    def forward(self) -> Tensor:
-        rows = self.embedding.weight  # (P, width_in)
-        return rows if self.transform is None else self.transform(rows)  # (P, width_out)
-
-    @torch.no_grad()
-    def folded_rows(self) -> Tensor:
-        """The rows as inference reads them (dropout off), detached. (P, width_out)"""
-        was_training = self.training
-        self.eval()
-        rows = self().detach().clone()
-        self.train(was_training)
-        return rows
-
-    def fold(self) -> None:
-        """Compute the rows once and drop the transform."""
-        if self.transform is not None:
-            self.embedding = nn.Embedding.from_pretrained(self.folded_rows(), freeze=False)
-            self.transform = None
-
-
-# ─────────────────────────────────────────────────────────────────────── injectors
+    from lmforge.peft.virtual.wrapper import VirtualTokenModel
 
 
 @dataclass
@@ -125,7 +89,7 @@ def original_columns(order: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), last.gather(1, mask.cumsum(-1)), own)
 
 
-class Injector(Protocol):
+class Insertion(Protocol):
     extra: int  # columns the virtual tokens add to the sequence (and the cache)
 
     def prefill(
@@ -197,9 +161,7 @@ class PrefixCache:
         kv = rows.to(dtype).view(P, g.n_layer, 2, g.n_kv_head, g.head_dim)
         kv = kv.permute(1, 2, 3, 0, 4)[:, :, None]  # (L, 2, 1, n_kv, P, hd)
         kv = kv.expand(-1, -1, B, -1, -1, -1)  # (L, 2, B, n_kv, P, hd)
-        cache = model.backend.prefilled_cache(
-            model.base_model, call.past_key_values, kv[:, 0], kv[:, 1], P + T
-        )
+        cache = model.host.prefilled_cache(call.past_key_values, kv[:, 0], kv[:, 1], P + T)
         return model.call_base(shift_for_cache(call, P, cache)), None
 
 
@@ -214,24 +176,3 @@ def shift_for_cache(call: Call, extra: int, cache: Any) -> Call:
     return dataclasses.replace(
         call, attention_mask=mask, position_ids=positions, past_key_values=cache
     )
-
-
-# ─────────────────────────────────────────────────────────────────────── the wrapper
-
-
-@dataclass
-class ClassificationOutput:
-    loss: Tensor | None
-    logits: Tensor  # (B, C) class logits
-    past_key_values: Any = None
-
-
-@contextlib.contextmanager
-def captured_output(module: nn.Module) -> Iterator[list[Tensor]]:
-    """Collect `module`'s outputs during the block (the final norm: the last hidden state)."""
-    seen: list[Tensor] = []
-    handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
-    try:
-        yield seen
-    finally:
-        handle.remove()

@@ -3,7 +3,7 @@
     path/                          what it holds                      read by
     ├─ delta_config.json           a delta saved by lmforge           base.load_delta
     ├─ delta/delta_config.json     a `lmforge finetune` run directory  base.load_delta
-    └─ adapter_config.json         a Hugging Face PEFT adapter         hf_format / hf_virtual
+    └─ adapter_config.json         a Hugging Face PEFT adapter         interop/lora, interop/virtual
 
 `lmforge generate|chat|eval --adapter PATH` all come through here.
 """
@@ -17,6 +17,8 @@ from torch import nn
 
 from lmforge.errors import CheckpointError
 from lmforge.peft.base import CONFIG_FILE, DeltaMethod, load_delta
+from lmforge.peft.interop.lora import load_peft_lora
+from lmforge.peft.interop.virtual import load_peft_virtual
 
 
 def _peft_type(directory: Path) -> str:
@@ -30,9 +32,6 @@ def _peft_type(directory: Path) -> str:
 
 def load_adapter(path: str | Path, model: nn.Module) -> DeltaMethod:
     """Apply the delta saved at `path` (see the module docstring) to `model`."""
-    from lmforge.peft.hf_format import load_peft_lora
-    from lmforge.peft.hf_virtual import load_peft_virtual
-
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"adapter {directory} does not exist or is not a directory")
