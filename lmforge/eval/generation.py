@@ -45,7 +45,7 @@ def generate_texts(
     progress: bool = False,
 ) -> list[list[str]]:
     """n continuations of every prompt, batched by prompt length; [prompt][sample] texts."""
-    ids = [tokenizer.encode(p) for p in prompts]
+    ids = [tokenizer.encode(p, add_special_tokens=True) for p in prompts]
     rows = [i for i in range(len(prompts)) for _ in range(n)]  # prompt of each generated row
     order = sorted(range(len(rows)), key=lambda j: len(ids[rows[j]]))
     texts: list[str] = [""] * len(rows)

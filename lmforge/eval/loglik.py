@@ -88,8 +88,9 @@ def encode_request(
     tokenizer: Tokenizer, request: Request, max_length: int
 ) -> tuple[list[int], int]:
     """(token ids of context + continuation, number of them that are context)."""
-    whole = tokenizer.encode(request.context + request.continuation)
-    context = tokenizer.encode(request.context) if request.context else []
+    before, _ = tokenizer.input_specials  # a BOS the checkpoint puts before every input
+    whole = before + tokenizer.encode(request.context + request.continuation)
+    context = before + tokenizer.encode(request.context) if request.context else before
     n = 0
     while n < min(len(context), len(whole)) and context[n] == whole[n]:
         n += 1

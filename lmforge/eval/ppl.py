@@ -47,12 +47,13 @@ class Perplexity:
 
 
 def token_stream(tokenizer: Tokenizer, texts: Iterable[str], max_tokens: int = 0) -> list[int]:
-    """Documents joined by EOS; with max_tokens, the first max_tokens + 1 tokens only."""
+    """Documents joined by EOS, each encoded as a whole input (with the BOS the checkpoint
+    adds, if any); with max_tokens, the first max_tokens + 1 tokens only."""
     stream: list[int] = []
     for text in texts:
         if stream and tokenizer.eos_id is not None:
             stream.append(tokenizer.eos_id)
-        stream.extend(tokenizer.encode(text))
+        stream.extend(tokenizer.encode(text, add_special_tokens=True))
         if max_tokens and len(stream) > max_tokens:
             return stream[: max_tokens + 1]
     return stream
