@@ -130,7 +130,7 @@ def from_hf(hf_model: torch.nn.Module, *, max_seq_len: int | None = None) -> Cau
     return model.train(hf_model.training)
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     # Like transformers: a single model.safetensors first, then a sharded index.
     if (path / WEIGHTS_FILE).is_file():
         return [path / WEIGHTS_FILE]
@@ -171,7 +171,7 @@ def load_hf_dir(
     """
     path = Path(path)
     config = config_from_hf(load_hf_config(path), max_seq_len=max_seq_len)
-    files = _weight_files(path)
+    files = weight_files(path)
     with ExitStack() as stack:
         handles, where = {}, {}
         for file in files:
