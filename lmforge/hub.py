@@ -246,7 +246,9 @@ def load_model(
     linear layer but the head becomes an NF4Linear (natively, as it is read)."""
     if backend not in LOADERS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {LOADERS.names()}")
-    return LOADERS.get(backend)(resolve(name_or_path), dtype, quantize)
+    model = LOADERS.get(backend)(resolve(name_or_path), dtype, quantize)
+    model.name_or_path = str(name_or_path)  # what a delta trained on it records as its base
+    return model
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:

@@ -182,7 +182,7 @@ class Adapter(DeltaMethod):
         super().__init__(config)
         self.wrapped: list[str] = []  # full names of the modules wrapped by apply()
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         present = [n for n, m in model.named_modules() if isinstance(m, AdapterWrapper)]
         if present:
             raise ConfigError(

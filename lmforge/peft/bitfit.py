@@ -77,7 +77,7 @@ class BitFit(_NoOpMerge):
         super().__init__(config)
         self.added: list[str] = []  # layers that got a new bias from apply()
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         names = match_targets(model, self.config.targets)
         freeze(model)
         self.added = []
@@ -134,7 +134,7 @@ class NamedParameters(_NoOpMerge):
     family = "specification"
     Config = NamedConfig
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         compiled = _compile(self.config.patterns)
         # Tied tensors are visited under every name, so "lm_head" selects a tied head too.
         chosen = [

@@ -144,7 +144,7 @@ class Lora(DeltaMethod):
         super().__init__(config)
         self.wrapped: list[str] = []  # full module names wrapped by apply()
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         present = [n for n, m in model.named_modules() if isinstance(m, LoraLinear)]
         if present:
             raise ConfigError(

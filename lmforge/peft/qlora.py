@@ -92,7 +92,7 @@ class Qlora(DeltaMethod):
             "embedding_dtype": c.embedding_dtype,
         }
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         c = self.config
         targets = match_targets(model, c.targets)  # names first: the layers are swapped next
         quantized = [m for m in model.modules() if isinstance(m, NF4Linear)]
@@ -111,5 +111,5 @@ class Qlora(DeltaMethod):
                         f"config's {want}; load it with the config's settings"
                     )
         self.lora.config.targets = targets
-        self.model = self.lora.apply(model)
+        self.model = self.lora.inject(model)
         return self.model

@@ -30,15 +30,16 @@ def _peft_type(directory: Path) -> str:
         ) from None
 
 
-def load_adapter(path: str | Path, model: nn.Module) -> DeltaMethod:
-    """Apply the delta saved at `path` (see the module docstring) to `model`."""
+def load_adapter(path: str | Path, model: nn.Module, force: bool = False) -> DeltaMethod:
+    """Apply the delta saved at `path` (see the module docstring) to `model`; a delta saved
+    by lmforge is refused on another base than its own unless `force`."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"adapter {directory} does not exist or is not a directory")
     if (directory / CONFIG_FILE).exists():
-        return load_delta(directory, model)
+        return load_delta(directory, model, force)
     if (directory / "delta" / CONFIG_FILE).exists():
-        return load_delta(directory / "delta", model)
+        return load_delta(directory / "delta", model, force)
     if (directory / "adapter_config.json").exists():
         if _peft_type(directory) == "LORA":
             return load_peft_lora(directory, model)

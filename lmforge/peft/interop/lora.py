@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.peft.base import DeltaMethod
 from lmforge.peft.lora import Lora, LoraConfig
 
 CONFIG_FILE = "adapter_config.json"
@@ -51,6 +52,11 @@ PLAIN_LORA: dict[str, Any] = {
     "arrow_config": None,
     "use_qalora": False,
 }
+
+
+def base_name(method: DeltaMethod) -> str | None:
+    """The name (or path) of the base a method was applied to, as peft records it."""
+    return (method.base or {}).get("name_or_path") or None
 
 
 def _number(x: float) -> int | float:
@@ -83,7 +89,7 @@ def save_peft_lora(
     meta = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path,
+        "base_model_name_or_path": base_model_name_or_path or base_name(method),
         "r": c.r,
         "lora_alpha": _number(c.alpha),
         "lora_dropout": c.dropout,

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.model.host import Geometry, host_for
-from lmforge.peft.interop.lora import CONFIG_FILE, WEIGHTS_FILE, read_adapter_dir
+from lmforge.peft.interop.lora import CONFIG_FILE, WEIGHTS_FILE, base_name, read_adapter_dir
 from lmforge.peft.prefix import PrefixConfig, PrefixTuning
 from lmforge.peft.prompt_tuning import PromptTuning, PromptTuningConfig
 from lmforge.peft.ptuning import PTuning, PTuningConfig
@@ -138,7 +138,10 @@ def save_peft_virtual(
         raise ConfigError("save_peft_virtual needs a virtual-token method applied to a model")
     if method.name not in WRITERS:
         raise ConfigError(f"{method.name} has no peft format; formats exist for {WRITERS.names()}")
-    meta = {**WRITERS.get(method.name)(method), "base_model_name_or_path": base_model_name_or_path}
+    meta = {
+        **WRITERS.get(method.name)(method),
+        "base_model_name_or_path": base_model_name_or_path or base_name(method),
+    }
     state = method.folded_state()
     tensors = {KEY: state["prompt_encoder.embedding.weight"].contiguous().cpu()}
     directory = Path(directory)

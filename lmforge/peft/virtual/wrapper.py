@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lmforge.atomic import atomic_write, atomic_write_json
-from lmforge.config import to_dict
 from lmforge.errors import ConfigError
 from lmforge.model.host import Geometry, host_for
 from lmforge.peft.base import CONFIG_FILE, WEIGHTS_FILE, DeltaMethod, freeze
@@ -166,7 +165,7 @@ class VirtualTokenMethod(DeltaMethod):
     def build_wrapper(self, model: nn.Module, geometry: Geometry) -> VirtualTokenModel:
         raise NotImplementedError
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         if isinstance(model, VirtualTokenModel):
             raise ConfigError(
                 f"this model already reads virtual tokens ({type(model).__name__}); apply "
@@ -209,8 +208,7 @@ class VirtualTokenMethod(DeltaMethod):
         tensors = {n: t.contiguous().cpu() for n, t in self.folded_state().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
         config = dataclasses.replace(self.config, **self.FOLDED)
-        meta = {"method": self.name, "family": self.family, "config": to_dict(config)}
-        atomic_write_json(directory / CONFIG_FILE, meta)
+        atomic_write_json(directory / CONFIG_FILE, self.meta(config))
         return directory
 
     def parameter_count(self) -> int:
