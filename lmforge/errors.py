@@ -33,3 +33,15 @@ class RegistryError(LmforgeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RunInterrupted(LmforgeError):
+    """A run stopped on SIGTERM or SIGINT after saving a checkpoint; rerunning resumes it."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # what a shell reports for that signal
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was unreadable and an older one was used instead."""
