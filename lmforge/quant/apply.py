@@ -79,15 +79,6 @@ class QuantReport:
         }
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put `new` where submodule `name` is; returns the module that was there."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
-
-
 def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
@@ -154,7 +145,7 @@ def quantize_model(
     for name in names:
         linear = model.get_submodule(name)
         layer = NF4Linear.from_linear(linear, quant_type, double_quant, blocksize)
-        replace_module(model, name, layer)  # the float weight is freed here unless tied
+        model.set_submodule(name, layer)  # the float weight is freed here unless tied
         if owners.get(id(linear.weight), 0) > 1:
             report.tied.append(name)
         report.layers.append(name)
@@ -305,12 +296,14 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
             tensors[alias] = tensors[name]
     sidecar = path / SIDECAR_FILE
     layers = {n: _skeleton_layer(model, n, spec, sidecar) for n, spec in meta["modules"].items()}
-    originals = {name: replace_module(model, name, layer) for name, layer in layers.items()}
+    originals = {name: model.get_submodule(name) for name in layers}
+    for name, layer in layers.items():
+        model.set_submodule(name, layer)
     try:
         _check_tensors(model, tensors, file)
     except CheckpointError:
         for name, old in originals.items():  # leave the caller's model as it was
-            replace_module(model, name, old)
+            model.set_submodule(name, old)
         raise
     if meta.get("embedding_dtype"):  # as saved, so the 16-bit tensors load without widening
         store_embeddings(model, meta["embedding_dtype"])
