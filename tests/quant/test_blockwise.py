@@ -2,7 +2,8 @@
 double quantization ("grid", bitsandbytes' map) and 8-bit AdamW ("nearest", tree maps) store.
 
 The stored hashes are the codes of seeded tensors built with exact operations (normal values
-times powers of two), so they hold on any CPU; a change to either user's codes fails here.
+times powers of two) and of values on each rounding boundary; they hold on any CPU, and a
+change to either user's codes (even of the last bit of x / absmax) fails here.
 """
 
 import hashlib
@@ -169,26 +170,52 @@ def test_the_maps_are_the_stored_tables():
     assert (dynamic_map() - dynamic_tree_map(True)).abs().max() > 0.007  # two tables on purpose
 
 
+USERS = {  # how each user calls the codec: map, rounding, round_up_tiny, sample's sign and seed
+    "nf4 double quantization": (dynamic_map, "grid", False, True, 0),
+    "adamw8bit m": (lambda: dynamic_tree_map(True), "nearest", False, True, 1),
+    "adamw8bit v": (lambda: dynamic_tree_map(False), "nearest", True, False, 1),
+}
+
+
+def on_boundaries(user: str) -> torch.Tensor:
+    """Values on the user's rounding boundaries (map midpoints, or the grid points where the
+    code changes) and their float neighbours, in blocks whose absmax (0.7, 3, 1e-3/3, 123.456)
+    is no power of two: the last bit of x / absmax decides each code."""
+    qmap, rounding = USERS[user][0](), USERS[user][1]
+    if rounding == "grid":
+        g = torch.nonzero(grid_codes(qmap)[1:] != grid_codes(qmap)[:-1]).view(-1)
+        bounds = -1.0 + (2.0 * g.float() + 1.0) / 65535  # half-way between grid points
+    else:
+        bounds = (qmap[1:] + qmap[:-1]) / 2
+    up, down = torch.tensor(2.0), torch.tensor(-2.0)
+    b = torch.cat([bounds, torch.nextafter(bounds, up), torch.nextafter(bounds, down)])
+    scales = (0.7, 3.0, 1e-3 / 3, 123.456)
+    blocks = [
+        torch.cat([torch.ones(1), b[i : i + 255]]) * a
+        for a in scales
+        for i in range(0, len(b), 255)
+    ]
+    return torch.cat(blocks)
+
+
 @pytest.mark.parametrize(
-    "user, signed, codes_digest, absmax_digest, first",
+    "user, values, codes_digest, absmax_digest",
     [
-        ("nf4 double quantization", True, "36167960ad258d35", "ab5c0af1a239fc50",
-         [123, 122, 96, 61, 131, 131, 123, 21]),
-        ("adamw8bit m", True, "1f134228f4946f80", "db1a91efc837c908",
-         [127, 39, 82, 107, 94, 127, 124, 3]),
-        ("adamw8bit v", False, "c3197b743f510c5e", "db1a91efc837c908",
-         [1, 177, 91, 41, 67, 1, 7, 250]),
+        ("nf4 double quantization", "spread", "36167960ad258d35", "ab5c0af1a239fc50"),
+        ("nf4 double quantization", "boundaries", "287653ed230f9c5a", "04d2474a7575ee17"),
+        ("adamw8bit m", "spread", "1f134228f4946f80", "db1a91efc837c908"),
+        ("adamw8bit m", "boundaries", "6f7abac52040e393", "601ba47ac131d929"),
+        ("adamw8bit v", "spread", "c3197b743f510c5e", "db1a91efc837c908"),
+        ("adamw8bit v", "boundaries", "198c5178b5523aa6", "601ba47ac131d929"),
     ],
-)  # fmt: skip
-def test_each_user_stores_the_codes_it_always_stored(
-    user, signed, codes_digest, absmax_digest, first
-):
-    if user == "nf4 double quantization":  # nf4.double_quantize's call
-        x = sample(True, 0)
-        codes, absmax = quantize_blockwise(x, dynamic_map(), 256, rounding="grid")
-        assert digest(dequantize_blockwise(codes, absmax, dynamic_map())) == "40cc06065cce702f"
-    else:  # AdamW8bit's calls: m on the signed tree map, v on the unsigned one
-        x = sample(signed, 1)
-        codes, absmax = quantize_blockwise(x, dynamic_tree_map(signed), round_up_tiny=not signed)
-    assert codes[:8].tolist() == first
+)
+def test_each_user_stores_the_codes_it_always_stored(user, values, codes_digest, absmax_digest):
+    qmap, rounding, round_up_tiny, signed, seed = USERS[user]
+    x = sample(signed, seed) if values == "spread" else on_boundaries(user)
+    codes, absmax = quantize_blockwise(
+        x, qmap(), 256, rounding=rounding, round_up_tiny=round_up_tiny
+    )
     assert (digest(codes), digest(absmax)) == (codes_digest, absmax_digest)
+    if (user, values) == ("nf4 double quantization", "spread"):
+        assert codes[:8].tolist() == [123, 122, 96, 61, 131, 131, 123, 21]
+        assert digest(dequantize_blockwise(codes, absmax, qmap())) == "40cc06065cce702f"
