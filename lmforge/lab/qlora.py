@@ -85,7 +85,7 @@ def optimizer_curves(quick: bool, page_dir: Path) -> dict[str, list[float]]:
     fp32, 8-bit and paged AdamW, all from the same start."""
     from torch import nn
 
-    from lmforge.quant.optim import build_optimizer
+    from lmforge.train.optim import build_optimizer
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8192, 64, generator=g)

@@ -84,8 +84,6 @@ def _suffixes(names: list[str]) -> list[str]:
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Put `new` where submodule `name` is; returns the module that was there."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, new)
+    old = model.get_submodule(name)
+    model.set_submodule(name, new)
     return old

@@ -9,7 +9,7 @@ The paper's recipe, in lmforge's pieces:
     y = dequant(W_nf4) x + (α / r) · B A x        dequantized on the fly, in the compute dtype
 
 The third idea of the paper, paged optimizers, is an optimizer choice of the training loop
-(`train.optimizer: paged_adamw`, lmforge/quant/paged.py), not part of the model.
+(`train.optimizer: paged_adamw`, lmforge/train/optim/paged.py), not part of the model.
 
 A saved QLoRA delta holds only A and B: loading it quantizes the same base again
 (quantization is deterministic) and puts the same low-rank weights on top. Merging B A into

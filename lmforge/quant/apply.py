@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.model.targets import OUTPUT_HEADS, match_targets, replace_module
+from lmforge.model.targets import OUTPUT_HEADS, match_targets
 from lmforge.quant.embed16 import STORAGE_DTYPES, Stored16, store_embeddings
 from lmforge.quant.linear4bit import NF4Linear
 from lmforge.quant.nf4 import check_settings
@@ -118,7 +118,7 @@ def quantize_model(
     for name in names:
         linear = model.get_submodule(name)
         layer = NF4Linear.from_linear(linear, quant_type, double_quant, blocksize)
-        replace_module(model, name, layer)  # the float weight is freed here unless tied
+        model.set_submodule(name, layer)  # the float weight is freed here unless tied
         if owners.get(id(linear.weight), 0) > 1:
             report.tied.append(name)
         report.layers.append(name)
@@ -289,12 +289,14 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
             tensors[alias] = tensors[name]
     sidecar = path / SIDECAR_FILE
     layers = {n: _skeleton_layer(model, n, spec, sidecar) for n, spec in meta["modules"].items()}
-    originals = {name: replace_module(model, name, layer) for name, layer in layers.items()}
+    originals = {name: model.get_submodule(name) for name in layers}
+    for name, layer in layers.items():
+        model.set_submodule(name, layer)
     try:
         _check_tensors(model, tensors, file)
     except CheckpointError:
         for name, old in originals.items():  # leave the caller's model as it was
-            replace_module(model, name, old)
+            model.set_submodule(name, old)
         raise
     if meta.get("embedding_dtype"):  # as saved, so the 16-bit tensors load without widening
         store_embeddings(model, meta["embedding_dtype"])

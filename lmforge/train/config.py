@@ -19,6 +19,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.registry import Registry
+from lmforge.train.optim import OPTIMIZERS
 from lmforge.train.schedule import SCHEDULES
 
 RESUMABLE = re.compile(r"^step-\d+$")
@@ -89,8 +90,6 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             raise ConfigError(f"train.eps must be positive, got {self.eps}")
-        from lmforge.quant.optim import OPTIMIZERS
-
         checked = (("schedule", SCHEDULES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS))
         for name, registry in checked:
             if getattr(self, name) not in registry:

@@ -56,6 +56,7 @@ from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device
 from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_losses
+from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_at
 from lmforge.train.signals import GracefulStop
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
@@ -68,11 +69,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """train.optimizer (an AdamW: fp32, 8-bit or paged) over trainable parameters; weight decay
-    only on matrices (not norms or biases)."""
-    from lmforge.quant.optim import build_optimizer as make_optimizer
-
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters in two groups: weight decay on matrices, none on norms and
+    biases (dim < 2)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(
@@ -81,19 +80,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         )
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [
+    return [
         {"params": group, "weight_decay": wd}
-        for group, wd in ((decay, config.weight_decay), (no_decay, 0.0))
+        for group, wd in ((decay, weight_decay), (no_decay, 0.0))
         if group
     ]
-    return make_optimizer(
-        config.optimizer,
-        groups,
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        eps=config.eps,
-        **config.optimizer_options,
-    )
 
 
 def _count_tokens(batch: Batch) -> int:
@@ -116,7 +107,14 @@ class _Run:
         if config.gradient_checkpointing:
             set_gradient_checkpointing(model)
         self.forward_model = torch.compile(model) if config.compile else model
-        self.optimizer = build_optimizer(model, config)
+        self.optimizer = build_optimizer(
+            config.optimizer,
+            param_groups(model, config.weight_decay),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            eps=config.eps,
+            **config.optimizer_options,
+        )
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.history: list[dict[str, Any]] = []
         self.state = TrainState(

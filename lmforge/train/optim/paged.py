@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.quant.adamw import AdamWBase, Hyper, Params, adamw_update_
-from lmforge.quant.pages import (
+from lmforge.train.optim.adamw import AdamWBase, Hyper, Params, adamw_update_
+from lmforge.train.optim.page_store import (
     FLOAT_BYTES,
     PAGE_BYTES,
     Layout,
