@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.config import leaf_fields
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, RunInterrupted
 from lmforge.registry import Registry
 
 
@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args._run(args) or 0
+    except RunInterrupted as e:  # a checkpoint was saved; the same command resumes
+        print(f"lmforge {args.verb}: {e}", file=sys.stderr)
+        return e.exit_code
     except LmforgeError as e:
         print(f"lmforge {args.verb}: error: {e}", file=sys.stderr)
         return 2
