@@ -14,13 +14,13 @@ from pathlib import Path
 from lmforge.atomic import atomic_write
 
 
-def _figure():
+def _figure(rows: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5), dpi=100)
+    fig = Figure(figsize=(7, 4.5 if rows == 1 else 3 * rows), dpi=100)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
+    return fig, [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -41,7 +41,13 @@ def plot_curves(
     logy: bool = False,
 ) -> Path:
     """Draw one line per `name → (xs, ys)` and write the PNG to `path`; empty series are skipped."""
-    fig, ax = _figure()
+    fig, (ax,) = _figure()
+    _draw(ax, series, xlabel, ylabel, logy)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _draw(ax, series: dict, xlabel: str, ylabel: str, logy: bool = False) -> None:
     for name, (xs, ys) in series.items():
         if len(xs) != len(ys):
             raise ValueError(f"series {name!r} has {len(xs)} x values but {len(ys)} y values")
@@ -51,12 +57,24 @@ def plot_curves(
         ax.plot(list(xs), list(ys), label=name, marker="o" if len(xs) == 1 else None)
     if logy:
         ax.set_yscale("log")
-    ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize="small", ncol=1 + len(series) // 6)
+
+
+def plot_panels(
+    panels: Sequence[tuple[dict[str, tuple[Sequence[float], Sequence[float]]], str]],
+    path: str | Path,
+    title: str = "",
+    xlabel: str = "step",
+) -> Path:
+    """`plot_curves` panels stacked over one x axis: one (series, ylabel) pair per panel."""
+    fig, axes = _figure(len(panels))
+    for ax, (series, ylabel) in zip(axes, panels):
+        _draw(ax, series, xlabel, ylabel)
+    axes[0].set_title(title)
     return _save(fig, path)
 
 
@@ -69,7 +87,7 @@ def plot_bars(
     reference_label: str = "",
 ) -> Path:
     """One horizontal bar per `name → value`, optionally a dashed reference line."""
-    fig, ax = _figure()
+    fig, (ax,) = _figure()
     names = list(values)
     ax.barh(names[::-1], [values[n] for n in names[::-1]], color="tab:blue")
     if reference is not None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import MIXERS, Mixer, ModelConfig
 from lmforge.registry import Registry
 
 # An attention kernel: (q, k, v, mask, dropout_p, is_causal) -> out; q (B,nh,T,hd), k/v (B,nkv,S,hd)
@@ -218,9 +218,15 @@ class KVCache:
             config.n_layer, batch, config.n_kv_head, config.head_dim, capacity, dtype, device
         )
 
+    packs = True  # a padded prefill may run packed and land here through place_packed
+
     @property
     def capacity(self) -> int:
         return self.keys[0].shape[2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
 
     def get_seq_length(self) -> int:
         return self.length
@@ -250,6 +256,16 @@ class KVCache:
         """Keep only the batch rows `rows` (finished sequences leave the batch)."""
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
+
+    def place_packed(self, packed: KVCache, starts: Tensor, lengths: Tensor, width: int) -> None:
+        """Fill the first `width` positions from a one-row cache of packed sequences: row i's
+        `lengths[i]` positions from `starts[i]` land flush right, its padding slots zeroed."""
+        for store, filled in ((self.keys, packed.keys), (self.values, packed.values)):
+            for buf, part in zip(store, filled):  # buf (B, nkv, cap, hd), part (1, nkv, N, hd)
+                for i, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+                    buf[i, :, : width - n] = 0
+                    buf[i, :, width - n : width] = part[0, :, start : start + n]
+        self.advance(width)
 
 
 class Attention(nn.Module):
@@ -285,3 +301,6 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         y = self.kernel(q, k, v, mask, p, is_causal)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+MIXERS.add("attention", Mixer("self_attn", Attention, KVCache.allocate))

@@ -1,9 +1,19 @@
-"""ModelConfig: the shape of a Llama-style decoder, plus named presets."""
+"""ModelConfig: the shape of a Llama-style decoder, plus named presets.
+
+Two choices pick the layers of every block from registries that the model fills (gpt.py):
+
+    model.mixer  attention (grouped-query attention, attention.py) | retention (RetNet)
+    model.ffn    dense (SwiGLU, mlp.py) | moe (a mixture of SwiGLU experts, moe.py)
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
 
 from lmforge.errors import ConfigError
 from lmforge.registry import Registry
@@ -26,6 +36,18 @@ class ModelConfig:
     dropout: float = 0.0  # dropout on attention weights and residual branches
     init_std: float = 0.02  # std of the normal initialisation
     attention: str = "sdpa"  # attention kernel: sdpa | naive (see attention.py)
+    mixer: str = "attention"  # token mixer of each block: attention | retention (RetNet)
+    ffn: str = "dense"  # feed-forward layer of each block: dense (SwiGLU) | moe (experts)
+    n_experts: int = 8  # experts per MoE layer (model.ffn=moe)
+    top_k: int = 1  # experts each token is sent to (1 = Switch Transformer)
+    d_ff_expert: int | None = None  # hidden width of one expert; None = d_ff
+    shared_expert_d_ff: int = 0  # width of an always-on, sigmoid-gated shared expert; 0 = none
+    norm_topk_prob: bool = False  # renormalise the chosen experts' probabilities to sum to 1
+    expert_weights: str = "router"  # router (probabilities weight the experts) | ones (sum)
+    capacity_factor: float = 1.25  # training capacity = factor · tokens · top_k / n_experts
+    dropless: bool = False  # no capacity in training: every token reaches its experts
+    aux_loss_weight: float = 0.01  # weight of the load-balancing loss added to the objective
+    z_loss_weight: float = 0.001  # weight of the router z-loss added to the objective
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -34,6 +56,8 @@ class ModelConfig:
             self.head_dim = self.d_model // self.n_head
         if self.d_ff is None:
             self.d_ff = -(-int(8 * self.d_model / 3) // 32) * 32
+        if self.d_ff_expert is None:
+            self.d_ff_expert = self.d_ff
 
     def validate(self) -> None:
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "max_seq_len"):
@@ -54,10 +78,50 @@ class ModelConfig:
             raise ConfigError(
                 f"model.attention {self.attention!r} is unknown; choose from {ATTENTION.names()}"
             )
+        for name, registry in (("mixer", MIXERS), ("ffn", FFNS), ("expert_weights", WEIGHTINGS)):
+            if getattr(self, name) not in registry:
+                raise ConfigError(
+                    f"model.{name} {getattr(self, name)!r} is unknown; choose from "
+                    f"{registry.names()}"
+                )
+        if self.ffn == "moe":
+            self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ConfigError(
+                f"model.top_k must be in 1..model.n_experts ({self.n_experts}), got {self.top_k}"
+            )
+        if self.capacity_factor <= 0:
+            raise ConfigError(f"model.capacity_factor must be positive, got {self.capacity_factor}")
+        if self.top_k == 1 and self.norm_topk_prob and self.expert_weights == "router":
+            raise ConfigError(
+                "model.norm_topk_prob with model.top_k=1 weights every expert output by 1, so "
+                "the router learns nothing from the loss; set --model.norm_topk_prob=false "
+                "(Switch) or --model.top_k=2"
+            )
+        for name in ("aux_loss_weight", "z_loss_weight", "shared_expert_d_ff"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
 
     def replace(self, **changes: object) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+
+@dataclass(frozen=True)
+class Mixer:
+    """A token mixer: the block attribute that holds it, how to build it for layer i, and the
+    cache it decodes with: cache(config, batch, capacity, dtype, device)."""
+
+    attr: str
+    build: Callable[[ModelConfig, int], nn.Module]
+    cache: Callable[..., Any]
+
+
+# The layers each name builds are registered by the modules that define them.
+MIXERS: Registry[Mixer] = Registry("token mixer")  # attention.py, retention.py
+FFNS: Registry[Callable[[ModelConfig, int], nn.Module]] = Registry("feed-forward layer")
+WEIGHTINGS: Registry[Callable] = Registry("expert weighting")  # moe.py
 
 PRESETS: Registry[dict] = Registry("model preset")
 PRESETS.add("tiny", dict(d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=128))

@@ -1,7 +1,10 @@
 """The native decoder: embed → blocks → norm → head, Llama-style.
 
-    tokens ─► embed_tokens ─► [ x + Attn(RMSNorm(x)) ; x + SwiGLU(RMSNorm(x)) ] × n_layer
+    tokens ─► embed_tokens ─► [ x + Mixer(RMSNorm(x)) ; x + FFN(RMSNorm(x)) ] × n_layer
            ─► RMSNorm ─► lm_head ─► logits
+
+Mixer and FFN are registry choices of the config: `model.mixer` attention (attention.py) or
+retention (retention.py), `model.ffn` dense SwiGLU (mlp.py) or moe (moe.py).
 
 Module names follow transformers' LlamaForCausalLM (`model.layers.0.self_attn.q_proj`, ...),
 so one target list serves both backends and checkpoints map one to one.
@@ -18,21 +21,17 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.model.attention import (
-    Attention,
-    KVCache,
-    RotaryEmbedding,
-    SplitLinear,
-    with_split_linears,
-)
-from lmforge.model.config import ModelConfig
+from lmforge.model.attention import RotaryEmbedding, SplitLinear, with_split_linears
+from lmforge.model.config import FFNS, MIXERS, ModelConfig
 from lmforge.model.loss import IGNORE_INDEX, causal_lm_loss, linear_cross_entropy
 from lmforge.model.mlp import RMSNorm, SwiGLU
+from lmforge.model.moe import Experts, MoE
 
 __all__ = ["IGNORE_INDEX", "CausalLM", "CausalLMOutput"]
 
@@ -41,23 +40,30 @@ __all__ = ["IGNORE_INDEX", "CausalLM", "CausalLMOutput"]
 class CausalLMOutput:
     loss: Tensor | None
     logits: Tensor
-    past_key_values: KVCache | None = None
+    past_key_values: Any = None  # the cache new_cache made (KVCache, RetentionCache)
+
+
+# A dense FFN multiplies few rows (decoding) on every thread, see attention.SplitLinear.
+FFNS.add("dense", lambda config, layer: with_split_linears(SwiGLU(config)))
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
+        mixer = MIXERS.get(config.mixer)
+        self.mixer_name = mixer.attr  # self_attn (attention) or retention
         self.input_layernorm = RMSNorm(config.d_model, config.norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        setattr(self, mixer.attr, mixer.build(config, layer_idx))
         self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = with_split_linears(SwiGLU(config))  # few-row products on every thread
+        self.mlp = FFNS.get(config.ffn)(config, layer_idx)
         # Without dropout, Identity spares every decode step two dropout calls per layer.
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: Any
     ) -> Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
+        mixer = getattr(self, self.mixer_name)
+        x = x + self.dropout(mixer(self.input_layernorm(x), cos, sin, mask, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -116,7 +122,7 @@ class CausalLM(nn.Module):
         self.apply(self._init_weights)
         # Residual projections scaled by 1/√(2L) (GPT-2) keep the stream's variance steady.
         for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
+            if name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
                 nn.init.normal_(p, std=config.init_std / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -124,9 +130,24 @@ class CausalLM(nn.Module):
             nn.init.normal_(module.weight, std=self.config.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+        if isinstance(module, Experts):
+            for p in module.parameters():
+                nn.init.normal_(p, std=self.config.init_std)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
+
+    def new_cache(
+        self,
+        batch: int,
+        capacity: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> Any:
+        """An empty decoding cache for `batch` rows of up to `capacity` tokens: KV buffers for
+        attention, fixed-size recurrent states for retention. Every kind answers update,
+        advance, select, get_seq_length and length (what host.py and the mixers use)."""
+        return MIXERS.get(self.config.mixer).cache(self.config, batch, capacity, dtype, device)
 
     def forward(
         self,
@@ -135,7 +156,7 @@ class CausalLM(nn.Module):
         inputs_embeds: Tensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        past_key_values: KVCache | None = None,
+        past_key_values: Any = None,
         labels: Tensor | None = None,
         use_cache: bool = False,
         logits_to_keep: int | Tensor = 0,
@@ -146,7 +167,7 @@ class CausalLM(nn.Module):
         B, T, _ = x.shape  # (B, T, d)
         cache = past_key_values
         if use_cache and cache is None:
-            cache = KVCache.allocate(self.config, B, T, x.dtype, x.device)
+            cache = self.new_cache(B, T, x.dtype, x.device)
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(
@@ -190,9 +211,11 @@ class CausalLM(nn.Module):
 
     def flops_per_token(self, seq_len: int, training: bool = True) -> float:
         """Matmul FLOPs per token (Kaplan et al. 2020; PaLM appendix B): 2N + 2·L·T·d_attn
-        forward, three times that with the backward pass. N counts the head, not the lookup."""
+        forward, three times that with the backward pass. N counts the head, not the lookup,
+        and of a mixture of experts the k experts a token runs through."""
         c = self.config
         n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        n_matmul += sum(m.active_expert_parameters() for m in self.modules() if isinstance(m, MoE))
         forward = 2 * n_matmul + 2 * c.n_layer * seq_len * c.n_head * c.head_dim
         return 3 * forward if training else forward
 

@@ -6,7 +6,7 @@ KV cache and how it travels through the call, how finished rows leave it, where 
 length and the shapes are written, how gradient checkpointing is switched on. `ModelHost` is
 that difference, with exactly two implementations, chosen once by `host_for(model)`:
 
-    host_for(model) ─┬─► NativeHost        (lmforge CausalLM: preallocated KVCache)
+    host_for(model) ─┬─► NativeHost        (lmforge CausalLM: the cache its mixer needs)
                      └─► TransformersHost  (PreTrainedModel: transformers' own Cache)
 
 A wrapper that reads virtual tokens (peft/virtual) is hosted as the model in its
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.model.attention import KVCache, packed_attention_mask
+from lmforge.model.attention import packed_attention_mask
 from lmforge.model.gpt import CausalLM
 
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len")
@@ -141,7 +141,9 @@ class _Layout:
 
 
 class NativeHost(_Layout):
-    """lmforge's CausalLM: one KVCache buffer allocated up front, filled in place."""
+    """lmforge's CausalLM: the cache comes from the model (`CausalLM.new_cache`: KV buffers
+    allocated up front and filled in place for attention, a fixed-size state for retention);
+    every kind answers update / advance / select / get_seq_length / length / packs."""
 
     cache_arg = "past_key_values"
 
@@ -167,24 +169,22 @@ class NativeHost(_Layout):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.plain.gradient_checkpointing = enabled
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
+    def new_cache(self, batch: int, capacity: int) -> Any:
         device, dtype = float_placement(self.plain)
-        return KVCache.allocate(self.plain.config, batch, capacity, dtype, device)
+        return self.plain.new_cache(batch, capacity, dtype, device)
 
-    def prefilled_cache(
-        self, cache: KVCache | None, keys: Tensor, values: Tensor, capacity: int
-    ) -> KVCache:
+    def prefilled_cache(self, cache: Any, keys: Tensor, values: Tensor, capacity: int) -> Any:
         L, B, _, P, _ = keys.shape
         if cache is None:
-            cache = KVCache.allocate(self.plain.config, B, capacity, keys.dtype, keys.device)
+            cache = self.plain.new_cache(B, capacity, keys.dtype, keys.device)
         for layer in range(L):
             cache.update(layer, keys[layer], values[layer])
         cache.advance(P)
         return cache
 
     def step(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: KVCache
-    ) -> tuple[Tensor, KVCache]:
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
+    ) -> tuple[Tensor, Any]:
         if self._packs(input_ids, attention_mask, cache):
             return self._prefill_packed(input_ids, attention_mask, cache)
         out = self.model(
@@ -197,16 +197,19 @@ class NativeHost(_Layout):
         )
         return out.logits[:, -1], out.past_key_values
 
-    def _packs(self, ids: Tensor, mask: Tensor, cache: KVCache) -> bool:
+    def _packs(self, ids: Tensor, mask: Tensor, cache: Any) -> bool:
         """Whether this call is a padded prefill that `_prefill_packed` can run instead: the
-        plain model (a virtual-token wrapper lays out its cache itself), some padding, and a
-        packed sequence within the context and PACK_LIMIT."""
+        plain model (a virtual-token wrapper lays out its cache itself), a cache that takes
+        packed rows (keys and values by position), some padding, and a packed sequence within
+        the context and PACK_LIMIT."""
         if cache.length or ids.shape[1] == 1 or self.model is not self.plain:
+            return False
+        if not cache.packs:
             return False
         n = int(mask.sum())
         return n < mask.numel() and n <= self.max_length() and n * n <= PACK_LIMIT
 
-    def _prefill_packed(self, ids: Tensor, mask: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+    def _prefill_packed(self, ids: Tensor, mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
         """A left-padded prefill run without its padding: the rows' real tokens are packed into
         one sequence, each attending causally within its own row (a block-diagonal mask,
         positions restarting per row); each row's keys and values then land in its slots of
@@ -218,7 +221,7 @@ class NativeHost(_Layout):
         segments = torch.repeat_interleave(torch.arange(1, B + 1, device=ids.device), lengths)
         starts = torch.cumsum(lengths, 0) - lengths  # (B,)
         positions = torch.arange(N, device=ids.device) - starts[segments - 1]  # (N,) per row
-        packed = KVCache.allocate(self.plain.config, 1, N, cache.keys[0].dtype, ids.device)
+        packed = self.plain.new_cache(1, N, cache.dtype, ids.device)
         out = self.model(
             input_ids=ids[keep][None],  # (1, N)
             attention_mask=packed_attention_mask(segments[None]),  # (1, 1, N, N)
@@ -227,15 +230,10 @@ class NativeHost(_Layout):
             use_cache=True,
             logits_to_keep=starts + lengths - 1,  # each row's last token
         )
-        for store, filled in ((cache.keys, packed.keys), (cache.values, packed.values)):
-            for buf, part in zip(store, filled):  # buf (B, nkv, cap, hd), part (1, nkv, N, hd)
-                for i, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-                    buf[i, :, : L - n] = 0
-                    buf[i, :, L - n : L] = part[0, :, start : start + n]
-        cache.advance(L)
+        cache.place_packed(packed, starts, lengths, L)
         return out.logits[0], cache  # (B, V)
 
-    def select_rows(self, cache: KVCache, rows: Tensor) -> KVCache:
+    def select_rows(self, cache: Any, rows: Tensor) -> Any:
         cache.select(rows)
         return cache
 

@@ -5,6 +5,7 @@
         lr ← lr_at(step)                                   (schedule.py)
         grad_accum × [ batch ← data.next_batch()
                        loss ← objective(model, batch)       default: model(**batch).loss
+                              + what the model's layers add (MoE balance and z losses)
                        (loss / grad_accum).backward() ]
         guard  loss and ‖g‖ finite, else TrainingDivergedError (nothing saved for this step)
         clip   ‖g‖ ≤ grad_clip; AdamW step (decay on matrices only)
@@ -46,6 +47,7 @@ from lmforge.errors import (
     TrainingDivergedError,
 )
 from lmforge.model.host import set_gradient_checkpointing
+from lmforge.model.moe import Auxiliary, auxiliary
 from lmforge.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -55,7 +57,7 @@ from lmforge.train.checkpoint import (
 from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device
 from lmforge.train.evaluate import default_objective, evaluate, to_device
-from lmforge.train.metrics import MetricsLog, plot_losses
+from lmforge.train.metrics import MetricsLog, plot_experts, plot_losses
 from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_at
 from lmforge.train.signals import GracefulStop
@@ -116,6 +118,7 @@ class _Run:
             **config.optimizer_options,
         )
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.aux = Auxiliary()  # the layers' auxiliary losses and expert loads (MoE)
         self.history: list[dict[str, Any]] = []
         self.state = TrainState(
             step=0,
@@ -145,6 +148,7 @@ class _Run:
         s.step, s.tokens_seen, s.lr, s.checkpoint = loaded["step"], loop["tokens"], loop["lr"], ckpt
         s.val_loss, s.val_ppl = loop["val_loss"], loop["val_ppl"]
         self.loss_sum, self.loss_count = loop["loss_sum"], loop["loss_count"]
+        self.aux.load_state_dict(loop.get("aux", {}))
         self.last_eval, self.last_save = loop["last_eval"], s.step
         self.elapsed_before = loop["elapsed"]
         self.history = self.metrics.truncate_after(s.step)
@@ -210,12 +214,14 @@ class _Run:
         for _ in range(cfg.grad_accum):
             batch = self.data.next_batch()
             s.tokens_seen += _count_tokens(batch)
-            with autocast(cfg.precision, self.device):
+            with autocast(cfg.precision, self.device), auxiliary(self.model, self.aux):
                 loss = self.objective(self.forward_model, to_device(batch, self.device))
             value = float(loss.detach())
-            if not math.isfinite(value):
-                raise self.diverged(step, "loss", value, lr)
-            (loss / cfg.grad_accum).backward()
+            extra = self.aux.pop_loss()  # None for a model whose layers add no loss
+            total = loss if extra is None else loss + extra
+            if not math.isfinite(float(total.detach())):
+                raise self.diverged(step, "loss", float(total.detach()), lr)
+            (total / cfg.grad_accum).backward()
             loss_value += value / cfg.grad_accum
         grad_norm = self.clip()
         if not math.isfinite(grad_norm):
@@ -257,7 +263,7 @@ class _Run:
         self.mark_tokens, self.mark_time = s.tokens_seen, self.step_time
         loss = self.loss_sum / self.loss_count
         self.loss_sum, self.loss_count = 0.0, 0
-        self.record(loss=loss, tokens_per_s=rate)
+        self.record(loss=loss, tokens_per_s=rate, **self.aux.metrics())
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{s.lr:.2e}", tok_s=f"{rate:.0f}")
 
     def eval(self) -> None:
@@ -285,6 +291,7 @@ class _Run:
             "val_loss": s.val_loss,
             "val_ppl": s.val_ppl,
             "last_eval": self.last_eval,
+            "aux": self.aux.state_dict(),
         }
         extra = {"data": self.data.state_dict(), "loop": loop}
         s.checkpoint = write_checkpoint(
@@ -318,6 +325,8 @@ class _Run:
 
     def plot(self) -> None:
         plot_losses(self.history, self.run_dir / "loss.png", title=self.run_dir.name)
+        if any("expert_share" in r for r in self.history):
+            plot_experts(self.history, self.run_dir / "experts.png", title=self.run_dir.name)
 
     def notify(self, event: str) -> None:
         for callback in self.callbacks:

@@ -5,6 +5,11 @@ One JSON object per event, appended and flushed as it happens:
     {"step": 10, "loss": 3.91, "lr": 0.0003, "tokens": 5120, "tokens_per_s": 812.5, "elapsed": 6.3}
     {"step": 50, "val_loss": 3.72, "val_ppl": 41.3, "lr": 0.00028, "tokens": 25600, "elapsed": 31.0}
 
+A mixture-of-experts model adds its router statistics to the training lines: "aux_loss" (the
+weighted balance and z losses), "expert_share" (each expert's share of the token-to-expert
+assignments, all MoE layers together; 1/E each when balanced) and "drop_rate" (the share of
+assignments past an expert's capacity), drawn in experts.png.
+
 A resumed run first cuts the file back to its checkpoint's step, so every step appears once
 and in order. A line torn by a crash (no newline, bad JSON) is dropped when the file is read.
 """
@@ -16,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lmforge.atomic import atomic_write_text
-from lmforge.plots import plot_curves
+from lmforge.plots import plot_curves, plot_panels
 
 
 class MetricsLog:
@@ -70,3 +75,22 @@ def plot_losses(history: list[dict[str, Any]], path: str | Path, title: str = ""
         "val": ([s for s, _ in val], [v for _, v in val]),
     }
     return plot_curves(series, path, title=title, xlabel="step", ylabel="loss")
+
+
+def plot_experts(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Each expert's share of the assignments, and the drop rate, against step."""
+    rows = [r for r in history if "expert_share" in r]
+    steps = [r["step"] for r in rows]
+    n = max(len(r["expert_share"]) for r in rows)
+    shares = {f"expert {i}": (steps, [_share(r, i) for r in rows]) for i in range(n)}
+    drops = {"dropped": (steps, [r["drop_rate"] for r in rows])}
+    panels = [
+        (shares, f"expert share (balanced = {1 / n:.3g})"),
+        (drops, "share of assignments dropped"),
+    ]
+    return plot_panels(panels, path, title=title, xlabel="step")
+
+
+def _share(record: dict[str, Any], expert: int) -> float:
+    share = record["expert_share"]
+    return share[expert] if expert < len(share) else 0.0
