@@ -1,15 +1,18 @@
 """Import and export transformers checkpoints of the Llama family, with logit parity.
 
 The native decoder is the Llama computation, and its module names are those of
-`LlamaForCausalLM`, so a checkpoint maps one to one: no tensor is renamed,
+`LlamaForCausalLM`, so a dense checkpoint maps one to one: no tensor is renamed,
 split or permuted (transformers' Llama weights already use the "rotate half"
-RoPE layout of attention.py).
+RoPE layout of attention.py). Mixture-of-experts checkpoints store each expert's
+matrices apart; the family's layout (hf_families.py) stacks them into the native
+(E, ·, ·) tensors on the way in and splits them on the way out.
 
     config.json ──► config_from_hf ──► ModelConfig ──► CausalLM skeleton (meta device)
     *.safetensors ──► tensor by tensor (memory-mapped) ─► its parameters
 
 Which checkpoints qualify, and how their config.json becomes a ModelConfig, is
-hf_config.py.
+hf_config.py; export writes the family that computes what the native model does, or
+lmforge's own format (RetNet, MoEfied models) where no transformers class does.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from lmforge.atomic import atomic_write, atomic_write_text
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
-from lmforge.model.hf_config import CONFIG_FILE, config_from_hf, load_hf_config
+from lmforge.model.hf_config import CONFIG_FILE, architecture_of, config_from_hf, load_hf_config
 from lmforge.model.hf_config import read_json as _read_json
+from lmforge.model.hf_families import FAMILIES, ONE_TO_ONE, Layout, NativeConfig, export_family
 from lmforge.model.weights import SafetensorsFile
 
 WEIGHTS_FILE = "model.safetensors"
@@ -46,20 +50,24 @@ def _ignorable(name: str, tied: bool) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight")
 
 
-def _check_names(model: CausalLM, where: Mapping[str, str], origin: str) -> dict[str, Tensor]:
-    """The tensors to load (name → meta placeholder); CheckpointError if the names differ."""
-    tied = model.config.tie_embeddings
+def _check_names(
+    model: CausalLM, where: Mapping[str, str], origin: str, layout: Layout
+) -> dict[str, Tensor]:
+    """The tensors to load (native name → meta placeholder); CheckpointError if the names in
+    the files are not those the layout expects."""
+    tied, experts = model.config.tie_embeddings, model.config.n_experts
     targets = model.state_dict(keep_vars=True)
     if tied:
         targets.pop("lm_head.weight")
-    missing = [n for n in targets if n not in where]
+    stored = {s: n for n in targets for s in layout.stored(n, experts)[0]}
+    missing = [s for s in stored if s not in where]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(
             f"{origin}: tensor {missing[0]!r}{more} is missing; the weights do not belong "
             "to the model that config.json describes"
         )
-    unexpected = [n for n in where if n not in targets and not _ignorable(n, tied)]
+    unexpected = [n for n in where if n not in stored and not _ignorable(n, tied)]
     if unexpected:
         raise CheckpointError(
             f"{where[unexpected[0]]}: unexpected tensor {unexpected[0]!r} "
@@ -76,22 +84,25 @@ def _build(
     dtype: torch.dtype,
     device: torch.device | str,
     on_module: Callable[[CausalLM, str], None] | None = None,
+    layout: Layout = ONE_TO_ONE,
 ) -> CausalLM:
     """A CausalLM whose parameters are the tensors `read(name)` returns; `where[name]` says
-    which file holds each. The model is built on the meta device and never initialised:
-    the checkpoint replaces every weight, and initialising 135M parameters costs seconds.
-    A tensor already in `dtype` on `device` is used as it is, without a copy. `on_module`,
-    if given, is called with each module name as soon as all its tensors are in (a quantizer
-    there means the model never holds more than one float layer beyond what it keeps)."""
+    which file holds each, and `layout` which stored names make each native tensor. The model
+    is built on the meta device and never initialised: the checkpoint replaces every weight,
+    and initialising 135M parameters costs seconds. A tensor already in `dtype` on `device`
+    is used as it is, without a copy. `on_module`, if given, is called with each module name
+    as soon as all its tensors are in (a quantizer there means the model never holds more
+    than one float layer beyond what it keeps)."""
     with torch.device("meta"):
         model = CausalLM(config)
-    names = _check_names(model, where, origin)
+    names = _check_names(model, where, origin, layout)
     pending = Counter(name.rpartition(".")[0] for name in names)  # tensors left per module
     for name, placeholder in names.items():
-        tensor = read(name)
+        tensor = layout.gather(name, config.n_experts, read)
         if tensor.shape != placeholder.shape:
+            stored = layout.stored(name, config.n_experts)[0][0]
             raise CheckpointError(
-                f"{where[name]}: tensor {name!r} has shape {tuple(tensor.shape)}, but "
+                f"{where[stored]}: tensor {stored!r} has shape {tuple(tensor.shape)}, but "
                 f"config.json implies {tuple(placeholder.shape)}"
             )
         owner, _, attr = name.rpartition(".")
@@ -115,11 +126,20 @@ def _build(
 
 
 def from_hf(hf_model: torch.nn.Module, *, max_seq_len: int | None = None) -> CausalLM:
-    """A native copy of a transformers Llama/Mistral/Qwen2 causal LM, same dtype and device."""
-    config = config_from_hf(
-        hf_model.config, max_seq_len=max_seq_len, architecture=type(hf_model).__name__
-    )
+    """A native copy of a transformers causal LM of a supported family, same dtype and device.
+
+    A family whose live modules are named otherwise than its checkpoint files (transformers
+    fuses the experts of MoE models in memory) goes through its saved form."""
+    architecture = type(hf_model).__name__
+    config = config_from_hf(hf_model.config, max_seq_len=max_seq_len, architecture=architecture)
     first = next(hf_model.parameters())
+    if FAMILIES.get(architecture).layout.rules:
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_model.save_pretrained(tmp)
+            model = load_hf_dir(
+                tmp, dtype=first.dtype, device=first.device, max_seq_len=max_seq_len
+            )
+        return model.train(hf_model.training)
     state = hf_model.state_dict()
     where = dict.fromkeys(state, f"{type(hf_model).__name__} state_dict")
 
@@ -170,7 +190,9 @@ def load_hf_dir(
     no transformers model is built and peak memory stays near one model's worth.
     """
     path = Path(path)
-    config = config_from_hf(load_hf_config(path), max_seq_len=max_seq_len)
+    hf_config = load_hf_config(path)
+    config = config_from_hf(hf_config, max_seq_len=max_seq_len)
+    layout = FAMILIES.get(architecture_of(hf_config)).layout
     files = weight_files(path)
     with ExitStack() as stack:
         handles, where = {}, {}
@@ -189,7 +211,7 @@ def load_hf_dir(
                 raise CheckpointError(f"{where[name]}: cannot read tensor {name!r} ({e})") from None
 
         origin = str(files[0] if len(files) == 1 else path)
-        model = _build(config, where, read, origin, dtype, device, on_module)
+        model = _build(config, where, read, origin, dtype, device, on_module, layout)
     return model.eval()
 
 
@@ -197,10 +219,10 @@ def load_hf_dir(
 
 
 def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any:
-    """The transformers config of a native model: Llama, or Qwen2 when q/k/v carry biases
-    (Llama's attention_bias would add an o_proj bias the native model does not have)."""
-    from transformers import LlamaConfig, Qwen2Config
-
+    """The config of the family that computes what the native model does: Llama, Qwen2 when
+    q/k/v carry biases (Llama's attention_bias would add an o_proj bias the native model does
+    not have), Mixtral or Qwen2-MoE for experts; lmforge's own format for anything else."""
+    arch, family, extra = export_family(config)
     fields = dict(
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
@@ -219,10 +241,14 @@ def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any
         eos_token_id=None,
         pad_token_id=None,
         dtype=dtype,
+        architectures=[arch],
     )
-    if config.attention_bias:
-        return Qwen2Config(**fields, use_sliding_window=False, architectures=["Qwen2ForCausalLM"])
-    return LlamaConfig(**fields, attention_bias=False, architectures=["LlamaForCausalLM"])
+    fields.update(extra)
+    if family.config_class is None:
+        return NativeConfig(model_type=family.model_type, **fields)
+    import transformers
+
+    return getattr(transformers, family.config_class)(**fields)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -269,9 +295,12 @@ def save_hf_dir(model: CausalLM, path: str | Path, tokenizer_dir: str | Path | N
         )
     if config.tie_embeddings:
         state.pop("lm_head.weight")  # transformers re-ties it from tie_word_embeddings
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+    hf_config = to_hf_config(config, dtype=next(iter(state.values())).dtype)
+    layout = FAMILIES.get(hf_config.architectures[0]).layout
+    tensors = {}
+    for name, t in state.items():
+        tensors.update(layout.scatter(name, t.detach().to("cpu").contiguous(), config.n_experts))
     path.mkdir(parents=True, exist_ok=True)
-    hf_config = to_hf_config(config, dtype=next(iter(tensors.values())).dtype)
     if tokenizer_dir is not None:
         for key, value in _save_tokenizer(Path(tokenizer_dir), path).items():
             setattr(hf_config, key, value)

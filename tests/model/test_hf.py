@@ -156,7 +156,7 @@ def test_sliding_window_caps_the_context():
 @pytest.mark.parametrize(
     ("config", "match"),
     [
-        (GPT2Config(), r"gpt2.*supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"),
+        (GPT2Config(), r"gpt2.*supported: LlamaForCausalLM, .*MixtralForCausalLM, .*Qwen2MoeFor"),
         (LlamaConfig(architectures=["LlamaForSequenceClassification"]), "LlamaForSequence"),
         (
             LlamaConfig(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
