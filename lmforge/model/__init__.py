@@ -1,9 +1,11 @@
-"""The native Llama-style decoder, its configuration and generation."""
+"""The native decoder (attention or retention mixers, dense or MoE FFNs), its configuration,
+checkpoint import/export and generation."""
 
 from lmforge.model.attention import KVCache
 from lmforge.model.config import ModelConfig, preset
 from lmforge.model.gpt import CausalLM, CausalLMOutput, loss_only
 from lmforge.model.host import Geometry, float_placement, host_for, set_gradient_checkpointing
+from lmforge.model.retention import RetentionCache
 
 __all__ = [
     "CausalLM",
@@ -11,6 +13,7 @@ __all__ = [
     "Geometry",
     "KVCache",
     "ModelConfig",
+    "RetentionCache",
     "float_placement",
     "host_for",
     "loss_only",

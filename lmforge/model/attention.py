@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge.model.config import MIXERS, Mixer, ModelConfig
+from lmforge.model.config import ModelConfig
 from lmforge.registry import Registry
 
 # An attention kernel: (q, k, v, mask, dropout_p, is_causal) -> out; q (B,nh,T,hd), k/v (B,nkv,S,hd)
@@ -301,6 +301,3 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         y = self.kernel(q, k, v, mask, p, is_causal)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
-
-
-MIXERS.add("attention", Mixer("self_attn", Attention, KVCache.allocate))

@@ -37,6 +37,7 @@ class ModelConfig:
     init_std: float = 0.02  # std of the normal initialisation
     attention: str = "sdpa"  # attention kernel: sdpa | naive (see attention.py)
     mixer: str = "attention"  # token mixer of each block: attention | retention (RetNet)
+    chunk_size: int = 512  # retention: longer sequences train (and prefill) chunk by chunk
     ffn: str = "dense"  # feed-forward layer of each block: dense (SwiGLU) | moe (experts)
     n_experts: int = 8  # experts per MoE layer (model.ffn=moe)
     top_k: int = 1  # experts each token is sent to (1 = Switch Transformer)
@@ -60,7 +61,7 @@ class ModelConfig:
             self.d_ff_expert = self.d_ff
 
     def validate(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layer", "n_head", "max_seq_len"):
+        for name in ("vocab_size", "d_model", "n_layer", "n_head", "max_seq_len", "chunk_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.n_head % self.n_kv_head:
@@ -118,10 +119,10 @@ class Mixer:
     cache: Callable[..., Any]
 
 
-# The layers each name builds are registered by the modules that define them.
-MIXERS: Registry[Mixer] = Registry("token mixer")  # attention.py, retention.py
+# What each name builds is registered beside the model (gpt.py; moe.py for weightings).
+MIXERS: Registry[Mixer] = Registry("token mixer")
 FFNS: Registry[Callable[[ModelConfig, int], nn.Module]] = Registry("feed-forward layer")
-WEIGHTINGS: Registry[Callable] = Registry("expert weighting")  # moe.py
+WEIGHTINGS: Registry[Callable] = Registry("expert weighting")
 
 PRESETS: Registry[dict] = Registry("model preset")
 PRESETS.add("tiny", dict(d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=128))

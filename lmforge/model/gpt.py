@@ -27,11 +27,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.model.attention import RotaryEmbedding, SplitLinear, with_split_linears
-from lmforge.model.config import FFNS, MIXERS, ModelConfig
+from lmforge.model.attention import (
+    Attention,
+    KVCache,
+    RotaryEmbedding,
+    SplitLinear,
+    with_split_linears,
+)
+from lmforge.model.config import FFNS, MIXERS, Mixer, ModelConfig
 from lmforge.model.loss import IGNORE_INDEX, causal_lm_loss, linear_cross_entropy
 from lmforge.model.mlp import RMSNorm, SwiGLU
 from lmforge.model.moe import Experts, MoE
+from lmforge.model.retention import MultiScaleRetention, RetentionCache
 
 __all__ = ["IGNORE_INDEX", "CausalLM", "CausalLMOutput"]
 
@@ -43,8 +50,11 @@ class CausalLMOutput:
     past_key_values: Any = None  # the cache new_cache made (KVCache, RetentionCache)
 
 
+MIXERS.add("attention", Mixer("self_attn", Attention, KVCache.allocate))
+MIXERS.add("retention", Mixer("retention", MultiScaleRetention, RetentionCache.allocate))
 # A dense FFN multiplies few rows (decoding) on every thread, see attention.SplitLinear.
 FFNS.add("dense", lambda config, layer: with_split_linears(SwiGLU(config)))
+FFNS.add("moe", lambda config, layer: MoE(config))
 
 
 class Block(nn.Module):

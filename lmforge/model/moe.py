@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lmforge.model.config import FFNS, WEIGHTINGS, ModelConfig
+from lmforge.model.config import WEIGHTINGS, ModelConfig
 from lmforge.model.mlp import SwiGLU, silu_mul
 
 
@@ -235,6 +235,3 @@ class MoE(nn.Module):
         z = torch.logsumexp(logits, dim=-1).pow(2).mean()
         loss = self.aux_loss_weight * balance + self.z_loss_weight * z
         self.collector.add(loss, routing.load, routing.dropped)
-
-
-FFNS.add("moe", lambda config, layer: MoE(config))
