@@ -20,8 +20,11 @@ as transformers' attention does):
 
 Placements are "attention" and "ffn"; the modules they name (`self_attn.o_proj`,
 `mlp.down_proj`, `self_attn`, `mlp`) exist under those names in both the native decoder and
-transformers' Llama family. Adapter parameters are named `...<site>.adapter.down.weight`
-etc., the wrapped module lives at `...<site>.base_layer`. Adapters add latency and are
+transformers' Llama family. Where a model has the first name of a placement nowhere, the next
+one is taken: a retention model's mixer is `retention` (`retention.o_proj`), and a serial
+adapter follows a mixture of experts (no single down_proj) at the whole `mlp`. Adapter
+parameters are named `...<site>.adapter.down.weight` etc., the wrapped module lives at
+`...<site>.base_layer`. Adapters add latency and are
 not mergeable (the nonlinearity does not fold into a weight).
 """
 
@@ -109,14 +112,18 @@ class Variant:
     """How one adapter variant is injected: which wrapper, around which module per placement."""
 
     wrapper: type[AdapterWrapper]
-    sites: dict[str, str]  # placement → module name suffix
+    sites: dict[str, tuple[str, ...]]  # placement → module name suffixes, first found wins
 
 
 VARIANTS: Registry[Variant] = Registry("adapter variant")
+SERIAL_SITES = {
+    "attention": ("self_attn.o_proj", "retention.o_proj"),
+    "ffn": ("mlp.down_proj", "mlp"),
+}
+VARIANTS.add("serial", Variant(SerialAdapter, SERIAL_SITES))
 VARIANTS.add(
-    "serial", Variant(SerialAdapter, {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"})
+    "parallel", Variant(ParallelAdapter, {"attention": ("self_attn", "retention"), "ffn": ("mlp",)})
 )
-VARIANTS.add("parallel", Variant(ParallelAdapter, {"attention": "self_attn", "ffn": "mlp"}))
 
 
 @dataclass
@@ -158,15 +165,18 @@ def _hidden_size(model: nn.Module) -> int:
     return embed.embedding_dim
 
 
-def _sites(model: nn.Module, suffix: str, placement: str, variant: str) -> list[str]:
-    names = [n for n, _ in model.named_modules() if n == suffix or n.endswith("." + suffix)]
-    if not names:
-        known = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
-        raise ConfigError(
-            f"adapter placement {placement!r} ({variant}) wraps modules named '*.{suffix}', "
-            f"and this model has none; its module names end in: {', '.join(known)}"
-        )
-    return names
+def _sites(model: nn.Module, suffixes: tuple[str, ...], placement: str, variant: str) -> list[str]:
+    """The modules named by the first of `suffixes` that the model has."""
+    for suffix in suffixes:
+        names = [n for n, _ in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+        if names:
+            return names
+    known = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
+    wanted = " or ".join(repr(f"*.{s}") for s in suffixes)
+    raise ConfigError(
+        f"adapter placement {placement!r} ({variant}) wraps modules named {wanted}, and this "
+        f"model has none; its module names end in: {', '.join(known)}"
+    )
 
 
 @register

@@ -1,5 +1,6 @@
 """The delta-method contract, one table of cases run through every registered method on a
-native tiny model and on a tiny transformers Llama (DESIGN.md, "The delta-tuning contract")."""
+native tiny model, its mixture-of-experts and RetNet variants, and on a tiny transformers
+Llama (DESIGN.md, "The delta-tuning contract")."""
 
 import copy
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from lmforge import peft
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.model import CausalLM, preset
 
 transformers = pytest.importorskip("transformers")
@@ -26,9 +27,17 @@ CASES = {  # method → config; every registered method must appear here
 }
 
 
-def native():
+def native(**variant):
     torch.manual_seed(0)
-    return CausalLM(preset("tiny", vocab_size=V)).eval()
+    return CausalLM(preset("tiny", vocab_size=V, **variant)).eval()
+
+
+def native_moe():
+    return native(ffn="moe", n_experts=4, top_k=2, d_ff_expert=64)
+
+
+def native_retnet():
+    return native(mixer="retention")
 
 
 def llama():
@@ -45,8 +54,15 @@ def llama():
     return transformers.LlamaForCausalLM(config).eval()
 
 
-BACKENDS = {"native": native, "transformers": llama}
+BACKENDS = {
+    "native": native,
+    "native-moe": native_moe,
+    "native-retnet": native_retnet,
+    "transformers": llama,
+}
 METHODS = list(CASES)
+# Per-layer key/value prefixes need attention layers; a retention model refuses them.
+REFUSED = {("prefix", "native-retnet"), ("ptuning2", "native-retnet")}
 
 
 def batch():
@@ -63,6 +79,19 @@ def nudge(delta):
 
 def test_every_registered_method_is_in_the_table():
     assert sorted(peft.METHODS.names()) == sorted(METHODS)
+
+
+@pytest.fixture(autouse=True)
+def applicable(request):
+    """A method the model cannot take is refused with a ConfigError naming why; the rest of
+    its contract does not apply."""
+    params = getattr(request.node, "callspec", None)
+    method, backend = (params.params.get(k) for k in ("method", "backend")) if params else (0, 0)
+    if (method, backend) in REFUSED:
+        delta = peft.apply(BACKENDS[backend](), method, CASES[method])
+        with pytest.raises(ConfigError, match="need an attention model"):
+            delta.model(**batch())
+        pytest.skip(f"{method} needs attention layers; {backend} has none (refusal checked)")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
