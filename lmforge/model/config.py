@@ -28,6 +28,7 @@ class ModelConfig:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head
     head_dim: int | None = None  # width of one head; None = d_model // n_head
     d_ff: int | None = None  # SwiGLU hidden width; None = 8/3·d_model rounded up to 32
+    activation: str = "silu"  # the FFN gate's nonlinearity: silu (SwiGLU) | relu (ReGLU)
     max_seq_len: int = 256  # longest sequence the model is trained or asked to read
     rope_theta: float = 10000.0  # RoPE base frequency
     norm_eps: float = 1e-5  # RMSNorm epsilon
@@ -79,7 +80,8 @@ class ModelConfig:
             raise ConfigError(
                 f"model.attention {self.attention!r} is unknown; choose from {ATTENTION.names()}"
             )
-        for name, registry in (("mixer", MIXERS), ("ffn", FFNS), ("expert_weights", WEIGHTINGS)):
+        choices = [("mixer", MIXERS), ("ffn", FFNS), ("activation", GATES)]
+        for name, registry in choices + [("expert_weights", WEIGHTINGS)]:
             if getattr(self, name) not in registry:
                 raise ConfigError(
                     f"model.{name} {getattr(self, name)!r} is unknown; choose from "
@@ -119,10 +121,11 @@ class Mixer:
     cache: Callable[..., Any]
 
 
-# What each name builds is registered beside the model (gpt.py; moe.py for weightings).
+# What each name builds is registered beside the model (gpt.py, unless said).
 MIXERS: Registry[Mixer] = Registry("token mixer")
 FFNS: Registry[Callable[[ModelConfig, int], nn.Module]] = Registry("feed-forward layer")
-WEIGHTINGS: Registry[Callable] = Registry("expert weighting")
+WEIGHTINGS: Registry[Callable] = Registry("expert weighting")  # moe.py
+GATES: Registry[Callable] = Registry("FFN activation")  # mlp.py: act(gate) · up
 
 PRESETS: Registry[dict] = Registry("model preset")
 PRESETS.add("tiny", dict(d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=128))

@@ -92,6 +92,7 @@ def config_from_hf(
         n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
         d_ff=c.intermediate_size,
+        activation=getattr(c, "hidden_act", "silu"),
         max_seq_len=max_seq_len,
         rope_theta=float(rope_parameters(c)["rope_theta"]),
         norm_eps=float(c.rms_norm_eps),

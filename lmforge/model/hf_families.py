@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import GATES, ModelConfig
 from lmforge.registry import Registry
 
 # A check looks at a transformers config and names what would break parity, or returns None.
@@ -101,7 +101,9 @@ QWEN2_MOE_LAYOUT = Layout(
 
 def _check_activation(c: Any) -> str | None:
     act = getattr(c, "hidden_act", "silu")
-    return None if act == "silu" else f"hidden_act={act!r} (the native MLP is SwiGLU with SiLU)"
+    if act in GATES:
+        return None
+    return f"hidden_act={act!r} (the native gated MLP takes {' or '.join(GATES.names())})"
 
 
 def _check_rope(c: Any) -> str | None:

@@ -4,6 +4,10 @@ x ─► gate_proj ─► SiLU ─┐
                         ×─► down_proj
 x ─► up_proj ───────────┘
 
+`model.activation` picks the gate's nonlinearity (the GATES registry): SiLU (SwiGLU, what
+Llama-family checkpoints use) or ReLU (ReGLU: most gate outputs are exactly zero, the sparse
+activations MoEfication builds on).
+
 SiLU(g) · u is one autograd node that keeps only g and u for backward and recomputes the
 sigmoid there, instead of also keeping SiLU(g): one (N, d_ff) tensor less per layer in a
 training step, at the cost of one sigmoid.
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import GATES, ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -50,11 +54,18 @@ class _SiluMul(torch.autograd.Function):
         return grad_gate, grad * F.silu(gate)
 
 
+@GATES.register("silu")
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """SiLU(gate) · up, saving only its inputs for backward."""
     if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
         return _SiluMul.apply(gate, up)
     return F.silu(gate) * up
+
+
+@GATES.register("relu")
+def relu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """ReLU(gate) · up."""
+    return F.relu(gate) * up
 
 
 class SwiGLU(nn.Module):
@@ -63,6 +74,11 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.act = GATES.get(config.activation)
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """act(x W_gate) · x W_up, the (…, d_ff) activations down_proj reads."""
+        return self.act(self.gate_proj(x), self.up_proj(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(self.hidden(x))

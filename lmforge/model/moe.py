@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lmforge.model.config import WEIGHTINGS, ModelConfig
-from lmforge.model.mlp import SwiGLU, silu_mul
+from lmforge.model.config import GATES, WEIGHTINGS, ModelConfig
+from lmforge.model.mlp import SwiGLU
 
 
 class Auxiliary:
@@ -119,8 +119,9 @@ def auxiliary(model: nn.Module, collector: Auxiliary) -> Iterator[Auxiliary]:
 class Experts(nn.Module):
     """E SwiGLU experts as stacked weights: gate_proj, up_proj (E, f, d), down_proj (E, d, f)."""
 
-    def __init__(self, n_experts: int, d_model: int, d_ff: int) -> None:
+    def __init__(self, n_experts: int, d_model: int, d_ff: int, activation: str = "silu") -> None:
         super().__init__()
+        self.act = GATES.get(activation)
         self.gate_proj = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
         self.up_proj = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
         self.down_proj = nn.Parameter(torch.empty(n_experts, d_model, d_ff))
@@ -129,7 +130,7 @@ class Experts(nn.Module):
         """x (E, C, d): row block e goes through expert e; returns (E, C, d)."""
         gate = torch.bmm(x, self.gate_proj.transpose(1, 2))  # (E, C, f)
         up = torch.bmm(x, self.up_proj.transpose(1, 2))
-        return torch.bmm(silu_mul(gate, up), self.down_proj.transpose(1, 2))  # (E, C, d)
+        return torch.bmm(self.act(gate, up), self.down_proj.transpose(1, 2))  # (E, C, d)
 
 
 @WEIGHTINGS.register("router")
@@ -189,7 +190,9 @@ class MoE(nn.Module):
         self.capacity_factor, self.dropless = config.capacity_factor, config.dropless
         self.aux_loss_weight, self.z_loss_weight = config.aux_loss_weight, config.z_loss_weight
         self.gate = nn.Linear(config.d_model, config.n_experts, bias=False)
-        self.experts = Experts(config.n_experts, config.d_model, config.d_ff_expert)
+        self.experts = Experts(
+            config.n_experts, config.d_model, config.d_ff_expert, config.activation
+        )
         if config.shared_expert_d_ff:
             self.shared_expert = SwiGLU(config.replace(d_ff=config.shared_expert_d_ff))
             self.shared_expert_gate = nn.Linear(config.d_model, 1, bias=False)

@@ -451,3 +451,15 @@ def test_smollm2_native_matches_transformers():
     )
     assert native.config.n_layer == 30 and native.config.tie_embeddings
     assert delta <= TOL
+
+
+def test_relu_gated_checkpoints_round_trip(tmp_path):
+    hf = tiny_hf("llama", hidden_act="relu")
+    hf.save_pretrained(tmp_path / "hf")
+    native = load_hf_dir(tmp_path / "hf")
+    assert native.config.activation == "relu"
+    assert_parity(native, hf)
+    save_hf_dir(native, tmp_path / "back")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "back")
+    assert again.config.hidden_act == "relu"
+    assert_parity(native, again)
