@@ -239,6 +239,27 @@ def _quickstart(args: argparse.Namespace) -> None:
     quickstart(args.out, steps=args.steps)
 
 
+def _moefy_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.moefy import MoefyConfig
+
+    p.add_argument("dense", nargs="?", metavar="MODEL", help="the dense model (same as --model)")
+    add_config_flags(p, MoefyConfig, {})
+
+
+@verb("moefy", "split a dense model's FFNs into routed experts (MoEfication)", _moefy_args)
+def _moefy(args: argparse.Namespace) -> None:
+    from lmforge.recipes.moefy import load_config, run_moefy
+
+    positional = [f"model={args.dense}"] if args.dense else []
+    cfg = load_config(args.config, config_overrides(args) + positional)
+    report = run_moefy(cfg)
+    shown = ""
+    if "ppl" in report:
+        ppl = report["ppl"]
+        shown = f"; perplexity {ppl['dense']:.2f} dense → {ppl['moefied']:.2f} MoEfied"
+    print(f"{cfg.top_k} of {cfg.experts} experts per token{shown}; model saved to {cfg.out}")
+
+
 def _lab_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="`list`, or the experiment to run")
     p.add_argument("--quick", action="store_true", help="a smoke-sized run")

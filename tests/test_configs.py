@@ -7,7 +7,7 @@ import yaml
 
 import lmforge
 from lmforge.recipes import eval as eval_recipe
-from lmforge.recipes import finetune, pretrain
+from lmforge.recipes import finetune, moefy, pretrain
 from lmforge.recipes.quickstart import QUICKSTART
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -32,8 +32,12 @@ def check_eval(path):
     eval_recipe.load_config(path, []).validate()
 
 
+def check_moefy(path):
+    moefy.load_config(path, []).validate()
+
+
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain}
-KINDS |= {"finetune": check_finetune, "eval": check_eval}
+KINDS |= {"finetune": check_finetune, "eval": check_eval, "moefy": check_moefy}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
