@@ -145,22 +145,27 @@ def unit_weights(top: Tensor) -> Tensor:
     return torch.ones_like(top)
 
 
+def expert_load(expert: Tensor, n_experts: int) -> Tensor:
+    """Assignments per expert (E,) of the chosen experts (N, k)."""
+    return torch.bincount(expert.reshape(-1), minlength=n_experts)
+
+
 class Routing:
     """Where each of the N·k assignments goes: sorted by expert, its row in the expert's
     buffer, whether it fits the capacity."""
 
-    def __init__(self, expert: Tensor, weight: Tensor, n_experts: int, capacity: int | None):
-        N, k = expert.shape  # expert, weight (N, k)
+    def __init__(self, expert: Tensor, weight: Tensor, load: Tensor, capacity: int) -> None:
+        N, k = expert.shape  # expert, weight (N, k); load (E,) from expert_load
         flat = expert.t().reshape(-1)  # (k·N,) first choices of every token, then second ones
         self.order = torch.argsort(flat, stable=True)  # by expert, then choice, then token
         self.expert = flat[self.order]  # (k·N,)
         self.token = torch.arange(N, device=expert.device).repeat(k)[self.order]
         self.weight = weight.t().reshape(-1)[self.order]
-        self.load = torch.bincount(flat, minlength=n_experts)  # (E,) assignments per expert
-        starts = torch.cumsum(self.load, 0) - self.load
+        self.load = load
+        starts = torch.cumsum(load, 0) - load
         row = torch.arange(len(flat), device=expert.device) - starts[self.expert]
-        self.capacity = int(self.load.max()) if capacity is None else capacity
-        keep = row < self.capacity
+        self.capacity = capacity
+        keep = row < capacity
         self.dropped = (~keep).sum()
         self.slot = (self.expert * self.capacity + row)[keep]  # row in the (E·C, d) buffer
         self.token, self.weight = self.token[keep], self.weight[keep]
@@ -184,6 +189,7 @@ class MoE(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.config = config
         self.n_experts, self.top_k = config.n_experts, config.top_k
         self.norm_topk_prob = config.norm_topk_prob
         self.weighting = WEIGHTINGS.get(config.expert_weights)
@@ -202,10 +208,10 @@ class MoE(nn.Module):
         """Expert weights one token is multiplied by: those of its top_k experts."""
         return self.top_k * sum(p[0].numel() for p in self.experts.parameters())
 
-    def capacity(self, n_tokens: int) -> int | None:
-        """Rows per expert; None = as many as the busiest expert needs (no dropping)."""
+    def capacity(self, n_tokens: int, load: Tensor) -> int:
+        """Rows per expert: the training capacity, or (dropless, eval) the busiest expert's."""
         if self.dropless or not self.training:
-            return None
+            return int(load.max())
         return max(1, math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts))
 
     def route(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -221,14 +227,19 @@ class MoE(nn.Module):
         B, T, d = x.shape
         h = x.reshape(-1, d)  # (N, d)
         logits, expert, weight = self.route(h)
-        routing = Routing(expert, weight, self.n_experts, self.capacity(len(h)))
-        out = self.experts(routing.dispatch(h, self.n_experts))  # (E, C, d)
+        load = expert_load(expert, self.n_experts)
+        routing = Routing(expert, weight, load, self.capacity(len(h), load))
+        out = self.run_experts(routing.dispatch(h, self.n_experts))  # (E, C, d)
         y = routing.combine(out, len(h))  # (N, d)
         if hasattr(self, "shared_expert"):
             y = y + torch.sigmoid(self.shared_expert_gate(h)) * self.shared_expert(h)
         if self.collector is not None:
             self.report(logits, routing)
         return y.view(B, T, d)
+
+    def run_experts(self, buffer: Tensor) -> Tensor:
+        """Expert e on row block e of the dispatch buffer (E, C, d)."""
+        return self.experts(buffer)
 
     def report(self, logits: Tensor, routing: Routing) -> None:
         """The auxiliary losses of this forward and its expert loads, to the collector."""
