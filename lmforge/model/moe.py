@@ -172,13 +172,19 @@ class Routing:
 
     def dispatch(self, h: Tensor, n_experts: int) -> Tensor:
         """Rows of h (N, d) into the expert buffer (E, C, d); empty rows are zero."""
-        buffer = h.new_zeros(n_experts * self.capacity, h.shape[-1])
-        return buffer.index_copy(0, self.slot, h[self.token]).view(n_experts, self.capacity, -1)
+        d = h.shape[-1]
+        # gather / scatter over expanded indices: their backward passes are scatter_add and
+        # gather, which run many times faster on CPUs than index_add's
+        rows = h.gather(0, self.token[:, None].expand(-1, d))  # (M, d) kept assignments
+        buffer = h.new_zeros(n_experts * self.capacity, d)
+        return buffer.scatter(0, self.slot[:, None].expand(-1, d), rows).view(n_experts, -1, d)
 
     def combine(self, out: Tensor, N: int) -> Tensor:
         """Expert outputs (E, C, d) back to tokens (N, d), weighted and summed over choices."""
-        rows = out.reshape(-1, out.shape[-1])[self.slot] * self.weight[:, None].to(out.dtype)
-        return out.new_zeros(N, out.shape[-1]).index_add(0, self.token, rows)
+        d = out.shape[-1]
+        rows = out.reshape(-1, d).gather(0, self.slot[:, None].expand(-1, d))  # (M, d)
+        rows = rows * self.weight[:, None].to(out.dtype)
+        return out.new_zeros(N, d).scatter_add(0, self.token[:, None].expand(-1, d), rows)
 
 
 class MoE(nn.Module):
