@@ -6,6 +6,7 @@ from lmforge.lab import (  # noqa: F401
     peft_compare,
     prompting,
     qlora,
+    retnet,
     warmup,
 )
 from lmforge.lab.base import LABS, Experiment, experiment, run_experiment
