@@ -3,6 +3,7 @@
 from lmforge.lab import (  # noqa: F401
     instruct,
     moe,
+    moefication,
     peft_compare,
     prompting,
     qlora,

@@ -38,7 +38,7 @@ def active_parameters(model: CausalLM) -> int:
 
 
 def settings(quick: bool) -> dict:
-    steps = 30 if quick else 600
+    steps = 20 if quick else 600
     return dict(steps=steps, experts=4 if quick else 8, eval_every=max(5, steps // 6))
 
 

@@ -2,7 +2,7 @@
 
 Every run of a lab reads the same corpus through the same tokenizer (trained by the first run,
 then shared) and the same token shards, so that runs differ only in the model. `--quick`
-trains on the first 300,000 characters of Shakespeare with the `tiny` preset; the full mode
+trains on the first 120,000 characters of Shakespeare with the `tiny` preset; the full mode
 on all of Shakespeare with the `small` one (4 layers, d_model 192).
 """
 
@@ -17,7 +17,7 @@ from lmforge.data.corpora import load_corpus
 from lmforge.recipes.pretrain import pretrain, resolve_config
 from lmforge.train import TrainResult
 
-QUICK_CHARS = 300_000
+QUICK_CHARS = 120_000
 
 
 def corpus(out_dir: Path, quick: bool) -> str:

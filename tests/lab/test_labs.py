@@ -110,3 +110,65 @@ def test_a_finished_lab_run_is_reused_when_its_config_is_the_same(tmp_path, monk
     cfg.train.max_steps = 4  # another config: the run would be made again
     with pytest.raises(ZeroDivisionError):
         peft_compare.finetune_child(cfg, run_dir)
+
+
+def test_the_architecture_labs_are_registered():
+    assert {"moe", "moefication", "retnet"} <= set(LABS.names())
+
+
+@pytest.mark.assets
+def test_retnet_quick_writes_a_report(tmp_path):
+    import json
+
+    text = run_experiment("retnet", tmp_path / "lab", quick=True).read_text()
+    assert "| model | parameters | ms/step | tokens/s | val loss |" in text
+    results = json.loads((tmp_path / "lab" / "results.json").read_text())
+    params = [r["parameters"] for r in results.values()]
+    assert abs(params[0] - params[1]) / params[0] < 0.01  # equal size within 1%
+    assert (tmp_path / "lab" / "retnet-val.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_moe_quick_writes_a_report(tmp_path):
+    import json
+
+    text = run_experiment("moe", tmp_path / "lab", quick=True).read_text()
+    assert "| run | parameters | per token | steps |" in text and "Expert use stayed" in text
+    results = json.loads((tmp_path / "lab" / "results.json").read_text())
+    assert set(results) == {"dense", "moe", "dense, equal time"}
+    assert results["moe"]["parameters"] > 2 * results["dense"]["parameters"]
+    assert results["moe"]["active"] - results["dense"]["active"] < 0.01 * results["dense"]["active"]
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_moefication_quick_writes_a_report(tmp_path):
+    import json
+
+    text = run_experiment("moefication", tmp_path / "lab", quick=True).read_text()
+    assert "| model | experts used | FFN share | perplexity | ratio to dense |" in text
+    results = json.loads((tmp_path / "lab" / "results.json").read_text())
+    for r in results.values():  # every expert on is the dense model
+        assert r["rows"][-1]["ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert results["native relu"]["zeros"] > 0.1 and results["native silu"]["zeros"] == 0.0
+
+
+def test_moefication_verdict_reads_the_rows():
+    from lmforge.lab.moefication import verdict
+
+    rows = lambda r1, r2: [  # noqa: E731
+        {"k": "dense", "share": 1.0, "ratio": 1.0},
+        {"k": 1, "share": 0.25, "ratio": r1},
+        {"k": 2, "share": 0.5, "ratio": r2},
+    ]
+    text = verdict(
+        {
+            "native relu": {"zeros": 0.6, "rows": rows(1.04, 1.01)},
+            "native silu": {"zeros": 0.0, "rows": rows(1.2, 1.06)},
+        }
+    )
+    assert "native relu (60% of FFN activations exactly zero): perplexity ratio 1.040" in text
+    assert "native silu (0% of FFN activations exactly zero)" in text
+    assert "within 5% of dense from no share below 100%" in text
+    assert "): met." in text and "the ReLU model lost less than the SiLU model" in text
