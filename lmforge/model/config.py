@@ -36,9 +36,18 @@ class ModelConfig:
             self.d_ff = -(-int(8 * self.d_model / 3) // 32) * 32
 
     def validate(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layer", "n_head", "max_seq_len"):
+        positive = ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "head_dim", "d_ff")
+        for name in (*positive, "max_seq_len", "rope_theta", "norm_eps", "init_std"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            low = self.d_model - self.d_model % self.n_head
+            near = [d for d in (low, low + self.n_head) if d > 0]
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must be a multiple of model.n_head "
+                f"({self.n_head}), as transformers' configs require; e.g. "
+                + " or ".join(f"--model.d_model={d}" for d in near)
+            )
         if self.n_head % self.n_kv_head:
             raise ConfigError(
                 f"model.n_head ({self.n_head}) must be a multiple of "
