@@ -28,10 +28,10 @@ from transformers import (
 
 from lmforge import hub
 from lmforge.errors import AssetError, CheckpointError, ConfigError
-from lmforge.tokenizer import Tokenizer as LmTokenizer
 from lmforge.model import CausalLM, preset
 from lmforge.model.hf import config_from_hf, from_hf, load_hf_dir, save_hf_dir, to_hf_config
 from lmforge.registry import Registry
+from lmforge.tokenizer import Tokenizer as LmTokenizer
 
 VOCAB = 101
 TOL = 1e-4
