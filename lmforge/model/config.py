@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from lmforge.config import from_dict
 from lmforge.errors import ConfigError
+from lmforge.model.attention import ATTENTION
 from lmforge.registry import Registry
 
 
@@ -48,8 +50,6 @@ class ModelConfig:
             raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        from lmforge.model.attention import ATTENTION
-
         if self.attention not in ATTENTION:
             raise ConfigError(
                 f"model.attention {self.attention!r} is unknown; choose from {ATTENTION.names()}"
@@ -82,6 +82,4 @@ PRESETS.add(
 
 def preset(name: str, **overrides: object) -> ModelConfig:
     """A named shape (`tiny`, `small`, `base`, `medium`, `smollm2-135m`) with fields overridden."""
-    from lmforge.config import from_dict
-
     return from_dict(ModelConfig, {**PRESETS.get(name), **overrides}, "model")

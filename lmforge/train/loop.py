@@ -42,10 +42,10 @@ from lmforge.model.gpt import set_gradient_checkpointing
 from lmforge.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, restore_rng
 from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device
-from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_losses
 from lmforge.train.schedule import lr_at
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
+from lmforge.train.validation import default_objective, to_device, validation_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -219,7 +219,7 @@ class _Run:
 
     def eval(self) -> None:
         s = self.state
-        s.val_loss, s.val_ppl = evaluate(
+        s.val_loss, s.val_ppl = validation_loss(
             self.forward_model,
             self.val_data,
             self.objective,
