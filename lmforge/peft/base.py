@@ -64,6 +64,11 @@ class DeltaMethod:
         """Freeze `model`, inject the method, return the model to train and call."""
         raise NotImplementedError
 
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of `lmforge.hub.load_model` for the base this method applies to
+        (QLoRA's: quantize while loading, so the float model is never held)."""
+        return {}
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The method's own parameters, by their name in the returned model."""
         if self.model is None:

@@ -92,6 +92,9 @@ class Qlora(DeltaMethod):
             "embedding_dtype": c.embedding_dtype,
         }
 
+    def load_options(self) -> dict:
+        return {"quantize": self.quantization()}
+
     def apply(self, model: nn.Module) -> nn.Module:
         from lmforge.quant import NF4Linear, quantize_model
         from lmforge.quant.embed16 import store_embeddings
