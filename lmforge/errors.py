@@ -14,13 +14,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-# {name} or {name=value}; {{ and }} are literal braces
-SETTING = re.compile(r"\{\{|\}\}|\{([A-Za-z_][\w.]*)(?:=([^{}]*))?\}")
+# {name} or {name=value}; {a|b} names the same setting as each caller may call it (the
+# first that a verb has); {{ and }} are literal braces
+SETTING = re.compile(r"\{\{|\}\}|\{([A-Za-z_][\w.|]*)(?:=([^{}]*))?\}")
 Spell = Callable[[str, "str | None"], str]  # (setting, value or None) -> how it is typed
 
 
 def python_spelling(name: str, value: str | None) -> str:
     """`skip_bad=True`, `max_new_tokens`: a setting as a Python keyword argument."""
+    name = name.split("|")[0]
     if value is None:
         return name
     words = {"true": "True", "false": "False", "null": "None"}

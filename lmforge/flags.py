@@ -42,11 +42,14 @@ class Parser(argparse.ArgumentParser):
         self.fields: Any = self  # where field flags are listed (an argument group)
 
     def spell(self, name: str, value: str | None) -> str:
-        """Setting `name` (= value) as typed for this command: `--data.skip_bad`."""
-        flag = self.flags.get(name)
-        if flag is None:  # a component names `skip_bad`; the verb may hold `data.skip_bad`
-            ends = [f for n, f in self.flags.items() if n.endswith("." + name)]
-            flag = ends[0] if len(ends) == 1 else None
+        """Setting `name` (= value) as typed for this command: `--data.skip_bad`. A component
+        names `skip_bad`, which here may be `data.skip_bad`; `a|b` tries each name."""
+        flag = None
+        for each in name.split("|"):
+            ends = [f for n, f in self.flags.items() if n.endswith("." + each)]
+            flag = self.flags.get(each) or (ends[0] if len(ends) == 1 else None)
+            if flag is not None:
+                break
         if flag is None:
             return python_spelling(name, value)
         if value is None or (value == "true" and flag in self.bools):

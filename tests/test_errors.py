@@ -21,3 +21,8 @@ def test_render_spells_each_setting_and_keeps_literal_braces():
 
 def test_registry_error_is_not_quoted_like_a_key_error():
     assert str(RegistryError("unknown task 'x'")) == "unknown task 'x'"
+
+
+def test_a_setting_with_several_names_reads_as_the_first_in_python():
+    e = DataError("too little data", fix="lower {batch_size} or {seq_len|max_length}")
+    assert str(e) == "too little data; lower batch_size or seq_len"

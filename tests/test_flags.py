@@ -53,6 +53,21 @@ def test_flags_accept_both_spellings_and_a_lone_bool_means_true():
     assert leaf.spell("no_such_field", "true") == "no_such_field=True"  # not this verb's
 
 
+def test_a_fix_names_the_setting_as_each_verb_calls_it():
+    parser = build_parser(["pretrain", "finetune", "generate"])
+    spelt = {}  # the loader's fix names {batch_size} and {seq_len|max_length}
+    for verb in ("pretrain", "finetune"):
+        leaf, _ = find_command(parser, [verb])
+        spelt[verb] = [leaf.spell(name, None) for name in ("batch_size", "seq_len|max_length")]
+    assert spelt == {
+        "pretrain": ["--train.batch_size", "--data.seq_len"],
+        "finetune": ["--train.batch_size", "--data.max_length"],
+    }
+    leaf, _ = find_command(parser, ["generate"])
+    assert leaf.spell("truncate", "true") == "--truncate"  # a bool: the flag alone
+    assert leaf.spell("max_new_tokens", "8") == "--max_new_tokens=8"
+
+
 def _help(capsys, *argv: str) -> str:
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])

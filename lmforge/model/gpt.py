@@ -227,8 +227,8 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
     hf = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
     if not hf:
         raise ConfigError(
-            f"{type(model).__name__} supports no gradient checkpointing; "
-            "set train.gradient_checkpointing=false"
+            f"{type(model).__name__} supports no gradient checkpointing",
+            fix="set {train.gradient_checkpointing=false}",
         )
     model, kwargs = hf[0], {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
