@@ -25,9 +25,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from lmforge.data.labelled import load_labelled
+from lmforge.eval.ppl import perplexity
+from lmforge.hub import load_model, load_tokenizer
 from lmforge.lab.base import experiment
 from lmforge.lab.peft_compare import Run, run_one, settings
-from lmforge.lab.report import Report
+from lmforge.plots import plot_bars, plot_curves
+from lmforge.quant import overhead_bits, quantization_error, quantize_model
+from lmforge.report import Report
 
 MODEL = "smollm2-135m-instruct"
 VARIANTS = {  # name → quantize_model settings (None = the float model)
@@ -42,9 +47,6 @@ TYPES = ("nf4", "fp4", "int4")
 
 def weight_errors(quick: bool) -> list[list[Any]]:
     """Mean squared quantization error (block 64) of each 4-bit type on normal and real weights."""
-    from lmforge.hub import load_model
-    from lmforge.quant import quantization_error
-
     normal = torch.randn(256 if quick else 1024, 1024, generator=torch.Generator().manual_seed(0))
     model = load_model(MODEL)
     real = [m.weight.detach() for n, m in model.named_modules() if n.endswith("_proj")]
@@ -60,11 +62,6 @@ def weight_errors(quick: bool) -> list[list[Any]]:
 
 def perplexities(quick: bool) -> dict[str, dict[str, float]]:
     """Perplexity on held-out BBC text of the float model and each quantized variant."""
-    from lmforge.data.labelled import load_labelled
-    from lmforge.eval.ppl import perplexity
-    from lmforge.hub import load_model, load_tokenizer
-    from lmforge.quant import quantize_model
-
     tokenizer = load_tokenizer(MODEL)
     texts = [e.text for e in load_labelled("bbc-news", "test")]
     out = {}
@@ -161,9 +158,6 @@ def _finetune_rows(plan: list[Run], results: dict[str, dict]) -> list[list[Any]]
 
 @experiment("qlora", "NF4 keeps a 4-bit model's quality; QLoRA fine-tunes in less memory.", 25)
 def run(out_dir: Path, quick: bool) -> Report:
-    from lmforge.plots import plot_bars, plot_curves
-    from lmforge.quant import overhead_bits
-
     report = Report("QLoRA on SmolLM2-135M: NF4, double quantization, paged optimizers", out_dir)
     report.text(__doc__.split("\n\n", 1)[1])
     errors = cached(out_dir / "errors.json", quick, weight_errors)

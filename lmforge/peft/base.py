@@ -77,6 +77,11 @@ class DeltaMethod:
         """Freeze `model`, insert the method's modules, set and return `self.model`."""
         raise NotImplementedError
 
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of `lmforge.hub.load_model` for the base this method applies to
+        (QLoRA's: quantize while loading, so the float model is never held)."""
+        return {}
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The method's own parameters, by their name in the returned model."""
         if self.model is None:
@@ -231,8 +236,8 @@ def check_base(saved: dict[str, str] | None, model: nn.Module, origin: str) -> N
             ours = now["name_or_path"] or "(unnamed)"
             raise CheckpointError(
                 f"{origin}: this delta was trained on {theirs!r} ({key} {saved.get(key)}); the "
-                f"model given is {ours!r} ({key} {now[key]}), {what}. Load the base it was "
-                "trained on, or pass --force (force=True) to apply it anyway"
+                f"model given is {ours!r} ({key} {now[key]}), {what}",
+                fix="load the base it was trained on, or pass {force=true} to apply it anyway",
             )
 
 

@@ -18,9 +18,12 @@ from typing import Any
 import torch
 
 from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
+from lmforge.data import PackedBatches, ValidationBatches, build_shards, load_corpus, load_shards
 from lmforge.errors import ConfigError
 from lmforge.model import CausalLM, ModelConfig
 from lmforge.model.config import PRESETS
+from lmforge.model.hf import save_hf_dir
+from lmforge.tokenizer import Tokenizer
 from lmforge.train import TrainConfig, TrainResult, train
 
 
@@ -69,16 +72,15 @@ def resolve_config(raw: dict[str, Any]) -> PretrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str]) -> PretrainConfig:
+    """Defaults ← YAML file ← dotted overrides (`model.preset` too), checked field by field."""
     raw = read_yaml(path) if path else {}
     try:
-        return resolve_config(apply_overrides(raw, overrides))
+        return resolve_config(apply_overrides(raw, overrides, PretrainConfig))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
-def prepare_tokenizer(cfg: PretrainConfig, documents: list[str], run_dir: Path):
-    from lmforge.tokenizer import Tokenizer
-
+def prepare_tokenizer(cfg: PretrainConfig, documents: list[str], run_dir: Path) -> Tokenizer:
     if cfg.tokenizer.path:
         return Tokenizer.from_file(cfg.tokenizer.path)
     cached = run_dir / "tokenizer.json"
@@ -91,15 +93,6 @@ def prepare_tokenizer(cfg: PretrainConfig, documents: list[str], run_dir: Path):
 
 def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult, Path]:
     """Run (or resume) a pretraining run; returns the loop's result and the saved model dir."""
-    from lmforge.data import (
-        PackedBatches,
-        ValidationBatches,
-        build_shards,
-        load_corpus,
-        load_shards,
-    )
-    from lmforge.model.hf import save_hf_dir
-
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(cfg.data.corpus, skip_bad=cfg.data.skip_bad)

@@ -1,11 +1,11 @@
 """Training: the one loop, its config, optimizers, LR schedules and metrics."""
 
 from lmforge.train.config import PRECISIONS, TrainConfig
-from lmforge.train.evaluate import default_objective, evaluate
 from lmforge.train.loop import seed_everything, train
 from lmforge.train.optim import OPTIMIZERS, AdamW8bit, PagedAdamW, build_optimizer, state_bytes
 from lmforge.train.schedule import SCHEDULES, lr_at
 from lmforge.train.state import BatchSource, Objective, TrainResult, TrainState
+from lmforge.train.validation import default_objective, validation_loss
 
 __all__ = [
     "OPTIMIZERS",
@@ -20,9 +20,9 @@ __all__ = [
     "TrainState",
     "build_optimizer",
     "default_objective",
-    "evaluate",
     "lr_at",
     "seed_everything",
     "state_bytes",
     "train",
+    "validation_loss",
 ]

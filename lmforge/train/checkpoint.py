@@ -86,8 +86,8 @@ def resume_candidates(run_dir: str | Path, resume_from: str) -> list[Path]:
         have = ", ".join(p.name for p in found) or "none"
         raise CheckpointError(
             f"train.resume_from={resume_from!r}: no such checkpoint in "
-            f"{Path(run_dir) / CHECKPOINTS} (have: {have}); use --train.resume_from latest, "
-            "one of those, or none"
+            f"{Path(run_dir) / CHECKPOINTS} (have: {have})",
+            fix="use {resume_from=latest}, one of those, or none",
         )
     return [chosen]
 

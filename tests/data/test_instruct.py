@@ -10,17 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
-from lmforge.data.build import (
-    FILTERS,
-    FlanConfig,
-    SelfInstructConfig,
-    build_flan,
-    load_seed_tasks,
-    load_task,
-    parse_tasks,
-    self_instruct,
-    self_instruct_prompt,
-)
+from lmforge.data.flan import FlanConfig, build_flan, load_task
 from lmforge.data.instruct import (
     FORMATS,
     Conversation,
@@ -30,6 +20,14 @@ from lmforge.data.instruct import (
     write_instructions,
 )
 from lmforge.data.labelled import Example
+from lmforge.data.self_instruct import (
+    FILTERS,
+    SelfInstructConfig,
+    load_seed_tasks,
+    parse_tasks,
+    self_instruct,
+    self_instruct_prompt,
+)
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizer import Tokenizer
 
@@ -175,7 +173,7 @@ BAD_RECORDS = [
 def test_each_error_names_file_line_and_field(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"messages": EXPECTED[0]}) + "\n" + line + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"bad\.jsonl:2: {message}.*--skip-bad"):
+    with pytest.raises(DataError, match=rf"bad\.jsonl:2: {message}.*skip_bad=True"):
         read_instructions(path)
 
 

@@ -8,7 +8,7 @@ from lmforge.cli import main
 from lmforge.data.examples import ExampleBatches, collate
 from lmforge.errors import ConfigError
 from lmforge.hub import load_tokenizer
-from lmforge.recipes.finetune import encode_examples
+from lmforge.recipes.finetune_tasks import encode_examples
 from lmforge.train.objectives import label_token_ids
 
 LINES = {"the": "The slings and arrows of outrageous fortune", "be": "To be or not"}
