@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from lmforge.config import apply_overrides
 from lmforge.data import load_shards, unigram_entropy
@@ -21,6 +22,7 @@ from lmforge.hub import load_model, load_tokenizer
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.recipes.pretrain import PretrainConfig, pretrain, resolve_config
 from lmforge.report import Report
+from lmforge.train import TrainResult
 
 QUICKSTART = {
     "model": {"preset": "small", "max_seq_len": 256},
@@ -48,6 +50,15 @@ class QuickstartConfig:
     steps: int | None = None  # training steps (None = 600); the schedule keeps its shape
 
 
+def _sample(model_dir: Path, pre: PretrainConfig) -> tuple[nn.Module, str]:
+    """The trained model and its continuation of the sample prompt (seeded)."""
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    sampling = SamplingConfig(max_new_tokens=pre.sample_tokens, temperature=0.8, top_k=50, seed=0)
+    ids = tokenizer.encode(pre.sample_prompt, add_special_tokens=True)
+    kwargs = dict(eos_token_id=tokenizer.eos_id, decode=tokenizer.decode)
+    return model, pre.sample_prompt + generate(model, [ids], sampling, **kwargs)[0].text
+
+
 def quickstart(cfg: QuickstartConfig) -> Path:
     """Pretrain, sample, compare with the unigram entropy; returns report.md's path."""
     overrides, steps = [f"run_dir={cfg.out}"], cfg.steps
@@ -66,18 +77,7 @@ def quickstart(cfg: QuickstartConfig) -> Path:
     train_tokens, _, _ = load_shards(pre.data.shards_dir or Path(pre.run_dir) / "data")
     entropy = unigram_entropy(np.asarray(train_tokens))
 
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    sampling = SamplingConfig(max_new_tokens=pre.sample_tokens, temperature=0.8, top_k=50, seed=0)
-    sample = (
-        pre.sample_prompt
-        + generate(
-            model,
-            [tokenizer.encode(pre.sample_prompt)],
-            sampling,
-            eos_token_id=tokenizer.eos_id,
-            decode=tokenizer.decode,
-        )[0].text
-    )
+    model, sample = _sample(model_dir, pre)
     print("\n" + "─" * 60 + "\n" + sample + "\n" + "─" * 60)
     verdict = "well below" if result.val_loss < entropy - 1.0 else "not yet well below"
     print(
@@ -85,6 +85,22 @@ def quickstart(cfg: QuickstartConfig) -> Path:
         f"({verdict}); {minutes:.1f} min"
     )
 
+    path = _report(pre, result, model, sample, entropy, minutes, verdict, model_dir)
+    print(f"report: {path}")
+    return path
+
+
+def _report(
+    pre: PretrainConfig,
+    result: TrainResult,
+    model: nn.Module,
+    sample: str,
+    entropy: float,
+    minutes: float,
+    verdict: str,
+    model_dir: Path,
+) -> Path:
+    """report.md: the result table, the loss plot, the sample and how to reproduce it."""
     report = Report("Quickstart: a small decoder learns Shakespeare", pre.run_dir)
     report.text(__doc__.split("\n\n", 1)[1])
     report.table(
@@ -110,6 +126,4 @@ def quickstart(cfg: QuickstartConfig) -> Path:
         f"Reproduce: `lmforge pretrain --config {pre.run_dir}/config.yaml`; continue "
         f"the text: `lmforge generate --model {model_dir} --prompt 'ROMEO.'`"
     )
-    path = report.write()
-    print(f"report: {path}")
-    return path
+    return report.write()
