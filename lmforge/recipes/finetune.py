@@ -21,11 +21,12 @@ from torch import nn
 
 from lmforge import peft
 from lmforge.atomic import atomic_write_json
-from lmforge.config import arg, load, save_yaml
+from lmforge.config import arg, load
 from lmforge.errors import ConfigError
 from lmforge.hub import LOADERS, load_model, load_tokenizer
 from lmforge.peft import DeltaMethod, count_parameters
 from lmforge.recipes.finetune_tasks import FINETUNE_TASKS
+from lmforge.recipes.rundir import check_resume, save_config
 from lmforge.registry import Registry
 from lmforge.train import TrainConfig, train, validation_loss
 
@@ -81,6 +82,9 @@ def training_mode(method: str) -> TrainingMode:
 @dataclass
 class FinetuneDataConfig:
     source: str = "bbc-news"  # labelled dataset/JSONL; a corpus (causal-lm); instruction file(s)
+    eval: str = ""  # classification: a labelled JSONL for validation (empty: split the source)
+    test: str = ""  # classification: a labelled JSONL for the test score (empty: split the source)
+    split_seed: int = 0  # classification: seed of the stratified train/validation/test split
     template: str = "{text}\nTopic:"  # classification prompt; {text} is the example's text
     labels: list[str] = field(default_factory=list)  # class names = label words (empty: from data)
     max_length: int = 256  # tokens per example (classification) or window (causal-lm)
@@ -118,8 +122,9 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train (method "none": only evaluate) and write results.json; returns the results."""
     mode, task = training_mode(cfg.method), FINETUNE_TASKS.get(cfg.task)
     run_dir = Path(cfg.run_dir)
+    check_resume(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
+    save_config(cfg)
     tokenizer = load_tokenizer(cfg.model)
     model, delta = mode.prepare(cfg)
     trainable, total = count_parameters(model)

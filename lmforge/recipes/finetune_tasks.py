@@ -31,10 +31,11 @@ from lmforge.data import (
 )
 from lmforge.data.examples import ExampleBatches, fixed_batches
 from lmforge.data.instruct import read_instructions
-from lmforge.data.labelled import Example, load_labelled
+from lmforge.data.labelled import Example, check_split_sources, labelled_splits
 from lmforge.data.sft import SFTBatches, collate_padded, encode_conversations
 from lmforge.data.subsample import seeded_sample
 from lmforge.errors import ConfigError
+from lmforge.recipes.rundir import resumes
 from lmforge.registry import Registry
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import Objective, default_objective
@@ -78,7 +79,8 @@ def encode_examples(
 ) -> list[tuple[list[int], int]]:
     """Prompt token ids (the text cut to fit max_length) and class index per example."""
     head, tail = template.split("{text}", 1)
-    head_ids, tail_ids = tokenizer.encode(head), tokenizer.encode(tail)
+    before = tokenizer.input_specials[0]  # a BOS the checkpoint puts before every input
+    head_ids, tail_ids = before + tokenizer.encode(head), tokenizer.encode(tail)
     budget = max_length - len(head_ids) - len(tail_ids)
     if budget < 1:
         raise ConfigError(
@@ -94,7 +96,8 @@ def encode_examples(
     return rows
 
 
-def _check_template(cfg: FinetuneConfig) -> None:
+def _check_classification(cfg: FinetuneConfig) -> None:
+    check_split_sources(cfg.data.source, cfg.data.eval, cfg.data.test)
     if "{text}" not in cfg.data.template:
         raise ConfigError(
             "data.template must contain {text}, where each example's text goes",
@@ -105,27 +108,28 @@ def _check_template(cfg: FinetuneConfig) -> None:
 def classification(cfg: FinetuneConfig, tokenizer: Tokenizer, run_dir: Path) -> TaskData:
     """Labelled examples scored by the logit of each class's label word after the prompt."""
     d, bs, seed = cfg.data, cfg.train.batch_size, cfg.train.seed
-    train_ex = load_labelled(d.source, "train")
-    labels = d.labels or sorted({e.label for e in train_ex})
+    splits = labelled_splits(d.source, validation=d.eval, test=d.test, split_seed=d.split_seed)
+    labels = d.labels or sorted({e.label for e in splits.train})
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
 
     def rows(examples: list[Example], n: int) -> list[tuple[list[int], int]]:
         sample = seeded_sample(examples, n, seed)
         return encode_examples(sample, tokenizer, d.template, labels, d.max_length)
 
-    train_rows = rows(train_ex, d.max_train)
-    val = fixed_batches(rows(load_labelled(d.source, "validation"), d.max_eval), bs, pad)
-    test = fixed_batches(rows(load_labelled(d.source, "test"), d.max_eval), bs, pad)
+    train_rows = rows(splits.train, d.max_train)
+    val = fixed_batches(rows(splits.validation, d.max_eval), bs, pad)
+    test = fixed_batches(rows(splits.test, d.max_eval), bs, pad)
     label_ids = label_token_ids(tokenizer, labels)
     return TaskData(
         ExampleBatches(train_rows, bs, pad, seed=seed),
         val,
         ClassificationObjective(label_ids),
         test=lambda model: {"labels": labels, "test_accuracy": accuracy(model, test, label_ids)},
+        facts={"splits": splits.describe()},
     )
 
 
-FINETUNE_TASKS.add("classification", FinetuneTask(classification, _check_template))
+FINETUNE_TASKS.add("classification", FinetuneTask(classification, _check_classification))
 
 
 # ── causal-lm ───────────────────────────────────────────────────────────────────────────────
@@ -134,7 +138,7 @@ FINETUNE_TASKS.add("classification", FinetuneTask(classification, _check_templat
 def causal_lm(cfg: FinetuneConfig, tokenizer: Tokenizer, run_dir: Path) -> TaskData:
     """A corpus (name, file or folder) cut into windows of data.max_length tokens."""
     corpus = load_corpus(cfg.data.source, skip_bad=cfg.data.skip_bad)
-    build_shards(corpus, tokenizer, run_dir / "data", progress=False)
+    build_shards(corpus, tokenizer, run_dir / "data", progress=False, must_reuse=resumes(cfg))
     train_tokens, val_tokens, _ = load_shards(run_dir / "data")
     n, bs = cfg.data.max_length, cfg.train.batch_size
     return TaskData(
