@@ -271,7 +271,7 @@ def read_instructions(
             except BadRecord as e:
                 if not skip_bad:
                     raise DataError(f"{raw.where}: {e}", fix=SKIP_HINT) from None
-                out.skipped.append(Skipped(raw.where, str(e)))
+                out.skipped.append(Skipped(raw.where, str(e), raw.value or raw.text or None))
                 continue
             conv.meta = conv.meta or {"source": "import", "origin": raw.where, "format": name}
             out.records.append(conv)

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmforge.errors import DataError
 
@@ -39,6 +40,7 @@ class Document:
 class Skipped:
     origin: str  # file, or file:line
     reason: str
+    record: Any = None  # what was read there (the decoded record, or the line as text)
 
 
 @dataclass

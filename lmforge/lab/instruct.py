@@ -16,13 +16,13 @@ phrasing is ever trained on.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from lmforge.atomic import atomic_write_json
 from lmforge.chat import chat_format, chat_stop_strings, chat_stop_tokens
 from lmforge.config import from_dict
 from lmforge.data.flan import FlanConfig, build_flan
@@ -172,5 +172,5 @@ def run(out_dir: Path, quick: bool) -> Report:
     samples += [["after", *x] for x in after["heldout"]["samples"]]
     report.table(["model", "phrasing", "label", "answer"], samples, "Held-out phrasings: answers")
     results = {"settings": s, "before": before, "after": after, "sft": trained}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(out_dir / "results.json", results)
     return report

@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lmforge.atomic import atomic_write_json
 from lmforge.config import from_dict, read_yaml, save_yaml, to_dict
 from lmforge.data.labelled import load_labelled
 from lmforge.hub import load_tokenizer
@@ -289,6 +290,5 @@ def run(out_dir: Path, quick: bool) -> Report:
         reference=base,
         reference_label="zero-shot",
     )
-    atomic = out_dir / "results.json"
-    atomic.write_text(json.dumps(results, indent=2))
+    atomic_write_json(out_dir / "results.json", results)
     return report

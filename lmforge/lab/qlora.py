@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lmforge.atomic import atomic_write_json
 from lmforge.data.labelled import load_labelled
 from lmforge.eval.ppl import perplexity
 from lmforge.hub import load_model, load_tokenizer
@@ -131,7 +132,7 @@ def cached(path: Path, quick: bool, compute: Callable[[bool], Any]) -> Any:
         if saved.get("quick") == quick:
             return saved["result"]
     result = compute(quick)
-    path.write_text(json.dumps({"quick": quick, "result": result}))
+    atomic_write_json(path, {"quick": quick, "result": result})
     return result
 
 
@@ -221,9 +222,6 @@ def run(out_dir: Path, quick: bool) -> Report:
         _finetune_rows(plan, runs),
         "LoRA against QLoRA",
     )
-    (out_dir / "results.json").write_text(
-        json.dumps(
-            {"errors": errors, "perplexity": ppl, "finetune": runs, "optimizers": curves}, indent=2
-        )
-    )
+    results = {"errors": errors, "perplexity": ppl, "finetune": runs, "optimizers": curves}
+    atomic_write_json(out_dir / "results.json", results)
     return report

@@ -15,16 +15,19 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from lmforge.atomic import atomic_write_text
 from lmforge.config import arg
 from lmforge.data.flan import FLAN_TASKS, FlanConfig, build_flan
 from lmforge.data.instruct import (
     FORMATS,
     Conversation,
     InstructionSet,
+    Skipped,
     format_stats,
     read_instructions,
     stats,
@@ -43,10 +46,18 @@ from lmforge.model.generate import SamplingConfig, generate
 from lmforge.registry import Registry
 
 
-def _need_out(out: str) -> None:
+def _need_out(out: str, inputs: Iterable[str | None] = ()) -> None:
+    """An output file is given, and it is none of the inputs (a hard link of one counts)."""
     if not out:
         fix = "pass {out=FILE} (.jsonl, .json, .csv or .parquet)"
         raise ConfigError("no output file given", fix=fix)
+    target = Path(out)
+    for source in filter(None, inputs):
+        if target.exists() and Path(source).exists() and Path(source).samefile(target):
+            raise ConfigError(
+                f"{out} is also an input ({source}); writing it would replace what is read",
+                fix="write to another {out}",
+            )
 
 
 # ── stats and import ────────────────────────────────────────────────────────────────────────
@@ -72,7 +83,7 @@ class ImportConfig(ReadConfig):
     keep_duplicates: bool = False  # keep exact duplicates instead of dropping them
 
     def validate(self) -> None:
-        _need_out(self.out)
+        _need_out(self.out, self.files)
 
 
 def data_stats(cfg: StatsConfig) -> dict[str, Any]:
@@ -92,9 +103,23 @@ def data_import(cfg: ImportConfig) -> InstructionSet:
     _write(data.records, cfg.out)
     formats = ", ".join(f"{k} {v}" for k, v in sorted(data.formats.items()))
     print(f"formats: {formats}; skipped {len(data.skipped)} bad, dropped {data.duplicates} dup")
-    for s in data.skipped[:10]:
-        print(f"  skipped {s.origin}: {s.reason}")
+    if data.skipped:
+        rejected = write_rejected(data.skipped, cfg.out)
+        print(f"  the {len(data.skipped):,} skipped records, with why: {rejected}")
+        for s in data.skipped[:10]:
+            print(f"  skipped {s.origin}: {s.reason}")
     return data
+
+
+def write_rejected(skipped: list[Skipped], out: str | Path) -> Path:
+    """OUT.rejected.jsonl beside `out`: one line per skipped record (origin, reason, record)."""
+    path = Path(out).with_name(Path(out).stem + ".rejected.jsonl")
+    lines = [
+        json.dumps({"origin": s.origin, "reason": s.reason, "record": s.record}, ensure_ascii=False)
+        for s in skipped
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def _write(records: list[Conversation], out: str) -> None:
@@ -121,7 +146,7 @@ class FlanBuildConfig(FlanConfig):
     out: str = ""  # file to write (.jsonl, .json, .csv, .parquet)
 
     def validate(self) -> None:
-        _need_out(self.out)
+        _need_out(self.out, [self.task])
 
 
 def data_build_flan(cfg: FlanBuildConfig) -> list[Conversation]:
@@ -141,7 +166,7 @@ class SelfInstructBuildConfig(SelfInstructConfig):
     max_new_tokens: int = 384  # tokens the model writes per prompt
 
     def validate(self) -> None:
-        _need_out(self.out)
+        _need_out(self.out, [self.seeds])
 
 
 def model_generate_fn(
