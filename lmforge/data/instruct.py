@@ -165,7 +165,7 @@ def _parse_sharegpt(obj: Mapping[str, Any]) -> tuple[list[Message], FieldName]:
         if not isinstance(turn, Mapping):
             raise BadRecord(f"conversations[{i}]: must be an object with 'from' and 'value'")
         who = turn.get("from")
-        if who not in SHAREGPT_ROLES:
+        if not isinstance(who, str) or who not in SHAREGPT_ROLES:
             raise BadRecord(
                 f"conversations[{i}].from: {who!r} is not one of human, gpt, system "
                 "(user and assistant are accepted too)"
