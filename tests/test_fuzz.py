@@ -142,18 +142,25 @@ def test_yaml_config_files(text):
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> Tokenizer:
-    from lmforge.hub import load_tokenizer
+def smollm2() -> tuple[Tokenizer, object]:
+    from lmforge.hub import load_tokenizer, resolve
 
+    transformers = pytest.importorskip("transformers")
     try:
-        return load_tokenizer("smollm2-135m-instruct")
+        ours = load_tokenizer("smollm2-135m-instruct")
     except LmforgeError as e:
         pytest.skip(f"the embedded model is not installed ({e})")
+    return ours, transformers.AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct"))
 
 
 @pytest.mark.assets
 @FAST
 @given(text=TEXT | st.text(max_size=200), messages=st.lists(MESSAGE, max_size=4))
 def test_a_real_tokenizer_and_template(smollm2, text, messages):
-    assert smollm2.decode(smollm2.encode(text)) == text
-    only_lmforge_errors(chat_format, messages, smollm2)
+    """A checkpoint's vocabulary may lack some bytes (SmolLM2 has no symbol for 0xF1): its
+    round trip is what transformers makes of it, token for token."""
+    ours, reference = smollm2
+    ids = ours.encode(text)
+    assert ids == reference(text, add_special_tokens=False)["input_ids"]
+    assert ours.decode(ids) == reference.decode(ids)
+    only_lmforge_errors(chat_format, messages, ours)
