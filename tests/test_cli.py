@@ -76,7 +76,7 @@ def test_resuming_with_another_model_shape_is_a_clear_error(corpus, tmp_path, ca
     capsys.readouterr()
     assert main(tiny_args(corpus, run, steps=6) + ["--model.d_model=96"]) == 2
     err = capsys.readouterr().err
-    assert "error" in err and "shape" in err.lower()
+    assert "error" in err and "model.d_model: 64 → 96" in err
     assert (run / "checkpoints" / "step-00000003" / "model.safetensors").exists()
 
 

@@ -10,24 +10,26 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, ClassVar, TextIO
 
 from lmforge.chat import chat_format, chat_stop_strings, chat_stop_tokens
-from lmforge.config import pick
-from lmforge.model.generate import SamplingConfig, stream
+from lmforge.hub import GenerationDefaults, generation_defaults
+from lmforge.model.generate import stream
 from lmforge.model.host import host_for
-from lmforge.recipes.source import ModelSource, load_source
+from lmforge.recipes.source import ModelSource, SamplingFlags, describe_sampling, load_source
 
 
 @dataclass
-class ChatConfig(SamplingConfig, ModelSource):  # fields (and flags): model first
+class ChatConfig(SamplingFlags, ModelSource):  # fields (and flags): model first
     max_new_tokens: int = 200  # most new tokens of one reply
-    temperature: float = 0.7  # softmax temperature; 0 = greedy decoding (argmax)
+    temperature: float | None = None  # 0 = greedy; default: the checkpoint's, else 0.7
     system: str = ""  # system prompt that opens the conversation
+
+    defaults: ClassVar[dict[str, Any]] = {**SamplingFlags.defaults, "temperature": 0.7}
 
     def validate(self) -> None:
         ModelSource.validate(self)
-        SamplingConfig.validate(self)
+        self.sampling(GenerationDefaults({}, [], ""))  # the flags' own ranges
 
 
 def _prompt_ids(history: list[dict], tokenizer, room: int) -> list[int]:
@@ -48,13 +50,15 @@ def run_chat(
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     cfg.validate()
     model, tokenizer = load_source(cfg, merge=True)
-    sampling = pick(SamplingConfig, cfg)
+    found = generation_defaults(cfg.model)
+    sampling, origin = cfg.sampling(found)
     config = dataclasses.replace(sampling, stop=[*sampling.stop, *chat_stop_strings(tokenizer)])
-    stops = chat_stop_tokens(tokenizer)
+    stops = list(dict.fromkeys([*chat_stop_tokens(tokenizer), *found.eos_token_ids]))
     room = host_for(model).max_length() - config.max_new_tokens
     start = [{"role": "system", "content": cfg.system}] if cfg.system else []
     history = list(start)
     stdout.write(f"lmforge chat with {cfg.model}: /reset forgets, /exit quits\n")
+    stdout.write(describe_sampling(sampling, origin) + "\n")
     while True:
         stdout.write("\nyou> ")
         stdout.flush()

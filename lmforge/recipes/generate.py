@@ -6,25 +6,21 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from lmforge.config import arg, pick
-from lmforge.model.generate import SamplingConfig, generate, stream
-from lmforge.recipes.source import ModelSource, load_source
+from lmforge.config import arg
+from lmforge.hub import GenerationDefaults, generation_defaults
+from lmforge.model.generate import generate, stream
+from lmforge.recipes.source import ModelSource, SamplingFlags, describe_sampling, load_source
 
 
 @dataclass
-class GenerateConfig(SamplingConfig, ModelSource):  # fields (and flags): model first
+class GenerateConfig(SamplingFlags, ModelSource):  # fields (and flags): model first
     prompt: str = arg("", positional=True, aliases=("--prompt",))  # text to continue (or none)
-    max_new_tokens: int = 200  # most new tokens generated
-    temperature: float = 0.8  # softmax temperature; 0 = greedy decoding (argmax)
     truncate: bool = False  # keep the prompt's last tokens when it is longer than the context
     no_stream: bool = False  # print the text only at the end
 
     def validate(self) -> None:
         ModelSource.validate(self)
-        SamplingConfig.validate(self)
-
-    def sampling(self) -> SamplingConfig:
-        return pick(SamplingConfig, self)
+        SamplingFlags.sampling(self, GenerationDefaults({}, [], ""))  # the flags' own ranges
 
 
 def run_generate(cfg: GenerateConfig, out: TextIO | None = None) -> str:
@@ -32,17 +28,21 @@ def run_generate(cfg: GenerateConfig, out: TextIO | None = None) -> str:
     out = out or sys.stdout
     cfg.validate()
     model, tokenizer = load_source(cfg, merge=True)
+    found = generation_defaults(cfg.model)
+    sampling, origin = cfg.sampling(found)
+    print(describe_sampling(sampling, origin), file=sys.stderr)
     prompt = (
         tokenizer.encode(cfg.prompt, add_special_tokens=True) if cfg.prompt else [tokenizer.eos_id]
     )
-    kwargs = dict(eos_token_id=tokenizer.eos_id, decode=tokenizer.decode, truncate=cfg.truncate)
+    eos = [i for i in dict.fromkeys([tokenizer.eos_id, *found.eos_token_ids]) if i is not None]
+    kwargs = dict(eos_token_id=eos, decode=tokenizer.decode, truncate=cfg.truncate)
     out.write(cfg.prompt)
     if cfg.no_stream:
-        text = generate(model, [prompt], cfg.sampling(), **kwargs)[0].text
+        text = generate(model, [prompt], sampling, **kwargs)[0].text
         out.write(text)
     else:
         pieces = []
-        for piece in stream(model, prompt, cfg.sampling(), **kwargs):
+        for piece in stream(model, prompt, sampling, **kwargs):
             out.write(piece)
             out.flush()
             pieces.append(piece)

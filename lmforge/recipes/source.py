@@ -1,14 +1,23 @@
-"""What `generate`, `chat` and `eval` load: a model, how to hold it, and a trained delta."""
+"""What `generate`, `chat` and `eval` load: a model, how to hold it, and a trained delta; and
+how `generate` and `chat` sample from it.
+
+Sampling defaults come from the checkpoint, as transformers takes them: a setting left
+unset is the checkpoint's generation_config.json's (the embedded SmolLM2 carries its model
+card's temperature 0.2 and top-p 0.9), else the verb's own; a flag overrides both. Every
+end-of-sequence id the checkpoint names stops generation too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import nn
 
 from lmforge.config import arg
 from lmforge.errors import ConfigError
-from lmforge.hub import LOADERS, load_model, load_tokenizer
+from lmforge.hub import LOADERS, GenerationDefaults, load_model, load_tokenizer
+from lmforge.model.generate import SamplingConfig
 from lmforge.peft import load_adapter
 from lmforge.tokenizer import Tokenizer
 
@@ -38,3 +47,50 @@ def load_source(source: ModelSource, *, merge: bool = False) -> tuple[nn.Module,
             delta.merge()
         model = delta.model
     return model.eval(), load_tokenizer(source.model)
+
+
+@dataclass
+class SamplingFlags:
+    """Unset settings are the checkpoint's generation_config.json's, else `defaults`."""
+
+    max_new_tokens: int = 200  # most new tokens generated
+    temperature: float | None = None  # 0 = greedy; default: the checkpoint's, else 0.8
+    top_k: int | None = None  # sample among the k likeliest, 0 = off; default: checkpoint's, else 0
+    top_p: float | None = None  # nucleus mass, 1 = off; default: the checkpoint's, else 1
+    repetition_penalty: float | None = None  # 1 = off; default: the checkpoint's, else 1
+    seed: int | None = None  # seed of the sampling generator (None: torch's global one)
+    stop: list[str] = field(default_factory=list)  # text that ends the output
+
+    # The verb's own defaults, for what neither a flag nor the checkpoint sets.
+    defaults: ClassVar[dict[str, Any]] = {
+        "temperature": 0.8,
+        "top_k": 0,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+    }
+
+    def sampling(self, found: GenerationDefaults) -> tuple[SamplingConfig, dict[str, str]]:
+        """The sampling config and where each setting came from (flag, file, default)."""
+        chosen, origin = {}, {}
+        for name, builtin in self.defaults.items():
+            flag = getattr(self, name)
+            if flag is not None:
+                chosen[name], origin[name] = flag, "flag"
+            elif name in found.settings:
+                chosen[name], origin[name] = found.settings[name], found.source
+            else:
+                chosen[name], origin[name] = builtin, "default"
+        config = SamplingConfig(
+            max_new_tokens=self.max_new_tokens, seed=self.seed, stop=list(self.stop), **chosen
+        )
+        config.validate()
+        return config, origin
+
+
+def describe_sampling(config: SamplingConfig, origin: dict[str, str]) -> str:
+    """One line: each setting and, unless a flag set it, where it came from."""
+    parts = []
+    for name, where in origin.items():
+        value = getattr(config, name)
+        parts.append(f"{name} {value:g}" + ("" if where == "flag" else f" ({where})"))
+    return "sampling: " + ", ".join(parts)

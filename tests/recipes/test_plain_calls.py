@@ -9,6 +9,7 @@ import pytest
 
 from lmforge import peft
 from lmforge.data.instruct import read_instructions
+from lmforge.data.labelled import load_labelled
 from lmforge.data.loader import PackedBatches, ValidationBatches
 from lmforge.lab import LabConfig, run_lab
 from lmforge.recipes.data import (
@@ -71,7 +72,7 @@ def test_data_stats_and_import(instructions, tmp_path, capsys):
 
 def test_data_build_flan_from_a_templates_file(tmp_path):
     labelled = tmp_path / "topics.jsonl"
-    rows = [{"text": f"故事 story {i}", "label": ("sport", "tech")[i % 2]} for i in range(6)]
+    rows = [{"text": f"故事 story {i}", "label": ("sport", "tech")[i % 2]} for i in range(12)]
     labelled.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     templates = tmp_path / "topics.yaml"
     templates.write_text(
@@ -80,7 +81,9 @@ def test_data_build_flan_from_a_templates_file(tmp_path):
     )
     out = tmp_path / "flan.jsonl"
     records = data_build_flan(FlanBuildConfig(task=str(templates), out=str(out), max_records=4))
-    assert len(records) == 4 and len(read_instructions(out)) == 4
+    assert len(records) == 4 and len(read_instructions(out)) == 4  # of the 8 training examples
+    test_ids = {e.origin for e in load_labelled(str(labelled), "test")}
+    assert not test_ids & {r.meta["example_id"] for r in records}  # the test split stays out
     assert {r.meta["template_id"] for r in records} == {"a"}
     assert all(r.messages[0]["content"].startswith("Topic of: 故事 story") for r in records)
 
