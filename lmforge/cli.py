@@ -209,6 +209,26 @@ def _data(args: argparse.Namespace) -> None:
     run_data(args)
 
 
+def _rag_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.rag import ACTIONS
+
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name in ACTIONS:
+        action = ACTIONS.get(name)
+        a = sub.add_parser(name, help=action.help, description=action.help)
+        for field, options in action.positionals.items():
+            a.add_argument(field, metavar=field.upper(), **options)
+        add_config_flags(a, action.config, {})
+
+
+@verb("rag", "retrieval-augmented generation: `lmforge rag index|ask|eval|qa-set ...`", _rag_args)
+def _rag(args: argparse.Namespace) -> None:
+    from lmforge.recipes.rag import ACTIONS, load_action_config
+
+    action = ACTIONS.get(args.action)
+    action.run(load_action_config(action, args.config, config_overrides(args), vars(args)))
+
+
 @verb("assets", "list the embedded models and corpora and whether they verify", lambda p: None)
 def _assets(args: argparse.Namespace) -> int:
     from lmforge.assets import ASSETS

@@ -62,12 +62,12 @@ class ChunkingConfig:
 
     def validate(self) -> None:
         if self.strategy not in CHUNKERS:
-            raise ConfigError(f"chunking.strategy {self.strategy!r}; choose {CHUNKERS.names()}")
+            raise ConfigError(f"strategy {self.strategy!r}; choose from {CHUNKERS.names()}")
         if self.size < 1:
-            raise ConfigError(f"chunking.size must be at least 1, got {self.size}")
+            raise ConfigError(f"size must be at least 1, got {self.size}")
         if not 0 <= self.overlap < self.size:
             raise ConfigError(
-                f"chunking.overlap must be in [0, size), got {self.overlap} (size {self.size})"
+                f"overlap must be in [0, size), got {self.overlap} (size {self.size})"
             )
 
 

@@ -51,7 +51,7 @@ class IndexConfig:
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)  # how documents are cut
     encoder: str = DEFAULT_ENCODER  # sentence encoder: the embedded MiniLM or a model folder
     store: str = "faiss"  # where vectors live: faiss (files in the index) | qdrant (a server)
-    store_options: dict = field(default_factory=dict)  # qdrant: {url: ..., collection: ...}
+    store_options: dict[str, str] = field(default_factory=dict)  # qdrant: url, collection
     batch_size: int = 32  # chunks embedded per encoder call
 
     def validate(self) -> None:
