@@ -1,6 +1,7 @@
 """`lmforge rag`: index documents, ask questions with cited answers, evaluate, build a QA set.
 
-    lmforge rag index DOCS... --out INDEX [--chunking.size 160] [--store qdrant --store_options.url U]
+    lmforge rag index DOCS... --out INDEX [--chunking.size 160] [--store qdrant
+                                          --store_options.url URL]
     lmforge rag ask INDEX "question" [--mode hybrid] [--rerank loglik] [--hyde true] [--model M]
     lmforge rag eval INDEX --qa QA.jsonl [--split test] [--mode hybrid] [--answers true]
     lmforge rag qa-set --out DIR [--docs PYTHON_DOCS]
@@ -183,4 +184,3 @@ def load_action_config(
         return from_dict(action.config, raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
-

@@ -57,7 +57,8 @@ Tuples are immutable.
 def test_the_faq_parser_blanks_questions_and_keeps_exact_spans():
     items, blanked = parse_faq(FAQ, "corpus/faq/programming.rst.txt", min_words=8)
     assert [i.question for i in items] == ["What is a lambda?", "Why use tuples?"]
-    assert items[0].answer == "A lambda is a small anonymous function.\n\nIt holds one expression only."
+    first = "A lambda is a small anonymous function.\n\nIt holds one expression only."
+    assert items[0].answer == first
     assert all(blanked[i.start : i.end] == i.answer for i in items)
     assert "What is a lambda?" not in blanked and "Other Things" in blanked
     assert blanked.count("\n") == FAQ.count("\n")  # line numbers are those of the original
@@ -79,7 +80,8 @@ def test_gold_chunks_overlap_the_answer_span(tmp_path):
 
 def test_claims_are_sentences_without_citation_marks():
     text = "Python is a language [1]. Yes. It was created by Guido [2]! 长城位于中国北方。好。"
-    assert claims(text) == ["Python is a language.", "It was created by Guido!", "长城位于中国北方。"]
+    expected = ["Python is a language.", "It was created by Guido!", "长城位于中国北方。"]
+    assert claims(text) == expected
 
 
 class WordJudge(LM):
@@ -114,4 +116,5 @@ def test_yes_probability_is_the_two_word_softmax(tiny_lm):
     context = tiny_lm.prompt(prompt)
     yes, no = loglikelihoods(tiny_lm.model, tiny_lm.tokenizer,
                              [Request(context, "Yes"), Request(context, "No")])  # fmt: skip
-    assert p == pytest.approx(math.exp(yes.logprob) / (math.exp(yes.logprob) + math.exp(no.logprob)))
+    odds = math.exp(yes.logprob), math.exp(no.logprob)
+    assert p == pytest.approx(odds[0] / (odds[0] + odds[1]))

@@ -25,7 +25,8 @@ def test_index_add_ask_and_eval(tmp_path, tiny_model_dir, capsys):
     docs = write_corpus(tmp_path / "docs", {"faq.rst": DOCS["faq.rst"]})
     (docs / "bad.txt").write_bytes(b"\x00\x01")
     index = str(tmp_path / "index")
-    assert main(["rag", "index", str(docs), "--out", index, "--chunking.size", "30", "--chunking.overlap", "4"]) == 0
+    chunking = ["--chunking.size", "30", "--chunking.overlap", "4"]
+    assert main(["rag", "index", str(docs), "--out", index, *chunking]) == 0
     out = capsys.readouterr().out
     assert "1 added" in out and "skipped" in out and "binary file" in out
     write_corpus(docs, {"zh.txt": DOCS["zh.txt"]})
@@ -47,7 +48,8 @@ def test_index_add_ask_and_eval(tmp_path, tiny_model_dir, capsys):
     qa.write_text(json.dumps(item) + "\n")
     out_dir = tmp_path / "eval"
     args = ["rag", "eval", index, "--qa", str(qa), "--model", str(tiny_model_dir),
-            "--max_new_tokens", "4", "--out", str(out_dir), "--mode", "bm25", "--system", "Cite."]  # fmt: skip
+            "--max_new_tokens", "4", "--out", str(out_dir), "--mode", "bm25",
+            "--system", "Cite."]  # fmt: skip
     assert main(args) == 0
     results = json.loads((out_dir / "results.json").read_text())
     assert results["retrieval"]["mrr"] == 1.0 and results["retrieval"]["recall@5"] == 1.0
