@@ -5,6 +5,7 @@ from lmforge.knowledge.chunking import Chunk, ChunkingConfig, chunk_document
 from lmforge.knowledge.documents import Document, LoadResult, load_document, load_documents
 from lmforge.knowledge.index import IndexConfig, KnowledgeIndex, UpdateReport
 from lmforge.knowledge.lexical import terms
+from lmforge.knowledge.module import KnowledgeModule, KnowledgeModuleConfig
 from lmforge.knowledge.store import STORES, FaissStore, QdrantStore, VectorStore
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "FaissStore",
     "IndexConfig",
     "KnowledgeIndex",
+    "KnowledgeModule",
+    "KnowledgeModuleConfig",
     "LoadResult",
     "QdrantStore",
     "UpdateReport",

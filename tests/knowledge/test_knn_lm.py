@@ -29,8 +29,10 @@ def test_knn_distribution_by_hand():
 def test_interpolation_equals_the_formula(backend):
     model = make(backend)
     ids = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(3))
-    store = Datastore(torch.randn(40, 64, generator=torch.Generator().manual_seed(4)),
-                      torch.randint(0, 61, (40,), generator=torch.Generator().manual_seed(5)))
+    store = Datastore(
+        torch.randn(40, 64, generator=torch.Generator().manual_seed(4)),
+        torch.randint(0, 61, (40,), generator=torch.Generator().manual_seed(5)),
+    )
     knn = KNNLM(model, store, k=5, lam=0.3, temperature=10.0)
     with torch.no_grad():
         out = knn(input_ids=ids, labels=ids)
