@@ -20,7 +20,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -29,7 +29,7 @@ from lmforge.eval.metrics import exact_match, token_f1
 from lmforge.knowledge.faq import QAItem
 from lmforge.knowledge.index import KnowledgeIndex
 from lmforge.knowledge.lm import LM
-from lmforge.knowledge.rag import RAG, closed_book
+from lmforge.knowledge.rag import Answer, closed_book
 from lmforge.knowledge.retrieve import Retriever
 from lmforge.knowledge.verify import claims, support
 
@@ -111,8 +111,14 @@ def faithfulness(lm: LM, answer: str, evidence: Sequence[str]) -> float:
     return sum(p >= 0.5 for p in support(lm, found, evidence)) / len(found) if found else 1.0
 
 
+class Asker(Protocol):
+    """Anything that answers a question with sources: RAG, or GraphRAG in one mode."""
+
+    def ask(self, question: str) -> Answer: ...
+
+
 def _answer(
-    lm: LM, item: QAItem, rag: RAG | None, max_new_tokens: int
+    lm: LM, item: QAItem, rag: Asker | None, max_new_tokens: int
 ) -> tuple[str, list[str], list[int], float]:
     """(answer, evidence texts, cited source numbers, seconds)."""
     if rag is None:
@@ -126,7 +132,7 @@ def _answer(
 def evaluate_answers(
     lm: LM,
     items: Sequence[QAItem],
-    rag: RAG | None = None,
+    rag: Asker | None = None,
     *,
     judge: bool = True,
     max_new_tokens: int = 96,

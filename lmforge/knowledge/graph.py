@@ -158,16 +158,19 @@ class KnowledgeGraph:
 SUMMARY_PROMPT = "Summarise in two sentences what these facts say.\n\nFacts:\n{facts}"
 
 
-def summarise(graph: KnowledgeGraph, lm: LM | None, max_facts: int = 20) -> list[str]:
-    """One summary per community: the LM's, or its entities and facts listed (no LM)."""
+def summarise(
+    graph: KnowledgeGraph, lm: LM | None, limit: int = 20, max_facts: int = 20
+) -> list[str]:
+    """One summary per community: its entities and facts listed, preceded by the LM's
+    summary for the `limit` largest communities."""
     listed = []
     for members in graph.communities:
         facts = graph.facts(set(members))[:max_facts]
         listed.append("Entities: " + ", ".join(members[:30]) + ".\nFacts: " + "; ".join(facts))
-    if lm is None:
+    if lm is None or limit <= 0:
         return listed
-    replies = lm.chat([SUMMARY_PROMPT.format(facts=text) for text in listed], 96)
-    return [f"{reply}\n{text}" for reply, text in zip(replies, listed)]
+    replies = lm.chat([SUMMARY_PROMPT.format(facts=text) for text in listed[:limit]], 96)
+    return [f"{reply}\n{text}" for reply, text in zip(replies, listed)] + listed[limit:]
 
 
 def _pseudo_chunk(key: str, title: str, text: str) -> Chunk:
@@ -220,7 +223,7 @@ class GraphRAG:
 
     @classmethod
     def for_index(
-        cls, index: KnowledgeIndex, lm: LM, extractor: str = "rules", summaries: bool = True
+        cls, index: KnowledgeIndex, lm: LM, extractor: str = "rules", summaries: int = 20
     ) -> GraphRAG:
         """The graph saved with the index's current version, built (and saved) if absent."""
         path = index.root / f"v{index.version:06d}" / cls.FILE
@@ -228,7 +231,7 @@ class GraphRAG:
             return cls(index, lm, KnowledgeGraph.load(path))
         triples = EXTRACTORS.get(extractor)(lm, index.chunks)
         graph = KnowledgeGraph.build(index.chunks, triples)
-        graph.summaries = summarise(graph, lm if summaries else None)
+        graph.summaries = summarise(graph, lm, summaries)
         graph.save(path)
         return cls(index, lm, graph)
 

@@ -33,7 +33,7 @@ def graph_rag(tmp_path, lm):
     config = IndexConfig(chunking=ChunkingConfig(size=200, overlap=0))
     index = KnowledgeIndex.create(tmp_path / "index", config, CountingEmbedder())
     index.add([docs])
-    return GraphRAG.for_index(index, lm, extractor="rules", summaries=False)
+    return GraphRAG.for_index(index, lm, extractor="rules", summaries=0)
 
 
 def test_names_and_rule_triples():
