@@ -20,7 +20,6 @@ The paper's anchor: −2.9 perplexity on Wikitext-103 (18.65 → 15.81 for their
 from __future__ import annotations
 
 import contextlib
-from inspect import signature
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +87,10 @@ def build_datastore(
     stream = token_stream(tokenizer, texts, max_tokens)
     device = next(model.parameters()).device
     keys, values = [], []
-    # only the hidden states are needed: skip the head's (T, V) logits where the model can
-    skip = {"logits_to_keep": 1} if "logits_to_keep" in signature(model.forward).parameters else {}
     with hidden_states(model) as seen:
         for s in tqdm(range(0, len(stream) - 1, window), "datastore", disable=not progress):
             piece = torch.tensor(stream[s : s + window + 1], device=device)
-            model(input_ids=piece[None, :-1], **skip)
+            model(input_ids=piece[None, :-1])
             keys.append(seen.pop()[0].float().cpu())  # (T, d)
             values.append(piece[1:].cpu())  # (T,)
     return Datastore(torch.cat(keys), torch.cat(values))
