@@ -32,8 +32,15 @@ def check_eval(path):
     eval_recipe.load_config(path, []).validate()
 
 
+def check_rag(path):
+    from lmforge.recipes.rag import ACTIONS, load_action_config
+
+    action = path.stem.split("-")[1]  # rag-ACTION-....yaml
+    load_action_config(ACTIONS.get(action), path, [], {}).validate()
+
+
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain}
-KINDS |= {"finetune": check_finetune, "eval": check_eval}
+KINDS |= {"finetune": check_finetune, "eval": check_eval, "rag": check_rag}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import atomic_write_json
-from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
+from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml, to_dict
 from lmforge.errors import ConfigError
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.knowledge import IndexConfig, KnowledgeIndex, UpdateReport
@@ -83,6 +83,8 @@ def rag_index(cfg: RagIndexConfig, progress: bool = True) -> UpdateReport:
         raise ConfigError("give the documents to index: lmforge rag index DOCS... --out INDEX")
     config = IndexConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(IndexConfig)})
     index = KnowledgeIndex.open_or_create(cfg.out, config)
+    if index.version and to_dict(index.config) != to_dict(config):
+        print(f"{cfg.out} keeps the settings it was built with (chunking, encoder, store)")
     report = index.add(cfg.docs, progress=progress)
     print(
         f"{cfg.out}: {report.chunks} chunks from {len(index.files)} files "
