@@ -133,13 +133,18 @@ def reference_side(texts: list[str], vecs: np.ndarray):
     return bm25_s, store_s, {"bm25": bm25_top, "dense": dense_top, "hybrid": hybrid_top}
 
 
-def latencies(fn, queries: list[str], qvecs: np.ndarray, repeats: int) -> list[float]:
-    out = []
+def latencies(fns: list, queries: list[str], qvecs: np.ndarray, repeats: int) -> list[list]:
+    """Seconds per query for each side, the sides alternating ABBA query by query."""
+    out: list[list[float]] = [[] for _ in fns]
+    n = 0
     for _ in range(repeats):
         for q, v in zip(queries, qvecs):
-            start = time.perf_counter()
-            fn(q, v)
-            out.append(time.perf_counter() - start)
+            order = range(len(fns)) if n % 2 == 0 else reversed(range(len(fns)))
+            for side in order:
+                start = time.perf_counter()
+                fns[side](q, v)
+                out[side].append(time.perf_counter() - start)
+            n += 1
     return out
 
 
@@ -169,15 +174,17 @@ def main() -> None:
     vecs, qvecs, embed_rate = vectors(chunks, items, args.embed_all)
     queries = [i.question for i in items] or [" ".join(t.split()[:6]) for t in texts[:50]]
     golds = [{i for i, c in enumerate(chunks) if item.is_gold(c)} for item in items]
-    rows = []
+    rows, sides = [], []
     for name, side in (("lmforge", lmforge_side), ("rank-bm25 + numpy", reference_side)):
         bm25_s, store_s, fns = side(texts, vecs)
-        row = {"side": name, "bm25_build": len(texts) / bm25_s, "store_build": len(texts) / store_s}
-        for mode, fn in fns.items():
-            times = latencies(fn, queries, qvecs, args.repeats)
+        rows.append({"side": name, "bm25_build": len(texts) / bm25_s,
+                     "store_build": len(texts) / store_s})  # fmt: skip
+        sides.append(fns)
+    for mode in ("bm25", "dense", "hybrid"):
+        fns = [s[mode] for s in sides]
+        for row, fn, times in zip(rows, fns, latencies(fns, queries, qvecs, args.repeats)):
             row[mode] = (pct(times, 50), pct(times, 99), recall(fn, items, qvecs, golds))
-        rows.append(row)
-        print(row, flush=True)
+    print(rows, flush=True)
     write(rows, len(chunks), len(queries), embed_rate, args)
 
 
@@ -202,7 +209,8 @@ def write(rows: list[dict], n_chunks: int, n_queries: int, embed_rate: float, ar
     )
     body = "\n".join(lines) + (
         f"\n\nlmforge speed (p50 latency ratio, reference / lmforge): BM25 {speed['bm25']:.1f}x, "
-        f"dense {speed['dense']:.1f}x, hybrid {speed['hybrid']:.1f}x; BM25 build {build:.1f}x.\n\n"
+        f"dense {speed['dense']:.1f}x, hybrid {speed['hybrid']:.1f}x; BM25 build {build:.1f}x. "
+        "Latencies alternate the two sides query by query (ABBA).\n\n"
         f"{n_chunks:,} chunks of {corpus_note} (headings, 160 units); {n_queries} queries "
         f"(the Python FAQ questions), top 10, {args.repeats} passes; both sides read the "
         "same index terms (lmforge's analyzer) and the same vectors. lmforge: bm25s + FAISS "

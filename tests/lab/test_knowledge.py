@@ -40,6 +40,7 @@ def test_verdicts_read_the_tables():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.assets
 def test_knowledge_quick_writes_a_report(tmp_path):
     text = run_experiment("knowledge", tmp_path / "lab", quick=True).read_text()
