@@ -74,7 +74,7 @@ def user_message(question: str, blocks: list[str]) -> str:
     return "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
 
 
-def pack_sources(lm: LM, question: str, hits: list[Hit], room: int) -> list[tuple[Hit, str]]:
+def pack_sources(lm: LM, hits: list[Hit], room: int) -> list[tuple[Hit, str]]:
     """(hit, source block) in rank order, as many as fit in `room` tokens together."""
     kept: list[tuple[Hit, str]] = []
     used = 0
@@ -115,7 +115,7 @@ class RAG:
         return room
 
     def prompt(self, question: str, hits: list[Hit]) -> tuple[str, list[Hit]]:
-        packed = pack_sources(self.lm, question, hits, self.room(question))
+        packed = pack_sources(self.lm, hits, self.room(question))
         text = self.lm.prompt(user_message(question, [b for _, b in packed]), self.config.system)
         return text, [h for h, _ in packed]
 

@@ -74,9 +74,9 @@ def test_packing_keeps_whole_sources_within_the_room(index, tiny_lm):
     blocks = [source_block(i, h) for i, h in enumerate(hits, 1)]
     costs = [tiny_lm.count(b) + 2 for b in blocks]
     room = costs[0] + costs[1]
-    packed = pack_sources(tiny_lm, "q", hits, room)
+    packed = pack_sources(tiny_lm, hits, room)
     assert [b for _, b in packed] == blocks[:2]
-    cut = pack_sources(tiny_lm, "q", hits, costs[0] - 5)
+    cut = pack_sources(tiny_lm, hits, costs[0] - 5)
     assert len(cut) == 1 and tiny_lm.count(cut[0][1]) <= costs[0] - 5
 
 

@@ -17,9 +17,8 @@ def test_the_lab_is_registered_with_its_plans():
 
 
 def test_verdicts_read_the_tables():
-    rows = [dict(name="BM25", **{"recall@5": 0.5}), dict(name="dense (MiniLM)", **{"recall@5": 0.6}),
-            dict(name="hybrid (RRF)", **{"recall@5": 0.7}),
-            dict(name="hybrid + LM rerank", **{"recall@5": 0.65})]  # fmt: skip
+    recall = {"BM25": 0.5, "dense (MiniLM)": 0.6, "hybrid (RRF)": 0.7, "hybrid + LM rerank": 0.65}
+    rows = [{"name": name, "recall@5": value} for name, value in recall.items()]
     assert retrieval_verdict(rows) == (
         "Recall@5: BM25 50%, dense 60%, hybrid 70% (at least as high as the better single "
         "retriever), hybrid with LM reranking 65%."
