@@ -9,7 +9,7 @@ others while the base never changes:
     x ─► layer a ─► … ─► layer b ─► … ─► layer c ─► final norm ─► (+) ─► head
            │ h_a           │ h_b           │ h_c                    ▲
            ▼               ▼               ▼                        │ s · up(z_c)
-          z_a = σ(D_a h_a) ─► z_b = z_a + σ(D_b h_b + M_b z_a) ─► z_c = …
+          z_a = σ(D_a ĥ_a) ─► z_b = z_a + σ(D_b ĥ_b + M_b z_a) ─► z_c = …     ĥ = rms_norm(h)
 
 `up` starts at zero, so the model's output is unchanged at initialisation. The module is
 position-wise (no attention of its own), so it works in KV-cached decoding unchanged.
@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
@@ -64,7 +65,7 @@ class Tap(nn.Module):
 
 
 class KnowledgeStack(nn.Module):
-    """z_1 = σ(D_1 h_1), z_j = z_{j-1} + σ(D_j h_j + M_j z_{j-1}); the output is up(z_last)."""
+    """z_1 = σ(D_1 ĥ_1), z_j = z_{j-1} + σ(D_j ĥ_j + M_j z_{j-1}), ĥ = rms_norm(h); out = up(z)."""
 
     def __init__(self, d: int, width: int, taps: int, like: Tensor) -> None:
         super().__init__()
@@ -77,6 +78,9 @@ class KnowledgeStack(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, states: list[Tensor]) -> Tensor:
+        # the residual stream is unnormalised (norms in the hundreds in SmolLM2): read it
+        # RMS-normalised, as the blocks do, or the first steps blow the logits up
+        states = [F.rms_norm(h, h.shape[-1:]) for h in states]
         z = self.act(self.down[0](states[0]))  # (B, T, width)
         for down, mix, h in zip(self.down[1:], self.mix, states[1:]):
             z = z + self.act(down(h) + mix(z))

@@ -146,13 +146,13 @@ def injected_rows(
 ) -> list[dict]:
     """Closed-book answers after training the pages in: LoRA, then the knowledge module."""
     rows = []
-    for name, level, method, delta in [
-        ("injected (LoRA r=16)", "parameters", "lora", {"r": 16, "alpha": 32}),
-        ("knowledge module", "architecture", "knowledge", {"width": 256}),
+    for name, level, method, delta, lr in [
+        ("injected (LoRA r=16)", "parameters", "lora", {"r": 16, "alpha": 32}, 1e-3),
+        ("knowledge module", "architecture", "knowledge", {"width": 256}, 3e-4),
     ]:
         tokenizer = load_tokenizer(MODEL)
         cfg = InjectionConfig(method=method, delta=delta, steps=p["inject_steps"],
-                              batch_size=p["batch"], seq_len=p["seq_len"], lr=1e-3)  # fmt: skip
+                              batch_size=p["batch"], seq_len=p["seq_len"], lr=lr)  # fmt: skip
         start = time.perf_counter()
         done = inject_knowledge(load_model(MODEL), tokenizer, texts, cfg, out / method)
         train_seconds = time.perf_counter() - start

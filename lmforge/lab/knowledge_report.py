@@ -90,7 +90,8 @@ def build_report(results: dict[str, Any], out: Path, quick: bool) -> Report:
         f"SmolLM2-135M-Instruct, fp32 on the CPU, greedy answers of up to {p['max_new_tokens']}"
         f" tokens through its chat template; {p['k']} sources per RAG answer; MiniLM "
         f"embeddings; the index built in {results['index_seconds']:.0f} s. Injection: "
-        f"{p['inject_steps']} steps of {p['batch']} × {p['seq_len']} tokens at lr 1e-3. "
+        f"{p['inject_steps']} steps of {p['batch']} × {p['seq_len']} tokens (lr 1e-3 for "
+        "LoRA, 3e-4 for the knowledge module, whose output reaches the logits directly). "
         f"Peak memory of the whole run {results['peak_rss_mb']:,.0f} MB."
     )
     _tables(report, results)
