@@ -48,11 +48,15 @@ class BM25:
 
     @classmethod
     def build(cls, texts: list[str]) -> BM25:
+        """Index `texts`; terms become ids here in one pass (bm25s would make a second)."""
         import bm25s
+        from bm25s.tokenization import Tokenized
 
         retriever = bm25s.BM25()
         if texts:
-            retriever.index([terms(t) or [""] for t in texts], show_progress=False)
+            vocab: dict[str, int] = {}
+            ids = [[vocab.setdefault(t, len(vocab)) for t in terms(x) or [""]] for x in texts]
+            retriever.index(Tokenized(ids=ids, vocab=vocab), show_progress=False)
         return cls(retriever, len(texts))
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
