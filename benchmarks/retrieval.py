@@ -23,6 +23,7 @@ It prints a table and rewrites the "## Retrieval" section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -222,7 +223,9 @@ def write(rows: list[dict], n_chunks: int, n_queries: int, embed_rate: float, ar
         + ("all other chunks" if args.embed_all else "seeded random unit vectors for the rest")
         + f"; MiniLM embeds {embed_rate:.1f} chunks/s here (the same on both sides, and most "
         f"of any real build). {args.threads} threads, {platform.machine()}, torch "
-        f"{torch.__version__}.\n\nRun: `python benchmarks/retrieval.py`"
+        f"{torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end (other jobs "
+        "share the cores). BM25 recall differs by the BM25 variant (bm25s: Lucene's IDF; "
+        "rank_bm25: Okapi's).\n\nRun: `python benchmarks/retrieval.py`"
     )
     print(body)
     update_section(SECTION, body)
