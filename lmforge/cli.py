@@ -220,6 +220,14 @@ def _data() -> Group:
     return Group("", {"stats": stats, "build": build, "import": imports}, names)
 
 
+@verb("rag", "retrieval-augmented generation: `lmforge rag index|ask|eval|qa-set ...`")
+def _rag() -> Group:
+    from lmforge.recipes.rag import ACTIONS
+
+    actions = {name: ACTIONS.get(name) for name in ACTIONS}
+    return Group("", {n: Command(a.help, a.config, a.run) for n, a in actions.items()})
+
+
 @verb("assets", "list the embedded models and corpora and whether they verify")
 def _assets() -> Command:
     from lmforge.assets import ASSETS

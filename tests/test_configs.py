@@ -14,6 +14,7 @@ from lmforge.recipes.data import builders
 from lmforge.recipes.eval import EvalConfig
 from lmforge.recipes.generate import GenerateConfig
 from lmforge.recipes.quickstart import QUICKSTART
+from lmforge.recipes.rag import ACTIONS
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -35,9 +36,15 @@ def check_data(path):
     load(builder.config, path, [f"{k}={v}" for k, v in builder.fixed.items()])
 
 
+def check_rag(path):
+    action = ACTIONS.get(path.stem.split("-")[1])  # rag-ACTION-....yaml
+    load(action.config, path)
+
+
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": check_finetune}
 KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
 KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
+KINDS |= {"rag": check_rag}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from lmforge.data.self_instruct import (
 from lmforge.errors import ConfigError
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.model.generate import SamplingConfig, generate
+from lmforge.recipes.action import Action
 from lmforge.registry import Registry
 
 
@@ -130,15 +131,7 @@ def _write(records: list[Conversation], out: str) -> None:
 # ── builders ────────────────────────────────────────────────────────────────────────────────
 
 
-@dataclass(frozen=True)
-class Builder:
-    help: str  # one line for `lmforge data build --help`
-    config: type  # its config dataclass (the flags)
-    run: Callable[[Any], Any]  # builds and writes the records
-    fixed: dict[str, str] = field(default_factory=dict)  # fields the builder sets itself
-
-
-BUILDERS: Registry[Builder] = Registry("data builder")
+BUILDERS: Registry[Action] = Registry("data builder")
 
 
 @dataclass
@@ -207,19 +200,19 @@ def data_build_self_instruct(
 
 
 BUILDERS.add(
-    "flan", Builder("FLAN-style templates from a YAML file", FlanBuildConfig, data_build_flan)
+    "flan", Action("FLAN-style templates from a YAML file", FlanBuildConfig, data_build_flan)
 )
 BUILDERS.add(
     "self-instruct",
-    Builder("the model writes new tasks", SelfInstructBuildConfig, data_build_self_instruct),
+    Action("the model writes new tasks", SelfInstructBuildConfig, data_build_self_instruct),
 )
 
 
-def builders() -> dict[str, Builder]:
+def builders() -> dict[str, Action]:
     """Every builder: the registered ones and the FLAN templates of each built-in task."""
     flan = BUILDERS.get("flan")
     out = {
-        name: Builder(f"FLAN-style templates over {name}", flan.config, flan.run, {"task": name})
+        name: Action(f"FLAN-style templates over {name}", flan.config, flan.run, {"task": name})
         for name in FLAN_TASKS
     }
     return {**out, **{name: BUILDERS.get(name) for name in BUILDERS}}

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from lmforge import peft
+from lmforge import knowledge, peft  # noqa: F401  (knowledge registers its delta method)
 from lmforge.atomic import atomic_write_json
 from lmforge.config import arg, load
 from lmforge.errors import ConfigError

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from lmforge import peft
+from lmforge import knowledge, peft  # noqa: F401  (knowledge registers its module)
 from lmforge.errors import CheckpointError
 from lmforge.model import CausalLM, preset
 
@@ -23,6 +23,7 @@ CASES = {  # method → config; every registered method must appear here
     "ptuning": {"num_virtual_tokens": 4},
     "ptuning2": {"num_virtual_tokens": 4},
     "qlora": {"r": 4},
+    "knowledge": {"width": 16},
 }
 
 
