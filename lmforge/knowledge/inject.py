@@ -64,7 +64,7 @@ def inject_knowledge(
         )
     delta = None
     if config.method != "full":
-        delta = apply(model, config.method, config.delta)
+        delta = apply(model, config.method, config.delta, seed=config.seed)
         model = delta.model
     data = PackedBatches(tokens, config.seq_len, config.batch_size, seed=config.seed)
     warmup = max(1, config.steps // 10)
@@ -74,6 +74,6 @@ def inject_knowledge(
         weight_decay=0.0 if delta is not None else 0.1,
     )  # fmt: skip
     model.train()
-    result = train(model, data, train_config, run_dir, resume=False, progress=progress)
+    result = train(model, data, train_config, run_dir, progress=progress)  # resumes a rerun
     model.eval()
     return Injection(model, delta, result)

@@ -214,7 +214,9 @@ def base_identity(model: nn.Module) -> dict[str, str] | None:
     embedding = host.embeddings().weight.detach()
     V = embedding.shape[0]
     rows = [embedding[i, :32] for i in sorted({0, V // 2, V - 1})]
-    sample = torch.cat([*rows, host.final_norm().weight.detach()[:64]]).float().cpu()
+    norm = getattr(host.final_norm(), "weight", None)  # a wrapped norm may hold none itself
+    parts = [*rows] if norm is None else [*rows, norm.detach()[:64]]
+    sample = torch.cat(parts).float().cpu()
     sample = sample.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
     shape = json.dumps({**dataclasses.asdict(host.geometry()), "vocab": V}, sort_keys=True)
     name = getattr(host.plain, "name_or_path", "") or ""

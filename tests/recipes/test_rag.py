@@ -16,8 +16,10 @@ def test_ask_against_a_missing_index_names_the_path_and_the_command(tmp_path, ca
 
 
 def test_index_without_documents_says_what_to_type(capsys):
-    assert main(["rag", "index", "--out", "x"]) == 2
-    assert "lmforge rag index DOCS... --out INDEX" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        main(["rag", "index", "--out", "x"])
+    assert exit.value.code == 2
+    assert "lmforge rag index [-h]" in capsys.readouterr().err  # the usage, and DOCS required
 
 
 @pytest.mark.assets
