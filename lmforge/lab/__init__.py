@@ -2,6 +2,7 @@
 
 from lmforge.lab import (  # noqa: F401
     instruct,
+    knowledge,
     moe,
     moefication,
     peft_compare,
@@ -10,7 +11,22 @@ from lmforge.lab import (  # noqa: F401
     retnet,
     warmup,
 )
-from lmforge.lab.base import LABS, Experiment, experiment, run_experiment
-from lmforge.lab.report import Report
+from lmforge.lab.base import (
+    LABS,
+    Experiment,
+    LabConfig,
+    experiment,
+    lab_listing,
+    run_experiment,
+    run_lab,
+)
 
-__all__ = ["LABS", "Experiment", "Report", "experiment", "run_experiment"]
+__all__ = [
+    "LABS",
+    "Experiment",
+    "LabConfig",
+    "experiment",
+    "lab_listing",
+    "run_experiment",
+    "run_lab",
+]

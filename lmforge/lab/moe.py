@@ -22,12 +22,12 @@ import shutil
 from pathlib import Path
 
 from lmforge.lab.base import experiment
-from lmforge.lab.report import Report
 from lmforge.lab.runs import curve, history, step_seconds, train_run
 from lmforge.model import CausalLM
 from lmforge.model.hf import load_hf_dir
 from lmforge.model.moe import MoE
 from lmforge.plots import plot_curves
+from lmforge.report import Report
 
 
 def active_parameters(model: CausalLM) -> int:

@@ -31,12 +31,12 @@ from lmforge.eval import EvalSettings, evaluate
 from lmforge.eval.ppl import perplexity, token_stream
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.lab.base import experiment
-from lmforge.lab.report import Report
 from lmforge.lab.runs import corpus, train_run
 from lmforge.model.moefy import moefy, set_top_k
 from lmforge.plots import plot_curves
 from lmforge.prompting import SentenceEncoder
 from lmforge.recipes.moefy import batches_of, split_texts
+from lmforge.report import Report
 from lmforge.tokenizer import Tokenizer
 
 SMOLLM2 = "smollm2-135m-instruct"

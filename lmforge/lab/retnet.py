@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from lmforge.lab.base import experiment
-from lmforge.lab.report import Report
 from lmforge.lab.runs import curve, history, step_seconds, train_run
 from lmforge.model import CausalLM, preset
 from lmforge.model.hf import load_hf_dir
 from lmforge.plots import plot_curves
+from lmforge.report import Report
 
 
 def parameters(config_fields: dict) -> int:

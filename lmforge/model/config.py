@@ -15,7 +15,9 @@ from typing import Any
 
 from torch import nn
 
+from lmforge.config import from_dict
 from lmforge.errors import ConfigError
+from lmforge.model.attention import ATTENTION
 from lmforge.registry import Registry
 
 
@@ -62,9 +64,18 @@ class ModelConfig:
             self.d_ff_expert = self.d_ff
 
     def validate(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layer", "n_head", "max_seq_len", "chunk_size"):
+        positive = ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "head_dim", "d_ff")
+        for name in (*positive, "max_seq_len", "rope_theta", "norm_eps", "init_std", "chunk_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            low = self.d_model - self.d_model % self.n_head
+            near = [d for d in (low, low + self.n_head) if d > 0]
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must be a multiple of model.n_head "
+                f"({self.n_head}), as transformers' configs require",
+                fix="e.g. " + " or ".join(f"{{d_model={d}}}" for d in near),
+            )
         if self.n_head % self.n_kv_head:
             raise ConfigError(
                 f"model.n_head ({self.n_head}) must be a multiple of "
@@ -74,8 +85,6 @@ class ModelConfig:
             raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        from lmforge.model.attention import ATTENTION
-
         if self.attention not in ATTENTION:
             raise ConfigError(
                 f"model.attention {self.attention!r} is unknown; choose from {ATTENTION.names()}"
@@ -93,15 +102,16 @@ class ModelConfig:
     def _validate_moe(self) -> None:
         if not 1 <= self.top_k <= self.n_experts:
             raise ConfigError(
-                f"model.top_k must be in 1..model.n_experts ({self.n_experts}), got {self.top_k}"
+                f"model.top_k must be in 1..model.n_experts ({self.n_experts}), got {self.top_k}",
+                fix=f"pass {{top_k=1}} to {{top_k={self.n_experts}}}",
             )
         if self.capacity_factor <= 0:
             raise ConfigError(f"model.capacity_factor must be positive, got {self.capacity_factor}")
         if self.top_k == 1 and self.norm_topk_prob and self.expert_weights == "router":
             raise ConfigError(
                 "model.norm_topk_prob with model.top_k=1 weights every expert output by 1, so "
-                "the router learns nothing from the loss; set --model.norm_topk_prob=false "
-                "(Switch) or --model.top_k=2"
+                "the router learns nothing from the loss",
+                fix="set {norm_topk_prob=false} (Switch) or {top_k=2}",
             )
         for name in ("aux_loss_weight", "z_loss_weight", "shared_expert_d_ff"):
             if getattr(self, name) < 0:
@@ -150,6 +160,4 @@ PRESETS.add(
 
 def preset(name: str, **overrides: object) -> ModelConfig:
     """A named shape (`tiny`, `small`, `base`, `medium`, `smollm2-135m`) with fields overridden."""
-    from lmforge.config import from_dict
-
     return from_dict(ModelConfig, {**PRESETS.get(name), **overrides}, "model")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lmforge.atomic import atomic_write, atomic_write_text
-from lmforge.config import apply_overrides, from_dict, read_yaml
+from lmforge.config import arg
 from lmforge.data.corpora import load_corpus
 from lmforge.errors import ConfigError
 from lmforge.eval.ppl import perplexity, token_stream
@@ -36,11 +36,11 @@ TOKENIZER_FILES = (
 
 @dataclass
 class MoefyConfig:
-    model: str = "smollm2-135m-instruct"  # dense model to split: embedded name or directory
+    model: str = arg("smollm2-135m-instruct", positional=True, aliases=("--model",))  # dense model
     out: str = "runs/moefy"  # where the MoEfied model and moefy.json are written
     experts: int = 16  # experts per FFN layer (d_ff must be a multiple)
     top_k: int = 4  # experts a token runs through: top_k / experts of the FFN per token
-    clustering: str = "coactivation"  # neuron grouping: coactivation | weights
+    clustering: str = arg("coactivation", choices=FEATURES.names)  # neuron grouping
     corpus: str = "shakespeare"  # corpus name, file or folder the routers learn from
     tokens: int = 8192  # corpus tokens the routers are fitted on
     eval_tokens: int = 8192  # held-out tokens for the perplexity report (0 = no report)
@@ -52,21 +52,20 @@ class MoefyConfig:
     def validate(self) -> None:
         for name in ("experts", "top_k", "tokens", "seq_len"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name} must be at least 1, got {getattr(self, name)}",
+                    fix=f"pass {{{name}=1}} or more",
+                )
         if self.top_k > self.experts:
-            raise ConfigError(f"top_k ({self.top_k}) exceeds experts ({self.experts})")
+            raise ConfigError(
+                f"top_k ({self.top_k}) exceeds experts ({self.experts})",
+                fix=f"pass {{top_k={self.experts}}} or fewer",
+            )
         if self.clustering not in FEATURES:
             raise ConfigError(
-                f"clustering {self.clustering!r} is unknown; choose from {FEATURES.names()}"
+                f"clustering {self.clustering!r} is unknown",
+                fix="choose {clustering} from " + ", ".join(FEATURES.names()),
             )
-
-
-def load_config(path: str | Path | None, overrides: list[str]) -> MoefyConfig:
-    raw = apply_overrides(read_yaml(path) if path else {}, overrides)
-    try:
-        return from_dict(MoefyConfig, raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def split_texts(texts: list[str], held_out: float = 0.1) -> tuple[list[str], list[str]]:
@@ -78,7 +77,10 @@ def split_texts(texts: list[str], held_out: float = 0.1) -> tuple[list[str], lis
 def batches_of(stream: list[int], seq_len: int, batch: int = 4) -> list[torch.Tensor]:
     windows = [stream[s : s + seq_len] for s in range(0, len(stream) - seq_len + 1, seq_len)]
     if not windows:
-        raise ConfigError(f"the corpus gave {len(stream)} tokens, fewer than seq_len={seq_len}")
+        raise ConfigError(
+            f"the corpus gave {len(stream)} tokens, fewer than seq_len={seq_len}",
+            fix="pass a smaller {seq_len} or a larger {tokens}",
+        )
     return [torch.tensor(windows[i : i + batch]) for i in range(0, len(windows), batch)]
 
 

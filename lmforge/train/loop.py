@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 from lmforge.errors import (
     CheckpointError,
     CheckpointWarning,
-    ConfigError,
     RunInterrupted,
     TrainingDivergedError,
 )
@@ -56,12 +55,12 @@ from lmforge.train.checkpoint import (
 )
 from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device
-from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_experts, plot_losses
-from lmforge.train.optim import build_optimizer
+from lmforge.train.optim import build_optimizer, param_groups
 from lmforge.train.schedule import lr_at
 from lmforge.train.signals import GracefulStop
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
+from lmforge.train.validation import default_objective, to_device, validation_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -69,24 +68,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """The trainable parameters in two groups: weight decay on matrices, none on norms and
-    biases (dim < 2)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError(
-            "the model has no trainable parameters (requires_grad is False everywhere); "
-            "unfreeze some or apply a delta-tuning method before training"
-        )
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [
-        {"params": group, "weight_decay": wd}
-        for group, wd in ((decay, weight_decay), (no_decay, 0.0))
-        if group
-    ]
 
 
 def _count_tokens(batch: Batch) -> int:
@@ -162,8 +143,8 @@ class _Run:
         if chosen == "none" and list_checkpoints(self.run_dir):
             raise CheckpointError(
                 f"{self.run_dir} already holds checkpoints (newest: "
-                f"{list_checkpoints(self.run_dir)[-1].name}) and train.resume_from is none; "
-                "resume them with --train.resume_from latest, or start over in a new --run_dir"
+                f"{list_checkpoints(self.run_dir)[-1].name}) and train.resume_from is none",
+                fix="resume them with {resume_from=latest}, or start over in a new {run_dir}",
             )
         failed: list[tuple[Path, CheckpointError]] = []
         for ckpt in candidates:
@@ -268,7 +249,7 @@ class _Run:
 
     def eval(self) -> None:
         s = self.state
-        s.val_loss, s.val_ppl = evaluate(
+        s.val_loss, s.val_ppl = validation_loss(
             self.forward_model,
             self.val_data,
             self.objective,

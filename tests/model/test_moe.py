@@ -142,7 +142,7 @@ def test_no_collector_no_report():
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="model.top_k must be in 1..model.n_experts"):
         moe_config(top_k=5).validate()
-    with pytest.raises(ConfigError, match="--model.norm_topk_prob=false"):
+    with pytest.raises(ConfigError, match="set norm_topk_prob=False"):
         moe_config(top_k=1, norm_topk_prob=True).validate()
     with pytest.raises(ConfigError, match="model.ffn 'sparse' is unknown.*'dense', 'moe'"):
         moe_config(ffn="sparse").validate()
