@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -111,7 +112,9 @@ def report(results: dict, heads: int, device: str, threads: int) -> str:
         f"Causal attention, forward + backward, q/k/v (1, {heads}, T, 64) fp32 on {device}; peak "
         "memory above the inputs (CPU: the child's peak RSS above its RSS before the first call, "
         "so small sizes read near zero); median of 3 calls after one warmup; "
-        f"{threads} threads, {platform.machine()}, torch {torch.__version__}.",
+        f"{threads} threads, {platform.machine()}, torch {torch.__version__}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end (other work on the machine makes the times "
+        "noisy, never the memory).",
         "",
         "Run: `python benchmarks/attention_memory.py`",
     ]

@@ -21,6 +21,7 @@ It prints a table and rewrites the "## Retention decoding" section of BENCHMARKS
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -142,7 +143,9 @@ def report(rows: list[dict], steps: int) -> str:
         f"parameters (multi-head attention, no grouping), RetNet {params['retnet']:,} (FFN "
         "narrowed to match); batch 1, fp32, one new token per step with its logits; "
         f"{steps} measured steps per context after 3 warmup, alternating ABBA, medians; "
-        f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}.",
+        f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}; "
+        f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine makes "
+        "the times noisy, never the memory).",
         "",
         "Run: `python benchmarks/retention_decode.py`",
     ]
