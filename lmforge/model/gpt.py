@@ -165,11 +165,11 @@ class CausalLM(nn.Module):
                 x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
+        x = self.model.norm(x)  # on every position: a wrapped norm may read the whole call
         if isinstance(logits_to_keep, Tensor):  # positions whose logits are needed, (K,)
             x = x[:, logits_to_keep]
         elif logits_to_keep:  # generation needs only the last positions' logits
             x = x[:, -logits_to_keep:]
-        x = self.model.norm(x)
         if labels is not None and self._fuse_head_and_loss():
             loss = linear_cross_entropy(x, self.lm_head.weight, labels)
             return CausalLMOutput(loss, None, cache if use_cache else None)

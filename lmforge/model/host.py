@@ -109,8 +109,16 @@ class ModelHost(Protocol):
         """Run the new tokens (B, T) after the cached ones; return last logits (B, V), cache."""
         ...
 
+    def extend(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
+    ) -> tuple[Tensor, Any]:
+        """Run the new tokens (B, T) after the cached ones; return every new position's
+        logits (B, T, V) and the cache (gradients flow through it when enabled)."""
+        ...
+
     def select_rows(self, cache: Any, rows: Tensor) -> Any:
-        """Keep only the batch rows `rows` of the cache (finished sequences leave)."""
+        """The batch rows `rows` of the cache, in that order: finished sequences leave, a row
+        named twice is repeated (one prompt, several continuations)."""
         ...
 
 
@@ -196,6 +204,18 @@ class NativeHost(_Layout):
             logits_to_keep=1,  # the prefill needs only the last position's logits
         )
         return out.logits[:, -1], out.past_key_values
+
+    def extend(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: KVCache
+    ) -> tuple[Tensor, KVCache]:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.logits, out.past_key_values
 
     def _packs(self, ids: Tensor, mask: Tensor, cache: KVCache) -> bool:
         """Whether this call is a padded prefill that `_prefill_packed` can run instead: the
@@ -324,12 +344,29 @@ class TransformersHost(_Layout):
             use_cache=True,
             **kwargs,
         )
-        new_cache = out["cache"] if "cache" in out else out["past_key_values"]
-        return out.logits[:, -1], new_cache
+        return out.logits[:, -1], _returned_cache(out)
+
+    def extend(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
+    ) -> tuple[Tensor, Any]:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{self._step_arg: cache},
+        )
+        return out.logits, _returned_cache(out)
 
     def select_rows(self, cache: Any, rows: Tensor) -> Any:
         cache.batch_select_indices(rows)
         return cache
+
+
+def _returned_cache(out: Any) -> Any:
+    """The output's cache under either name (None when the model kept none)."""
+    name = "cache" if hasattr(out, "cache") else "past_key_values"
+    return getattr(out, name, None)
 
 
 def _cache_arg(model: nn.Module) -> str:
