@@ -116,14 +116,22 @@ def encode_request(
     return whole[cut:], n - cut
 
 
-def _batches(order: list[int], lengths: list[int], size: int, tokens: int) -> Iterator[list[int]]:
-    """Rows in `order` (longest first) grouped by count and by padded tokens."""
+def _batches(
+    order: list[int], sizes: list[tuple[int, int]], size: int, tokens: int, limit: int
+) -> Iterator[list[int]]:
+    """Groups in `order` (longest first) batched by count and by padded tokens. A batch pads
+    its prompts to the longest prompt and its continuations to the longest continuation, and
+    the two together must fit the model's context."""
     batch: list[int] = []
-    for r in order:
-        if batch and (len(batch) == size or (len(batch) + 1) * lengths[batch[0]] > tokens):
+    T = K = 0
+    for g in order:
+        t, k = max(T, sizes[g][0]), max(K, sizes[g][1])
+        full = len(batch) == size or (len(batch) + 1) * (t + k) > tokens or t + k - 1 > limit
+        if batch and full:
             yield batch
-            batch = []
-        batch.append(r)
+            batch, (t, k) = [], sizes[g]
+        batch.append(g)
+        T, K = t, k
     if batch:
         yield batch
 
@@ -147,11 +155,11 @@ def loglikelihoods(
     for u, (whole, n) in enumerate(encoded):
         groups.setdefault(tuple(whole[:n]), []).append(u)
     prompts = list(groups)
-    longest = [max(len(encoded[u][0]) for u in groups[p]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda g: -longest[g])
+    sizes = [(len(p), max(len(encoded[u][0]) - len(p) for u in groups[p])) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda g: -sum(sizes[g]))
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     results: list[LogLikelihood | None] = [None] * len(unique)
-    batches = list(_batches(order, longest, batch_size, max_batch_tokens))
+    batches = list(_batches(order, sizes, batch_size, max_batch_tokens, limit))
     with eval_mode(model):
         for batch in tqdm(batches, desc="log-likelihood", unit="batch", disable=not progress):
             members = [u for g in batch for u in groups[prompts[g]]]
