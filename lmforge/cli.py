@@ -223,6 +223,26 @@ def _assets(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.export import ExportConfig
+
+    p.add_argument("source", nargs="?", help="model, run directory, delta or peft adapter")
+    add_config_flags(p, ExportConfig, {})
+
+
+@verb(
+    "export",
+    "write a model or delta for transformers/vLLM (hf, merged), peft, llama.cpp/Ollama (gguf)",
+    _export_args,
+)
+def _export(args: argparse.Namespace) -> None:
+    from lmforge.recipes.export import load_config, run_export
+
+    positional = [f"source={args.source}"] if args.source else []
+    cfg = load_config(args.config, positional + config_overrides(args))
+    print(f"{cfg.format} export written to {run_export(cfg)}")
+
+
 def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory")
     p.add_argument("--steps", type=int, default=None, help="override the number of steps")
