@@ -243,6 +243,36 @@ def _export(args: argparse.Namespace) -> None:
     print(f"{cfg.format} export written to {run_export(cfg)}")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.serve import ServeConfig
+
+    p.add_argument("model", nargs="?", help="embedded model name or model directory")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a LoRA delta to serve as MODEL:NAME (repeatable)",
+    )
+    add_config_flags(p, ServeConfig, {})
+
+
+@verb(
+    "serve",
+    "an OpenAI-compatible HTTP server (chat, completions, embeddings, adapters)",
+    _serve_args,
+)
+def _serve(args: argparse.Namespace) -> None:
+    import json
+
+    from lmforge.recipes.serve import load_config, run_serve
+
+    given = [f"model={args.model}"] if args.model else []
+    if args.adapter:
+        given.append(f"adapters={json.dumps(args.adapter)}")
+    run_serve(load_config(args.config, given + config_overrides(args)))
+
+
 def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory")
     p.add_argument("--steps", type=int, default=None, help="override the number of steps")

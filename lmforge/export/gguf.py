@@ -157,9 +157,9 @@ def tokenizer_fields(tokenizer: Tokenizer, n_vocab: int) -> dict[str, object]:
     types = [TOKEN_UNUSED] * n_vocab
     for text, i in vocab.items():
         tokens[i] = text
-        types[i] = TOKEN_NORMAL if i not in specials else (
-            TOKEN_CONTROL if specials[i] else TOKEN_USER
-        )  # fmt: skip
+        types[i] = (
+            TOKEN_NORMAL if i not in specials else (TOKEN_CONTROL if specials[i] else TOKEN_USER)
+        )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return {
         "pre": _pre_tokenizer(spec.get("pre_tokenizer") or {}),

@@ -310,4 +310,5 @@ class Engine:
         seq.table = []
         self.stats.requests += 1
         self.stats.prompt_tokens += len(seq.request.prompt)
-        seq.request.emit(Output(tokens or [], text, logprobs or [], reason, error))
+        out = Output(tokens or [], text, logprobs or [], reason, error, seq.cached_tokens)
+        seq.request.emit(out)

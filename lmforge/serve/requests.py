@@ -35,6 +35,7 @@ class Output:
     logprobs: list[TokenLogprob]  # one per token, when asked for
     finish_reason: str | None = None  # eos | stop | length | cancelled | error; None: more comes
     error: str = ""  # what went wrong, with finish_reason "error"
+    cached_tokens: int = 0  # with the last output: prompt tokens read from the prefix cache
 
 
 @dataclass

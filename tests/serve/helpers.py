@@ -61,3 +61,55 @@ def request(prompt: list[int], sampling: SamplingConfig, **kw) -> tuple[Request,
 
 def engine(model, tok, **config) -> Engine:
     return Engine(model, tok, EngineConfig(**config))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """create_app(state) under uvicorn in a thread on 127.0.0.1 (a context manager)."""
+
+    def __init__(self, state, api_key: str = "") -> None:
+        import uvicorn
+
+        from lmforge.serve.app import create_app
+
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(state, api_key), host="127.0.0.1", port=self.port, log_level="error"
+        )
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+def server_state(lm, tok, adapters=None, limits=None, **engine_config):
+    from lmforge.chat import chat_stop_tokens
+    from lmforge.serve.limits import Limits
+    from lmforge.serve.submit import ServerState
+
+    eng = Engine(lm, tok, EngineConfig(block_size=4, **engine_config), adapters)
+    eos = [tok.eos_id]
+    return ServerState(
+        eng, tok, "tiny", limits or Limits(max_tokens=48), {}, eos, eos + chat_stop_tokens(tok)
+    )
