@@ -49,7 +49,7 @@ class PagedKV:
 
     @classmethod
     def for_model(cls, model: CausalLM, num_blocks: int, block_size: int) -> PagedKV:
-        c, weight = model.config, model.lm_head.weight
+        c, weight = model.config, model.model.embed_tokens.weight  # (the head may be integer)
         return cls(
             c.n_layer, num_blocks, block_size, c.n_kv_head, c.head_dim, weight.dtype, weight.device
         )
@@ -57,7 +57,7 @@ class PagedKV:
     @staticmethod
     def bytes_per_block(model: CausalLM, block_size: int) -> int:
         c = model.config
-        itemsize = model.lm_head.weight.element_size()
+        itemsize = model.model.embed_tokens.weight.element_size()
         return 2 * c.n_layer * block_size * c.n_kv_head * c.head_dim * itemsize
 
 

@@ -21,6 +21,7 @@ from lmforge.chat import chat_stop_tokens
 from lmforge.config import apply_overrides, from_dict, read_yaml
 from lmforge.errors import ConfigError
 from lmforge.hub import generation_defaults, load_model, load_tokenizer
+from lmforge.quant.decode import quantize_for_decoding
 from lmforge.serve import AdapterStore, Engine, EngineConfig, parse_adapters
 from lmforge.serve.app import create_app
 from lmforge.serve.limits import Limits
@@ -42,6 +43,7 @@ class ServeConfig:
     max_adapters: int = 8  # adapters loaded at once at most
     force: bool = False  # serve adapters trained on another base
     threads: int = 0  # torch threads (0 = torch's default)
+    quantize: str = ""  # weight-only integer decoding: int8 | int4 ("" = the checkpoint's floats)
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: Limits = field(default_factory=Limits)
 
@@ -83,6 +85,8 @@ def build_state(cfg: ServeConfig) -> ServerState:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg.model, backend="native")
+    if cfg.quantize:
+        quantize_for_decoding(model, cfg.quantize)
     tokenizer = load_tokenizer(cfg.model)
     adapters = None
     if cfg.adapters:

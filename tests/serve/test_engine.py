@@ -170,3 +170,17 @@ def test_the_background_thread_serves_submissions(lm, tok):
     eng.stop(timeout=60)
     for req, sink in jobs:
         assert sink.tokens == alone(lm, req.prompt, req.sampling)
+
+
+def test_the_engine_decodes_a_quantized_model_as_generate_does(tok):
+    from lmforge.quant.decode import quantize_for_decoding
+
+    lm = model(tok.vocab_size)
+    quantize_for_decoding(lm, "int8")
+    eng = engine(lm, tok, block_size=4)
+    jobs = [request(p, greedy(6)) for p in prompts(3)]
+    for req, _ in jobs:
+        eng.submit(req)
+    eng.run_until_idle()
+    for req, sink in jobs:
+        assert sink.tokens == alone(lm, req.prompt, req.sampling)
