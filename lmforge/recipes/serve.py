@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from lmforge.assets import asset_path
 from lmforge.chat import chat_stop_tokens
 from lmforge.config import apply_overrides, from_dict, read_yaml
 from lmforge.errors import ConfigError
 from lmforge.hub import generation_defaults, load_model, load_tokenizer
+from lmforge.prompting.embed import SentenceEncoder
 from lmforge.quant.decode import quantize_for_decoding
 from lmforge.serve import AdapterStore, Engine, EngineConfig, parse_adapters
 from lmforge.serve.app import create_app
@@ -64,9 +66,6 @@ def load_config(path: str | Path | None, overrides: list[str]) -> ServeConfig:
 
 def _embedder(name: str):
     """texts → ((N, D) unit vectors, tokens read) with the embedded MiniLM (loaded on first use)."""
-    from lmforge.assets import asset_path
-    from lmforge.prompting.embed import SentenceEncoder
-
     path = asset_path(name)
     encoder: list[SentenceEncoder] = []
 
