@@ -109,7 +109,7 @@ def decode_speed(tokenizer, n: int, rounds: int) -> tuple[dict, dict, dict]:
     return speeds, same, {"prompts": len(prompts)}
 
 
-def quality(tokenizer) -> dict[str, float]:
+def quality(tokenizer, max_tokens: int) -> dict[str, float]:
     from lmforge.data import load_corpus
 
     texts = [d.text for d in load_corpus("shakespeare")][:3]
@@ -119,7 +119,7 @@ def quality(tokenizer) -> dict[str, float]:
         if kind != "fp32":
             quantize_for_decoding(model, kind)
         result[kind] = perplexity(
-            model, tokenizer, texts, max_length=512, max_tokens=16384, batch_size=4
+            model, tokenizer, texts, max_length=512, max_tokens=max_tokens, batch_size=4
         ).perplexity
         print(f"perplexity {kind}: {result[kind]:.3f}", flush=True)
     return result
@@ -262,13 +262,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--rounds", type=int, default=1, help="passes over the 8 decode prompts")
+    p.add_argument("--ppl-tokens", type=int, default=16384, help="tokens scored for perplexity")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     WORK.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(MODEL)
     speeds, same, info = decode_speed(tokenizer, args.max_tokens, args.rounds)
-    ppl = quality(tokenizer)
+    ppl = quality(tokenizer, args.ppl_tokens)
     table, agg = serve_table(args, tokenizer)
     decode_rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in speeds.items())
     ppl_rows = "\n".join(f"| {k} | {v:.3f} | {v / ppl['fp32'] - 1:+.2%} |" for k, v in ppl.items())
@@ -276,7 +277,7 @@ def main() -> None:
         f"{table}\n\n{verdicts(agg, speeds, same, info['prompts'])}\n\n"
         f"Batch-1 decode (greedy, {args.max_tokens} new tokens, 8 chat prompts):\n\n"
         f"| contender | new tokens/s |\n|---|---:|\n{decode_rows}\n\n"
-        f"Perplexity on Shakespeare (first 16,384 tokens, windows of 512):\n\n"
+        f"Perplexity on Shakespeare (first {args.ppl_tokens:,} tokens, windows of 512):\n\n"
         f"| weights | perplexity | vs fp32 |\n|---|---:|---:|\n{ppl_rows}\n\n"
         f"SmolLM2-135M-Instruct on {args.threads} threads; {args.requests} streaming completions "
         f"of up to {args.max_tokens} tokens per client (greedy), prompts cycled; one warmup "

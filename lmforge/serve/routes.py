@@ -89,23 +89,28 @@ async def completions(state: ServerState, body: CompletionRequest, http: HttpReq
         reason = FINISH.get(out.finish_reason or "", None)
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
+    kinds = ("text_completion", "text_completion")
+    return await _respond(sub, http, body, kinds, rid, len(prompt), choice)
+
+
+async def _respond(
+    sub: Submission,
+    http: HttpRequest,
+    body: Any,
+    kinds: tuple[str, str],
+    rid: str,
+    prompt_len: int,
+    choice: Chunk,
+) -> Any:
+    """An SSE stream of chunks (kinds[1]), or the whole response (kinds[0]) with usage."""
     if body.stream:
-        return _stream(sub, "text_completion", rid, body.model, choice)
+        return _stream(sub, kinds[1], rid, body.model, choice)
     outputs = await _collect(sub, http)
     _check_failed(outputs)
     choices = [_merged(i, outs, choice) for i, outs in sorted(outputs.items())]
     n_out = sum(len(o.token_ids) for outs in outputs.values() for o in outs)
-    return envelope(
-        "text_completion",
-        rid,
-        body.model,
-        choices,
-        usage=usage(len(prompt), n_out, _cached(outputs)),
-    )
-
-
-def _cached(outputs: dict[int, list[Output]]) -> int:
-    return max((outs[-1].cached_tokens for outs in outputs.values() if outs), default=0)
+    cached = max((outs[-1].cached_tokens for outs in outputs.values() if outs), default=0)
+    return envelope(kinds[0], rid, body.model, choices, usage=usage(prompt_len, n_out, cached))
 
 
 def _merged(index: int, outs: list[Output], choice: Chunk) -> dict[str, Any]:
@@ -173,19 +178,8 @@ async def chat(state: ServerState, body: ChatRequest, http: HttpRequest) -> Any:
         entry["logprobs"] = chat_logprobs(tok, out.logprobs) if top is not None else None
         return entry
 
-    if body.stream:
-        return _stream(sub, "chat.completion.chunk", rid, body.model, choice)
-    outputs = await _collect(sub, http)
-    _check_failed(outputs)
-    choices = [_merged(i, outs, choice) for i, outs in sorted(outputs.items())]
-    n_out = sum(len(o.token_ids) for outs in outputs.values() for o in outs)
-    return envelope(
-        "chat.completion",
-        rid,
-        body.model,
-        choices,
-        usage=usage(len(prompt), n_out, _cached(outputs)),
-    )
+    kinds = ("chat.completion", "chat.completion.chunk")
+    return await _respond(sub, http, body, kinds, rid, len(prompt), choice)
 
 
 def _stream(sub: Submission, kind: str, rid: str, model: str, choice: Chunk) -> Any:

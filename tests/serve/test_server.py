@@ -170,6 +170,10 @@ def test_limits_answer_with_openai_error_bodies(tok, base):
         tok,
         limits=Limits(max_tokens=100, max_n=2, max_body_bytes=2000, max_concurrent=1),
     )
+    idle = threading.Thread(target=lambda: None)
+    idle.start()
+    idle.join()
+    state.engine._thread = idle  # the engine never steps: a request stays in flight for sure
     with LiveServer(state, api_key="secret") as server:
         assert httpx.get(server.url + "/health").json()["status"] == "ok"
         with pytest.raises(openai.AuthenticationError):
