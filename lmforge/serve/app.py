@@ -19,6 +19,7 @@ import base64
 import json
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 from typing import Any
 
@@ -62,6 +63,26 @@ def _encoded(vector: Any, encoding: str) -> Any:
     if encoding == "base64":
         return base64.b64encode(vector.float().numpy().astype("<f4").tobytes()).decode()
     return vector.tolist()
+
+
+async def embeddings(state: ServerState, http: HttpRequest) -> dict[str, Any]:
+    """POST /v1/embeddings: unit vectors of the sentence encoder, floats or base64."""
+    body = await parse(http, EmbeddingRequest)
+    if state.embed is None or body.model != state.embedding_model:
+        message = (
+            f"no embedding model {body.model!r} here; served: {state.embedding_model or 'none'}"
+        )
+        raise ApiError(404, message, param="model")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if len(texts) > 256 or any(not isinstance(t, str) or not t for t in texts):
+        raise ApiError(400, "input: 1 to 256 non-empty strings", param="input")
+    vectors, n = await asyncio.to_thread(state.embed, texts)
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": n, "total_tokens": n}
+    return {"object": "list", "data": data, "model": body.model, "usage": usage}
 
 
 def create_app(state: ServerState, api_key: str = "") -> Any:
@@ -119,29 +140,5 @@ def create_app(state: ServerState, api_key: str = "") -> Any:
     async def post_chat(http: HttpRequest) -> Any:
         return await chat(state, await parse(http, ChatRequest), http)
 
-    @app.post("/v1/embeddings")
-    async def post_embeddings(http: HttpRequest) -> dict[str, Any]:
-        body = await parse(http, EmbeddingRequest)
-        if state.embed is None or body.model != state.embedding_model:
-            raise ApiError(
-                404,
-                f"no embedding model {body.model!r} here; served: "
-                f"{state.embedding_model or 'none'}",
-                param="model",
-            )
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if len(texts) > 256 or any(not isinstance(t, str) or not t for t in texts):
-            raise ApiError(400, "input: 1 to 256 non-empty strings", param="input")
-        vectors, n = await asyncio.to_thread(state.embed, texts)
-        data = [
-            {"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
-            for i, v in enumerate(vectors)
-        ]
-        return {
-            "object": "list",
-            "data": data,
-            "model": body.model,
-            "usage": {"prompt_tokens": n, "total_tokens": n},
-        }
-
+    app.post("/v1/embeddings")(partial(embeddings, state))
     return Guard(app, state.limits, api_key)
