@@ -7,7 +7,7 @@ import yaml
 
 import lmforge
 from lmforge.recipes import eval as eval_recipe
-from lmforge.recipes import finetune, pretrain
+from lmforge.recipes import export, finetune, pretrain, serve
 from lmforge.recipes.quickstart import QUICKSTART
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -34,6 +34,10 @@ def check_eval(path):
 
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain}
 KINDS |= {"finetune": check_finetune, "eval": check_eval}
+KINDS |= {
+    "serve": lambda p: serve.load_config(p, []),
+    "export": lambda p: export.load_config(p, []),
+}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
