@@ -48,8 +48,8 @@ def plain_model(source: Source) -> CausalLM:
     if not delta.mergeable:
         raise ConfigError(
             f"{source.origin}: a {delta.name} delta cannot be merged into the base weights "
-            f"({delta.family} method); export it with --format peft, or serve it with "
-            "`lmforge serve BASE --adapter NAME=PATH`"
+            f"({delta.family} method)",
+            fix="export it apart with {format=peft}",
         )
     if isinstance(delta, Lora):
         return delta.merge_and_unload()
@@ -61,8 +61,8 @@ def plain_model(source: Source) -> CausalLM:
 def export_hf(source: Source, out: Path, quant: str) -> Path:
     if source.delta is not None:
         raise ConfigError(
-            f"{source.origin} is a {source.delta.name} delta; --format hf writes a plain model. "
-            "Use --format merged (base + delta in one model) or --format peft (the delta alone)"
+            f"{source.origin} is a {source.delta.name} delta and the hf format a plain model",
+            fix="use {format=merged} (base + delta in one model) or {format=peft} (the delta)",
         )
     return save_hf_dir(source.model, out, _tokenizer_source(source))
 
@@ -70,7 +70,7 @@ def export_hf(source: Source, out: Path, quant: str) -> Path:
 @EXPORTERS.register("merged")
 def export_merged(source: Source, out: Path, quant: str) -> Path:
     if source.delta is None:
-        raise ConfigError(f"{source.origin} holds no delta to merge; use --format hf")
+        raise ConfigError(f"{source.origin} holds no delta to merge", fix="use {format=hf}")
     return save_hf_dir(plain_model(source), out, _tokenizer_source(source))
 
 
@@ -85,7 +85,8 @@ def export_peft(source: Source, out: Path, quant: str) -> Path:
         what = f"a {delta.name} delta" if delta is not None else "a plain model"
         raise ConfigError(
             f"{source.origin} is {what}; peft's adapter format holds LoRA and the virtual-token "
-            "methods (prompt, prefix, ptuning, ptuning2). Use --format merged or hf instead"
+            "methods (prompt, prefix, ptuning, ptuning2)",
+            fix="use {format=merged} or {format=hf} instead",
         )
     return _atomic(out, "adapter_config.json", lambda tmp: save(delta, tmp, source.base))
 
@@ -94,7 +95,7 @@ def export_peft(source: Source, out: Path, quant: str) -> Path:
 def export_gguf(source: Source, out: Path, quant: str) -> Path:
     model = plain_model(source)
     if not isinstance(model, CausalLM):
-        raise ConfigError("GGUF export needs a native model; load the base with --backend native")
+        raise ConfigError(f"{source.origin}: GGUF export writes native decoders only")
     template = chat_template_for(source.tokenizer)
     sampling = generation_defaults(source.base).settings
     stops = chat_stop_strings(source.tokenizer)
@@ -116,8 +117,8 @@ def _atomic(out: Path, marker: str, write: Callable[[Path], object]) -> Path:
             write(tmp)
     except FileExistsError:
         raise CheckpointError(
-            f"{out} exists and holds files that are not an export of this format; choose "
-            "another --out"
+            f"{out} exists and holds files that are not an export of this format",
+            fix="choose another {out}",
         ) from None
     return out
 
@@ -126,6 +127,6 @@ def export(source: Source, fmt: str, out: str | Path, quant: str = "f16") -> Pat
     """Write `source` in format `fmt` to the directory `out`."""
     if fmt not in EXPORTERS:
         raise ConfigError(
-            f"--format {fmt!r} is unknown; choose from {', '.join(EXPORTERS.names())}"
+            f"format {fmt!r} is unknown", fix="choose {format} from " + ", ".join(EXPORTERS.names())
         )
     return EXPORTERS.get(fmt)(source, Path(out), quant)

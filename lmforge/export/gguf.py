@@ -78,8 +78,8 @@ def gguf_name(name: str) -> str:
     if parts[:2] == ["model", "layers"] and len(parts) == 4 and parts[3] in LAYER_NAMES:
         return f"blk.{parts[2]}.{LAYER_NAMES[parts[3]]}.{kind}"
     raise ConfigError(
-        f"cannot write tensor {name!r} to GGUF: it is not a weight of the plain decoder; "
-        "merge the delta first (lmforge export ... --format gguf merges mergeable deltas)"
+        f"cannot write tensor {name!r} to GGUF: it is not a weight of the plain decoder "
+        "(the gguf export merges a mergeable delta first)"
     )
 
 
@@ -211,7 +211,9 @@ def write_gguf(
     import gguf
 
     if quant not in QUANTS:
-        raise ConfigError(f"--quant {quant!r} is unknown; choose from {', '.join(QUANTS.names())}")
+        raise ConfigError(
+            f"quant {quant!r} is unknown", fix="choose {quant} from " + ", ".join(QUANTS.names())
+        )
     q = QUANTS.get(quant)
     arch, tensors = arrange(model)
     path = Path(path)

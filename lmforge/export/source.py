@@ -81,10 +81,7 @@ def locate(source: str, base: str = "") -> tuple[str, Path | None]:
             "directory, a run directory nor a delta/peft adapter directory; give one of those"
         )
     if not found:
-        raise ConfigError(
-            f"{delta} does not record its base model; name it: lmforge export {source} "
-            "--base MODEL ..."
-        )
+        raise ConfigError(f"{delta} does not record its base model", fix="name it: {base=MODEL}")
     return found, delta
 
 

@@ -101,7 +101,8 @@ def quantize_for_decoding(model: nn.Module, kind: str, group_size: int = 32) -> 
     shape the kernel does not take stays in float)."""
     if kind not in DECODE_FORMATS:
         raise ConfigError(
-            f"unknown decoding quantization {kind!r}; choose from {DECODE_FORMATS.names()}"
+            f"unknown decoding quantization {kind!r}",
+            fix="choose {quantize} from " + ", ".join(DECODE_FORMATS.names()),
         )
     fmt = DECODE_FORMATS.get(kind)
     swapped = []

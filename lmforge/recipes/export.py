@@ -13,44 +13,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.config import apply_overrides, from_dict, read_yaml
+from lmforge.config import arg
 from lmforge.errors import ConfigError
 from lmforge.export import EXPORTERS, QUANTS, export, open_source
 
 
 @dataclass
 class ExportConfig:
-    source: str = ""  # a model name or directory, a run directory, a delta or peft adapter
-    format: str = "hf"  # hf | peft | merged | gguf
+    source: str = arg("", positional=True)  # model name or directory, run, delta or peft adapter
+    format: str = arg("hf", choices=EXPORTERS.names)  # what to write
     out: str = ""  # the directory to write (replaced whole when it holds an earlier export)
-    quant: str = "f16"  # gguf weights: f16 | q8_0 | q4_0
+    quant: str = arg("f16", choices=QUANTS.names)  # gguf weights
     base: str = ""  # the base model of a delta that does not record it (or another base)
     force: bool = False  # apply a delta to a base other than the one it records
 
     def validate(self) -> None:
-        if not self.source:
-            raise ConfigError("name what to export: lmforge export SOURCE --format F --out DIR")
-        if not self.out:
-            raise ConfigError(f"name the output directory: lmforge export {self.source} --out DIR")
         if self.format not in EXPORTERS:
             raise ConfigError(
-                f"--format {self.format!r} is unknown; choose from {', '.join(EXPORTERS.names())}"
+                f"format {self.format!r} is unknown",
+                fix="choose {format} from " + ", ".join(EXPORTERS.names()),
             )
         if self.quant not in QUANTS:
             raise ConfigError(
-                f"--quant {self.quant!r} is unknown; choose from {', '.join(QUANTS.names())}"
+                f"quant {self.quant!r} is unknown",
+                fix="choose {quant} from " + ", ".join(QUANTS.names()),
             )
-
-
-def load_config(path: str | Path | None, overrides: list[str]) -> ExportConfig:
-    raw = apply_overrides(read_yaml(path) if path else {}, overrides)
-    try:
-        return from_dict(ExportConfig, raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def run_export(cfg: ExportConfig) -> Path:
     """Load the source and write it in the chosen format; returns the output directory."""
     cfg.validate()
-    return export(open_source(cfg.source, cfg.base, cfg.force), cfg.format, cfg.out, cfg.quant)
+    if not cfg.source:
+        raise ConfigError(
+            "nothing to export", fix="name it: lmforge export SOURCE {format=hf} {out=DIR}"
+        )
+    if not cfg.out:
+        raise ConfigError(
+            "no output directory", fix=f"name one: lmforge export {cfg.source} {{out=DIR}}"
+        )
+    out = export(open_source(cfg.source, cfg.base, cfg.force), cfg.format, cfg.out, cfg.quant)
+    print(f"{cfg.format} export written to {out}")
+    return out

@@ -19,11 +19,11 @@ import torch
 
 from lmforge.assets import asset_path
 from lmforge.chat import chat_stop_tokens
-from lmforge.config import apply_overrides, from_dict, read_yaml
+from lmforge.config import arg
 from lmforge.errors import ConfigError
 from lmforge.hub import generation_defaults, load_model, load_tokenizer
 from lmforge.prompting.embed import SentenceEncoder
-from lmforge.quant.decode import quantize_for_decoding
+from lmforge.quant.decode import DECODE_FORMATS, quantize_for_decoding
 from lmforge.serve import AdapterStore, Engine, EngineConfig, parse_adapters
 from lmforge.serve.app import create_app
 from lmforge.serve.limits import Limits
@@ -34,8 +34,10 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @dataclass
 class ServeConfig:
-    model: str = "smollm2-135m-instruct"  # embedded model name or transformers directory
-    adapters: list[str] = field(default_factory=list)  # NAME=PATH LoRA deltas, asked as MODEL:NAME
+    model: str = arg("smollm2-135m-instruct", positional=True)  # embedded name or model directory
+    adapters: list[str] = arg(
+        factory=list, aliases=("--adapter",)
+    )  # LoRA NAME=PATH, asked as MODEL:NAME
     name: str = ""  # the model id clients send; "" = the model's name (a path's last part)
     host: str = "127.0.0.1"  # address to bind; anything but loopback is reachable by others
     port: int = 8000  # TCP port
@@ -45,23 +47,21 @@ class ServeConfig:
     max_adapters: int = 8  # adapters loaded at once at most
     force: bool = False  # serve adapters trained on another base
     threads: int = 0  # torch threads (0 = torch's default)
-    quantize: str = ""  # weight-only integer decoding: int8 | int4 ("" = the checkpoint's floats)
+    quantize: str = arg("", choices=DECODE_FORMATS.names)  # weight-only int decoding ("" = floats)
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: Limits = field(default_factory=Limits)
 
     def validate(self) -> None:
         parse_adapters(self.adapters)
-        self.limits.validate()
+        if self.quantize and self.quantize not in DECODE_FORMATS:
+            raise ConfigError(
+                f"quantize {self.quantize!r} is unknown",
+                fix="choose {quantize} from " + ", ".join(DECODE_FORMATS.names()),
+            )
         if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be in 1..65535, got {self.port}")
-
-
-def load_config(path: str | Path | None, overrides: list[str]) -> ServeConfig:
-    raw = apply_overrides(read_yaml(path) if path else {}, overrides)
-    try:
-        return from_dict(ServeConfig, raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+            raise ConfigError(
+                f"port {self.port} is not a TCP port", fix="choose {port} in 1..65535"
+            )
 
 
 def _embedder(name: str):

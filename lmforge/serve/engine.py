@@ -48,11 +48,15 @@ class EngineConfig:
     def validate(self) -> None:
         for name in ("block_size", "kv_cache_mb", "max_running", "step_tokens"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"engine.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name} must be positive, got {getattr(self, name)}",
+                    fix=f"raise {{engine.{name}}}",
+                )
         if self.step_tokens < self.max_running:
             raise ConfigError(
-                f"engine.step_tokens ({self.step_tokens}) must be at least engine.max_running "
-                f"({self.max_running}): every running sequence decodes one token per step"
+                f"step_tokens ({self.step_tokens}) is below max_running "
+                f"({self.max_running}): every running sequence decodes one token per step",
+                fix=f"set {{engine.step_tokens={self.max_running}}} or more",
             )
 
 

@@ -23,7 +23,7 @@ OPEN_PATHS = ("/health",)  # answered without the API key (load balancers probe 
 @dataclass
 class Limits:
     max_body_bytes: int = 1_000_000  # largest request body accepted (413 above it)
-    max_prompt_tokens: int = 0  # longest prompt in tokens; 0 = the context less max_tokens
+    max_prompt_tokens: int = 0  # longest prompt in tokens; 0 = the context less one
     max_tokens: int = 512  # most new tokens one choice may ask for (and the default)
     max_n: int = 4  # most choices (n) per request
     max_concurrent: int = 32  # generation requests accepted at once (running or queued)
@@ -33,7 +33,10 @@ class Limits:
     def validate(self) -> None:
         for name in ("max_body_bytes", "max_tokens", "max_n", "max_concurrent", "max_queue"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"limits.{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name} must be at least 1, got {getattr(self, name)}",
+                    fix=f"raise {{limits.{name}}}",
+                )
 
 
 def error_response(status: int, message: str, kind: str, headers: dict | None = None) -> tuple:

@@ -198,8 +198,8 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path or ":" in name:
             raise ConfigError(
-                f"--adapter {spec!r}: write NAME=PATH, e.g. --adapter sql=runs/ft-sql "
-                "(a name without ':')"
+                f"adapter {spec!r} is not NAME=PATH",
+                fix="write it as {adapters=sql=runs/ft-sql} (a name without ':')",
             )
         adapters[name] = path
     return adapters

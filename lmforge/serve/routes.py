@@ -71,7 +71,7 @@ def _prompt_tokens(state: ServerState, prompt: Any) -> list[int]:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "prompt must be a non-empty string", param="prompt")
-    return state.tokenizer.encode(prompt)
+    return state.tokenizer.encode(prompt, add_special_tokens=True)  # BOS as the checkpoint adds
 
 
 async def completions(state: ServerState, body: CompletionRequest, http: HttpRequest) -> Any:

@@ -71,9 +71,9 @@ def test_prompt_tuning_export_loads_in_peft(tiny_model_dir, tmp_path):
 
 def test_what_a_format_cannot_hold_is_refused_with_the_way_out(tiny_model_dir, tmp_path):
     saved_delta(tiny_model_dir, tmp_path, "adapter", {})
-    with pytest.raises(ConfigError, match="cannot be merged.*--format peft"):
+    with pytest.raises(ConfigError, match="cannot be merged.*format=peft"):
         export(open_source(str(tmp_path / "delta")), "merged", tmp_path / "merged")
-    with pytest.raises(ConfigError, match="--format merged"):
+    with pytest.raises(ConfigError, match="format=merged"):
         export(open_source(str(tmp_path / "delta")), "hf", tmp_path / "hf")
     with pytest.raises(ConfigError, match="peft's adapter format holds LoRA"):
         export(open_source(str(tiny_model_dir)), "peft", tmp_path / "p")
@@ -104,4 +104,4 @@ def test_cli_exports_a_pretrain_run_as_hf(tiny_model_dir, tmp_path, capsys):
     assert main(["export", run, "--format", "hf", "--out", str(tmp_path / "other")]) == 2
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"  # never overwritten
     assert main(["export", run, "--format", "nope", "--out", str(out)]) == 2
-    assert "--format 'nope' is unknown" in capsys.readouterr().err
+    assert "format 'nope' is unknown; choose --format from gguf" in capsys.readouterr().err

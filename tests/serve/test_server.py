@@ -9,6 +9,7 @@ import threading
 import httpx
 import pytest
 import torch
+from tokenizers import processors
 
 from lmforge import peft
 from lmforge.chat import chat_format, chat_stop_tokens
@@ -109,7 +110,7 @@ def test_completions_with_logprobs_stop_and_stream(served, tok, base):
     server, _, _ = served
     c = client(server)
     prompt = "The slings and arrows"
-    tokens = alone(base, tok.encode(prompt), greedy(10), eos=[tok.eos_id])
+    tokens = alone(base, tok.encode(prompt, True), greedy(10), eos=[tok.eos_id])
     full = tok.decode(tokens)
     reply = c.completions.create(
         model="tiny", prompt=prompt, max_tokens=10, temperature=0, logprobs=2
@@ -158,7 +159,7 @@ def test_adapters_in_one_batch_answer_as_their_tuned_models(served, tok, base):
     for t in threads:
         t.join(120)
     for i, (_, reference) in enumerate(asks):
-        expected = alone(reference, tok.encode(f"Whether {i}"), greedy(10), eos=[tok.eos_id])
+        expected = alone(reference, tok.encode(f"Whether {i}", True), greedy(10), eos=[tok.eos_id])
         assert replies[i] == tok.decode(expected)
     with pytest.raises(openai.NotFoundError):
         c.completions.create(model="tiny:nope", prompt="x", max_tokens=2)
@@ -231,3 +232,20 @@ def test_embeddings_are_unit_vectors_of_minilm(tok, base):
     assert vectors.shape == (2, 384)
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert out.usage.prompt_tokens > 4
+
+
+def test_a_completion_prompt_starts_with_the_bos_its_checkpoint_adds(base):
+    bos_tok = tokenizer()
+    bos = bos_tok.eos_id  # GPT-2 style: <|endoftext|> is also the BOS
+    bos_tok.hf.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)]
+    )
+    prompt = "To be, or not 明月"
+    ids = bos_tok.encode(prompt, add_special_tokens=True)
+    assert ids[0] == bos and ids[1:] == bos_tok.encode(prompt)
+    expected = bos_tok.decode(alone(base, ids, greedy(6), eos=[bos]))
+    with LiveServer(server_state(copy.deepcopy(base), bos_tok)) as server:
+        reply = client(server).completions.create(
+            model="tiny", prompt=prompt, max_tokens=6, temperature=0
+        )
+    assert reply.usage.prompt_tokens == len(ids) and reply.choices[0].text == expected
