@@ -42,7 +42,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # address to bind; anything but loopback is reachable by others
     port: int = 8000  # TCP port
     api_key: str = ""  # Bearer key required on every route but /health ("" = $LMFORGE_API_KEY)
-    embeddings: str = "all-minilm-l6-v2"  # sentence-embedding model of /v1/embeddings ("" = off)
+    embeddings: str = "all-minilm-l6-v2"  # sentence-embedding model of /v1/embeddings (empty: off)
     adapter_budget_mb: float = 64.0  # memory for loaded adapters (LRU beyond it)
     max_adapters: int = 8  # adapters loaded at once at most
     force: bool = False  # serve adapters trained on another base

@@ -105,3 +105,13 @@ def test_cli_exports_a_pretrain_run_as_hf(tiny_model_dir, tmp_path, capsys):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"  # never overwritten
     assert main(["export", run, "--format", "nope", "--out", str(out)]) == 2
     assert "format 'nope' is unknown; choose --format from gguf" in capsys.readouterr().err
+
+
+def test_help_lists_the_registered_formats_and_quants(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "SOURCE model name or directory, run, delta or peft adapter" in text
+    assert "--format STR what to write (registered: gguf, hf, merged, peft)" in text
+    assert "--quant STR gguf weights (registered: f16, q4_0, q8_0)" in text

@@ -27,7 +27,7 @@ def test_sigterm_drains_running_requests_then_exits(tiny_model_dir):
         "serve",
         str(tiny_model_dir),
         f"--port={port}",
-        "--embeddings=''",
+        "--embeddings=",  # empty: no embedding model
         "--limits.max_tokens=200",
         "--engine.max_running=2",
     ]
