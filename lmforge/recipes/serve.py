@@ -35,9 +35,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class ServeConfig:
     model: str = arg("smollm2-135m-instruct", positional=True)  # embedded name or model directory
-    adapters: list[str] = arg(
-        factory=list, aliases=("--adapter",)
-    )  # LoRA NAME=PATH, asked as MODEL:NAME
+    adapters: list[str] = arg(factory=list, aliases=("--adapter",))  # LoRA NAME=PATH → MODEL:NAME
     name: str = ""  # the model id clients send; "" = the model's name (a path's last part)
     host: str = "127.0.0.1"  # address to bind; anything but loopback is reachable by others
     port: int = 8000  # TCP port
@@ -47,7 +45,7 @@ class ServeConfig:
     max_adapters: int = 8  # adapters loaded at once at most
     force: bool = False  # serve adapters trained on another base
     threads: int = 0  # torch threads (0 = torch's default)
-    quantize: str = arg("", choices=DECODE_FORMATS.names)  # weight-only int decoding ("" = floats)
+    quantize: str = arg("", choices=DECODE_FORMATS.names)  # integer weights (empty: floats)
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: Limits = field(default_factory=Limits)
 

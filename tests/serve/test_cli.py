@@ -52,3 +52,14 @@ def test_a_refusal_names_the_flag(served, capsys, flags, expected):
     assert main(["serve", *flags]) == 2
     assert expected in capsys.readouterr().err
     assert not served
+
+
+def test_help_says_each_field_and_the_registered_quantizations(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "MODEL embedded name or model directory" in text
+    assert "--adapters STR, --adapter STR LoRA NAME=PATH → MODEL:NAME (repeat the flag" in text
+    assert "--quantize STR integer weights (empty: floats) (registered: int4, int8)" in text
+    assert "--engine.block_size INT tokens per KV-cache block" in text
