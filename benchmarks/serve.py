@@ -158,7 +158,7 @@ def contenders(threads: int, port: int) -> dict[str, tuple[list[str], str]]:
         "serve",
         MODEL,
         f"--port={port}",
-        "--embeddings=''",
+        "--embeddings=",  # empty: no embedding model
         f"--threads={threads}",
         "--limits.max_concurrent=64",
         "--limits.max_queue=64",
