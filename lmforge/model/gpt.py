@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from lmforge.model.attention import (
     Attention,
     KVCache,
+    PagedCache,
     RotaryEmbedding,
     SplitLinear,
     with_split_linears,
@@ -55,7 +56,12 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | PagedCache | None,
     ) -> Tensor:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
