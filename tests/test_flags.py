@@ -27,6 +27,8 @@ TYPOS = {
     "lab": (["lab", "list", "--quik"], "did you mean --quick?"),
     "moefy": (["moefy", "runs/x/model", "--expert", "4"], "did you mean --experts?"),
     "rag": (["rag", "ask", "--qustion", "x"], "unknown flag --qustion; `lmforge rag ask --help`"),
+    "export": (["export", "runs/ft", "--formt", "gguf"], "did you mean --format?"),
+    "serve": (["serve", "--adaptr", "sql=runs/ft"], "did you mean --adapter?"),
 }
 
 

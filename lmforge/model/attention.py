@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -221,7 +221,7 @@ class KVCache:
             config.n_layer, batch, config.n_kv_head, config.head_dim, capacity, dtype, device
         )
 
-    packs = True  # a padded prefill may run packed and land here through place_packed
+    packs = True  # a padded prefill may run packed (model/prefill.py) and be copied in here
 
     @property
     def capacity(self) -> int:
@@ -260,15 +260,13 @@ class KVCache:
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
 
-    def place_packed(self, packed: KVCache, starts: Tensor, lengths: Tensor, width: int) -> None:
-        """Fill the first `width` positions from a one-row cache of packed sequences: row i's
-        `lengths[i]` positions from `starts[i]` land flush right, its padding slots zeroed."""
-        for store, filled in ((self.keys, packed.keys), (self.values, packed.values)):
-            for buf, part in zip(store, filled):  # buf (B, nkv, cap, hd), part (1, nkv, N, hd)
-                for i, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-                    buf[i, :, : width - n] = 0
-                    buf[i, :, width - n : width] = part[0, :, start : start + n]
-        self.advance(width)
+
+class PagedCache(Protocol):
+    """A cache that runs attention itself over blocks of keys/values (model/paged.py)."""
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, kernel: AttentionFn) -> Tensor:
+        """q (1, nh, N, hd), k/v (1, nkv, N, hd) of a step's new tokens → (1, nh, N, hd)."""
+        ...
 
 
 class Attention(nn.Module):
@@ -286,13 +284,21 @@ class Attention(nn.Module):
         self.kernel = ATTENTION.get(config.attention)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | PagedCache | None,
     ) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B,nh,T,hd)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B,nkv,T,hd)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None and not isinstance(cache, KVCache):  # a paged step (model/paged.py)
+            y = cache.attend(self.layer_idx, q, k, v, self.kernel)  # (1, nh, N, hd)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         past = 0
         if cache is not None:
             past = cache.length

@@ -71,7 +71,7 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: Any
-    ) -> Tensor:
+    ) -> Tensor:  # cache: what new_cache made, or a PagedCache (model/paged.py)
         mixer = getattr(self, self.mixer_name)
         x = x + self.dropout(mixer(self.input_layernorm(x), cos, sin, mask, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
@@ -196,11 +196,11 @@ class CausalLM(nn.Module):
                 x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
+        x = self.model.norm(x)  # on every position: a wrapped norm may read the whole call
         if isinstance(logits_to_keep, Tensor):  # positions whose logits are needed, (K,)
             x = x[:, logits_to_keep]
         elif logits_to_keep:  # generation needs only the last positions' logits
             x = x[:, -logits_to_keep:]
-        x = self.model.norm(x)
         if labels is not None and self._fuse_head_and_loss():
             loss = linear_cross_entropy(x, self.lm_head.weight, labels)
             return CausalLMOutput(loss, None, cache if use_cache else None)

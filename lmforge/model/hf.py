@@ -220,11 +220,22 @@ def load_hf_dir(
 # ------------------------------------------------------------------------------------ export
 
 
-def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any:
+def to_hf_config(
+    config: ModelConfig, dtype: torch.dtype = torch.float32, biases: dict[str, bool] | None = None
+) -> Any:
     """The config of the family that computes what the native model does: Llama, Qwen2 when
     q/k/v carry biases (Llama's attention_bias would add an o_proj bias the native model does
-    not have), Mixtral or Qwen2-MoE for experts; lmforge's own format for anything else."""
+    not have), Mixtral or Qwen2-MoE for experts; lmforge's own format for anything else.
+    `biases` ({"attention_bias": True, "mlp_bias": True}, from `added_biases`) asks for a
+    Llama with biases on every attention and/or MLP projection."""
     arch, family, extra = export_family(config)
+    if biases:
+        if arch not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
+            raise CheckpointError(
+                f"biases added to the projections of a {arch} model cannot be exported; "
+                "only a dense attention model exports them (as a Llama with biases)"
+            )
+        arch, family, extra = "LlamaForCausalLM", FAMILIES.get("LlamaForCausalLM"), biases
     fields = dict(
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
@@ -251,6 +262,39 @@ def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any
     import transformers
 
     return getattr(transformers, family.config_class)(**fields)
+
+
+BIAS_GROUPS = {  # Llama config flag → the projections whose biases it switches on
+    "attention_bias": (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+    ),
+    "mlp_bias": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+}
+
+
+def added_biases(state: dict[str, Tensor], config: ModelConfig) -> dict[str, bool]:
+    """Biases beyond the plain layout (BitFit adds them) as Llama's attention_bias / mlp_bias:
+    the flags to set, with `state` completed in place by zero biases on the other projections
+    of each group switched on (zero changes nothing). {} when there are none."""
+    with torch.device("meta"):
+        plain = set(CausalLM(config).state_dict())
+    extra = [n.rsplit(".", 1)[0] for n in state if n not in plain and n.endswith(".bias")]
+    flags = {
+        flag: True for flag, group in BIAS_GROUPS.items() if any(m.endswith(group) for m in extra)
+    }
+    if flags and config.attention_bias:  # q/k/v biases need Llama's flag (o_proj's is zero)
+        flags["attention_bias"] = True
+    for flag in flags:
+        for layer in range(config.n_layer):
+            for projection in BIAS_GROUPS[flag]:
+                weight = state[f"model.layers.{layer}.{projection}.weight"]
+                state.setdefault(
+                    f"model.layers.{layer}.{projection}.bias", weight.new_zeros(weight.shape[0])
+                )
+    return flags
 
 
 def _save_tokenizer(tokenizer: Tokenizer | str | Path, path: Path) -> dict[str, int | None]:
@@ -285,6 +329,7 @@ def save_hf_dir(
     model: CausalLM, path: str | Path, tokenizer: Tokenizer | str | Path | None = None
 ) -> Path:
     """Write config.json + model.safetensors (and the tokenizer) that transformers loads.
+    Biases added to the projections (BitFit) are written as a Llama with biases.
 
     The directory is built beside `path` and takes its place whole (a directory that
     exists is the complete export), replacing an earlier export there; a directory of
@@ -293,7 +338,10 @@ def save_hf_dir(
     path, config = Path(path), model.config
     with torch.device("meta"):
         expected = set(CausalLM(config).state_dict())
-    state = model.state_dict()
+    state = dict(model.state_dict())
+    biases = added_biases(state, config)
+    if biases:
+        expected |= {n for n in state if n.endswith(".bias")}
     if set(state) != expected:
         extra = sorted(set(state) ^ expected)
         raise CheckpointError(
@@ -302,7 +350,7 @@ def save_hf_dir(
         )
     if config.tie_embeddings:
         state.pop("lm_head.weight")  # transformers re-ties it from tie_word_embeddings
-    hf_config = to_hf_config(config, dtype=next(iter(state.values())).dtype)
+    hf_config = to_hf_config(config, dtype=next(iter(state.values())).dtype, biases=biases)
     layout = FAMILIES.get(hf_config.architectures[0]).layout
     tensors = {}
     for name, t in state.items():
