@@ -35,11 +35,9 @@ from lmforge.lab.runs import corpus, train_run
 from lmforge.model.moefy import moefy, set_top_k
 from lmforge.plots import plot_curves
 from lmforge.prompting import SentenceEncoder
-from lmforge.recipes.moefy import batches_of, split_texts
+from lmforge.recipes.moefy import SMOLLM2, batches_of, split_texts
 from lmforge.report import Report
 from lmforge.tokenizer import Tokenizer
-
-SMOLLM2 = "smollm2-135m-instruct"
 
 
 def settings(quick: bool) -> dict[str, Any]:

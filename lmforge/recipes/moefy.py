@@ -25,6 +25,7 @@ from lmforge.hub import load_model, load_tokenizer, resolve
 from lmforge.model.hf import save_hf_dir
 from lmforge.model.moefy import FEATURES, moefy
 
+SMOLLM2 = "smollm2-135m-instruct"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -36,7 +37,7 @@ TOKENIZER_FILES = (
 
 @dataclass
 class MoefyConfig:
-    model: str = arg("smollm2-135m-instruct", positional=True, aliases=("--model",))  # dense model
+    model: str = arg(SMOLLM2, positional=True, aliases=("--model",))  # dense model: name or dir
     out: str = "runs/moefy"  # where the MoEfied model and moefy.json are written
     experts: int = 16  # experts per FFN layer (d_ff must be a multiple)
     top_k: int = 4  # experts a token runs through: top_k / experts of the FFN per token
