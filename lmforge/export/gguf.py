@@ -94,6 +94,13 @@ def interleave_halves(weight: Tensor, heads: int) -> Tensor:
 def arrange(model: CausalLM) -> tuple[str, dict[str, Tensor]]:
     """llama.cpp's architecture name and the model's tensors under llama.cpp's names."""
     c = model.config
+    plain = (c.mixer, c.ffn, c.activation) == ("attention", "dense", "silu")
+    if not plain:  # llama.cpp's llama and qwen2 compute attention and a SwiGLU FFN only
+        raise ConfigError(
+            f"the gguf export writes attention + SwiGLU decoders; this model has mixer "
+            f"{c.mixer!r}, ffn {c.ffn!r} and activation {c.activation!r}",
+            fix="export it with {format=hf}, which keeps every architecture lmforge computes",
+        )
     rotate_pairs = not c.attention_bias  # `llama` rotates pairs; `qwen2` rotates halves
     tensors: dict[str, Tensor] = {}
     for name, tensor in model.state_dict().items():

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lmforge.chat import chat_format
+from lmforge.errors import ConfigError
 from lmforge.export import export, open_source
-from lmforge.export.gguf import gguf_name, interleave_halves, tokenizer_fields
+from lmforge.export.gguf import arrange, gguf_name, interleave_halves, tokenizer_fields
 from lmforge.model import CausalLM, preset
 from lmforge.model.attention import RotaryEmbedding, apply_rope
 from lmforge.model.generate import SamplingConfig, generate
@@ -77,6 +78,15 @@ def test_gguf_holds_the_weights_tokenizer_and_chat_template(small_model_dir, tmp
     assert torch.equal(k, expected.detach().half().float())
     modelfile = (tmp_path / "out" / "Modelfile").read_text()
     assert "FROM ./model.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+@pytest.mark.parametrize(
+    "variant", [dict(mixer="retention"), dict(ffn="moe"), dict(activation="relu")]
+)
+def test_architectures_llama_cpp_does_not_compute_are_refused(variant):
+    model = CausalLM(preset("tiny", vocab_size=61, **variant))
+    with pytest.raises(ConfigError, match=f"{list(variant.values())[0]!r}.*format=hf"):
+        arrange(model)
 
 
 def test_tokenizer_fields_keep_every_id_and_merge():
