@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | ...
     precision: str = "auto"  # auto | fp32 | bf16 (autocast)
     compile: bool = False  # run the model through torch.compile
+    distributed: str = "auto"  # none | ddp | fsdp (several processes) | auto: ddp under torchrun
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     resume_from: str = "latest"  # latest (newest readable checkpoint) | step-N | none (fresh)
 
