@@ -78,6 +78,16 @@ def _split_open(args: argparse.Namespace, unknown: list[str]) -> list[str]:
     return rest
 
 
+def _nproc_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes on this machine: N > 1 runs the verb under torchrun, one rank each "
+        "(see docs/distributed.md)",
+    )
+
+
 # ── verbs ─────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -85,6 +95,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     from lmforge.recipes.pretrain import PretrainConfig
 
     add_config_flags(p, PretrainConfig, {"model.preset": "model shape preset (tiny, small, ...)"})
+    _nproc_flag(p)
 
 
 @verb("pretrain", "train a native language model from scratch on a corpus", _pretrain_args)
@@ -102,6 +113,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     from lmforge.recipes.finetune import FinetuneConfig
 
     add_config_flags(p, FinetuneConfig, {})
+    _nproc_flag(p)
 
 
 @verb(
@@ -272,10 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args, unknown = parser.parse_known_args(argv)
     unknown = _split_open(args, unknown)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "nproc", 1) > 1:
+        from lmforge.train.launch import launch, without_flag
+
+        return launch(without_flag(argv, "--nproc"), args.nproc)
     try:
         return args._run(args) or 0
     except RunInterrupted as e:  # a checkpoint was saved; the same command resumes

@@ -23,7 +23,8 @@ from typing import Any
 from lmforge.atomic import atomic_write_json
 from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
 from lmforge.errors import ConfigError
-from lmforge.train import TrainConfig, default_objective, train
+from lmforge.train import TrainConfig, default_objective, seed_everything, train
+from lmforge.train.distributed import setup as setup_distributed
 
 TASKS = ("classification", "causal-lm", "sft")
 
@@ -57,6 +58,10 @@ class FinetuneConfig:
             raise ConfigError(f"task {self.task!r} is unknown; choose from {', '.join(TASKS)}")
         if "{text}" not in self.data.template:
             raise ConfigError("data.template must contain {text}")
+        if self.train.distributed == "fsdp":
+            raise ConfigError(
+                "finetune keeps the frozen base whole on every rank; use --train.distributed ddp"
+            )
 
 
 def load_config(path: str | Path | None, overrides: list[str]) -> FinetuneConfig:
@@ -149,24 +154,28 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
     from lmforge.train import evaluate
     from lmforge.train.objectives import accuracy
 
+    ctx = setup_distributed(cfg.train)  # one rank of several under torchrun, else alone
+    progress = progress and ctx.is_main
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
-    tokenizer = load_tokenizer(cfg.model)
-    model, delta = prepare_model(cfg)
-    trainable, total = count_parameters(model)
-    if progress:
-        print(
-            f"{cfg.method}: {trainable:,} trainable of {total:,} parameters "
-            f"({100 * trainable / total:.3f}%)"
-        )
-    results: dict[str, Any] = {"method": cfg.method, "trainable": trainable, "total": total}
-    if cfg.task == "classification":
-        data, val, test, objective, label_ids, labels = _classification_data(cfg, tokenizer)
-    elif cfg.task == "sft":
-        (data, val), objective = _sft_data(cfg, tokenizer, results), None
-    else:
-        (data, val), objective = _causal_lm_data(cfg, tokenizer, run_dir), None
+    with ctx.main_first():  # rank 0 converts an embedded model and builds shards first
+        tokenizer = load_tokenizer(cfg.model)
+        seed_everything(cfg.train.seed)  # the method's initial weights are the same everywhere
+        model, delta = prepare_model(cfg)
+        trainable, total = count_parameters(model)
+        if progress:
+            print(
+                f"{cfg.method}: {trainable:,} trainable of {total:,} parameters "
+                f"({100 * trainable / total:.3f}%)"
+            )
+        results: dict[str, Any] = {"method": cfg.method, "trainable": trainable, "total": total}
+        if cfg.task == "classification":
+            data, val, test, objective, label_ids, labels = _classification_data(cfg, tokenizer)
+        elif cfg.task == "sft":
+            (data, val), objective = _sft_data(cfg, tokenizer, results), None
+        else:
+            (data, val), objective = _causal_lm_data(cfg, tokenizer, run_dir), None
     start = time.time()
     if cfg.method == "none":  # the untuned baseline
         results["val_loss"] = evaluate(model, val, objective or default_objective)[0]
@@ -176,6 +185,8 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
         )
         results.update(val_loss=result.val_loss, tokens_per_s=result.tokens_per_s)
     results["train_seconds"] = time.time() - start
+    if not ctx.is_main:  # rank 0 scores the model and writes what the run leaves
+        return results
     if cfg.task == "classification":
         results.update(labels=labels, test_accuracy=accuracy(model, test, label_ids))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

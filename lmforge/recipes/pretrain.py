@@ -22,6 +22,8 @@ from lmforge.errors import ConfigError
 from lmforge.model import CausalLM, ModelConfig
 from lmforge.model.config import PRESETS
 from lmforge.train import TrainConfig, TrainResult, train
+from lmforge.train.distributed import consolidated
+from lmforge.train.distributed import setup as setup_distributed
 
 
 @dataclass
@@ -100,19 +102,21 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     )
     from lmforge.model.hf import save_hf_dir
 
+    ctx = setup_distributed(cfg.train)  # one rank of several under torchrun, else alone
+    progress = progress and ctx.is_main
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(cfg.data.corpus, skip_bad=cfg.data.skip_bad)
-    if progress and (corpus.skipped_files or corpus.skipped_lines):
-        print(corpus.summary())
-    texts = list(corpus.texts())
-    tokenizer = prepare_tokenizer(cfg, texts, run_dir)
-    cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
-    cfg.model.validate()
-    save_yaml(cfg, run_dir / "config.yaml")
-    build_shards(
-        corpus, tokenizer, run_dir / "data", val_fraction=cfg.data.val_fraction, progress=progress
-    )
+    with ctx.main_first():  # rank 0 trains the tokenizer and builds the shards, the rest read them
+        corpus = load_corpus(cfg.data.corpus, skip_bad=cfg.data.skip_bad)
+        if progress and (corpus.skipped_files or corpus.skipped_lines):
+            print(corpus.summary())
+        texts = list(corpus.texts())
+        tokenizer = prepare_tokenizer(cfg, texts, run_dir)
+        cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
+        cfg.model.validate()
+        save_yaml(cfg, run_dir / "config.yaml")
+        shards_dir, fraction = run_dir / "data", cfg.data.val_fraction
+        build_shards(corpus, tokenizer, shards_dir, val_fraction=fraction, progress=progress)
     train_tokens, val_tokens, shards = load_shards(run_dir / "data")
     torch.manual_seed(cfg.train.seed)
     model = CausalLM(cfg.model)
@@ -128,6 +132,8 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     )
     result = train(model, data, cfg.train, run_dir, val_data=val, progress=progress)
     model_dir = run_dir / "model"
-    save_hf_dir(model, model_dir)
-    tokenizer.save(model_dir / "tokenizer.json")
+    whole = consolidated(model, lambda: CausalLM(cfg.model), ctx)  # rank 0: every weight whole
+    if whole is not None:
+        save_hf_dir(whole, model_dir)
+        tokenizer.save(model_dir / "tokenizer.json")
     return result, model_dir

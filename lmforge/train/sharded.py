@@ -23,6 +23,9 @@ never read, so the previous checkpoint stays the latest complete one.
 from __future__ import annotations
 
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +79,8 @@ def save_sharded(
     tensors["rng.torch"] = rng["rng.torch"]  # the same on every rank: seeded alike, drawn alike
     try:
         writer = HuggingFaceStorageWriter(str(tmp), save_distributed=True)
-        dcp.save(tensors, storage_writer=writer, no_dist=not _grouped())
+        with _one_process_quietly():
+            dcp.save(tensors, storage_writer=writer, no_dist=not _grouped())
         if ctx.is_main:
             write_state(tmp, {**state, "layout": LAYOUT, "world_size": ctx.world})
             commit(tmp, final)
@@ -126,7 +130,8 @@ def load_any(
         moments = {k: _like(k, stored[k], params) for k in stored if k.startswith("state.")}
     rng = {"rng.torch": torch.empty(stored["rng.torch"].size, dtype=torch.uint8)}
     try:
-        dcp.load({**params, **moments, **rng}, storage_reader=reader, no_dist=not _grouped())
+        with _one_process_quietly():
+            dcp.load({**params, **moments, **rng}, storage_reader=reader, no_dist=not _grouped())
     except Exception as e:
         raise CheckpointError(f"{path} could not be read ({e})") from e
     if optimizer is not None:
@@ -152,3 +157,11 @@ def _like(key: str, meta: Any, params: dict[str, Tensor]) -> Tensor:
 
 def _grouped() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def _one_process_quietly() -> Iterator[None]:
+    """torch.distributed.checkpoint warns that it assumes one process even when told so."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
