@@ -47,9 +47,10 @@ class BatchSource(Protocol):
 def rank_rows(batch_size: int, rank: int, world: int) -> slice:
     """The rows of a global batch that rank `rank` of `world` trains on."""
     if batch_size % world:
+        near = world * max(1, round(batch_size / world))
         raise ConfigError(
             f"train.batch_size {batch_size} is the global batch and must divide among {world} "
-            f"processes; use a multiple of {world}, e.g. {world * max(1, batch_size // world)}"
+            f"processes; use a multiple of {world}, e.g. --train.batch_size {near}"
         )
     per_rank = batch_size // world
     return slice(rank * per_rank, (rank + 1) * per_rank)

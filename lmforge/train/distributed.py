@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from lmforge.data.loader import rank_rows
 from lmforge.errors import ConfigError
 from lmforge.model.host import host_for
 from lmforge.registry import Registry
@@ -207,6 +208,7 @@ def setup(config: TrainConfig) -> Dist:
         _join(BACKENDS.get(device.type, "gloo"), rank, world)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
+    rank_rows(config.batch_size, rank, world)  # refuses a global batch the ranks cannot share
     return Dist(mode, rank, world, device)
 
 

@@ -1,38 +1,28 @@
 """`lmforge VERB --nproc N ...`: the same command in N processes on this machine, via torchrun.
 
     lmforge pretrain --nproc 2 --train.distributed fsdp ...
-      └─► python -m torch.distributed.run --standalone --nproc-per-node 2 -m lmforge pretrain ...
-            ├─► rank 0: lmforge pretrain ...      (each in its own session: a terminal's Ctrl-C
-            └─► rank 1: lmforge pretrain ...       reaches them once, through torchrun)
+      └─► torchrun's agent, in this process: --nproc-per-node 2 -m lmforge pretrain ...
+            ├─► rank 0: lmforge pretrain ...      (each in a session of its own, so a
+            └─► rank 1: lmforge pretrain ...       terminal's Ctrl-C reaches it once, via the agent)
 
-The launcher starts torchrun in a session of its own and passes each SIGTERM or SIGINT it
-receives on to it; torchrun passes it to every rank, the ranks agree on a step boundary,
-write their checkpoint and stop, and the launcher exits with 128 + the signal, as a
-one-process run does. Several machines: run torchrun yourself (docs/distributed.md).
+SIGTERM or SIGINT reach the agent, which passes the signal to every rank; the ranks agree on
+a step boundary, write their checkpoint together and stop, and this process exits with
+128 + the signal, as a one-process run does. Several machines: run torchrun yourself on each
+(docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import threading
-from types import FrameType
-
-from lmforge.train.signals import SIGNALS
 
 # Seconds torchrun waits for the ranks to save and exit after a signal before killing them.
 SHUTDOWN_TIMEOUT = 600
 
 
-def torchrun_command(args: list[str], nproc: int) -> list[str]:
-    """The torchrun command that runs `python -m lmforge ARGS` in `nproc` local processes."""
+def torchrun_args(args: list[str], nproc: int) -> list[str]:
+    """torchrun's arguments that run `python -m lmforge ARGS` in `nproc` local processes."""
     return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
         f"--nproc-per-node={nproc}",
         f"--shutdown-timeout={SHUTDOWN_TIMEOUT}",
         "-m",
@@ -55,27 +45,23 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
 
 
 def launch(args: list[str], nproc: int) -> int:
-    """Run `lmforge ARGS` in `nproc` processes through torchrun; returns the exit code.
+    """Run `lmforge ARGS` in `nproc` processes through torchrun; returns the exit code: 0,
+    128 + a signal that stopped the run, or the first failed rank's code.
 
     Each process gets OMP_NUM_THREADS = cores / nproc unless it is set (torchrun's default
     is 1 thread per process)."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    child = subprocess.Popen(torchrun_command(args, nproc), env=env, start_new_session=True)
-    received: list[int] = []
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        child.send_signal(signum)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received and code != 0:
-        return 128 + received[0]
-    return code
+        run(parse_args(torchrun_args(args, nproc)))
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+        print(f"lmforge: rank {rank} of {nproc} exited with code {code}", file=sys.stderr)
+        return code
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmforge.cli import main
 from lmforge.recipes.finetune import finetune, load_config
 from lmforge.train.checkpoint import CHECKPOINTS, checkpoint_dir, latest_checkpoint
 from lmforge.train.loop import param_groups
 from lmforge.train.sharded import load_any
+from tests.conftest import TEXT, tiny_args
 from tests.train.dist_worker import (
     FINETUNED,
     STEPS,
@@ -30,6 +33,7 @@ from tests.train.dist_worker import (
     tiny_model,
     tiny_run,
 )
+from tests.train.test_signals import wait_for_step
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5  # fp32 on CPU: sums over two ranks round differently from one sum
@@ -168,3 +172,36 @@ def test_every_delta_method_finetunes_under_ddp(two_ranks) -> None:
         assert results["method"] == method and (run / "delta").is_dir()
         state = json.loads((latest_checkpoint(run) / "state.json").read_text())
         assert state["layout"] == "sharded"
+
+
+def test_nproc_runs_torchrun_and_a_sigterm_stops_every_rank(tmp_path) -> None:
+    """`lmforge pretrain --nproc 2`: SIGTERM to the launcher reaches both ranks through
+    torchrun; they save one checkpoint together and the launcher exits 143. The same command
+    without --nproc then finishes the run in one process and exports model/."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    args = tiny_args(corpus, run, steps=400)  # far more than it gets to: stopped at step >= 3
+    args += ["--train.schedule=constant", "--train.save_every=0", "--train.eval_every=0"]
+    args += ["--train.distributed=fsdp"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "lmforge", *args, "--nproc", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_step(run, 3, launcher, timeout=300)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    done = max(metrics_losses(run))
+    assert err.count(f"stopped by SIGTERM after step {done}") == 2  # both ranks, same step
+    state = json.loads((checkpoint_dir(run, done) / "state.json").read_text())
+    assert state["layout"] == "sharded" and state["world_size"] == 2
+    args[args.index("--train.max_steps=400")] = f"--train.max_steps={done + 2}"
+    assert main([*args, "--train.distributed=none"]) == 0
+    assert sorted(metrics_losses(run)) == list(range(1, done + 3))
+    assert (run / "model" / "model.safetensors").is_file()

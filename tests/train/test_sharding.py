@@ -1,0 +1,80 @@
+"""What each rank reads and how a run is set up for several processes (no process group)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.data.examples import ExampleBatches
+from lmforge.data.loader import PackedBatches, rank_rows
+from lmforge.data.sft import EncodedExample, SFTBatches
+from lmforge.errors import ConfigError
+from lmforge.train import TrainConfig
+from lmforge.train.distributed import Dist, loss_terms, setup
+from lmforge.train.launch import torchrun_args, without_flag
+
+
+def sources() -> dict[str, Callable[[], object]]:
+    tokens = np.arange(4000, dtype=np.uint16)
+    rows = [(list(range(i % 5 + 1)), i % 2) for i in range(20)]
+    ids = [list(range(i % 7 + 2)) for i in range(30)]
+    examples = [EncodedExample(x, [-100, *x[1:]]) for x in ids]
+    return {
+        "packed": lambda: PackedBatches(tokens, 16, 4, seed=3),
+        "examples": lambda: ExampleBatches(rows, 4, pad_id=0, seed=3),
+        "sft": lambda: SFTBatches(examples, 4, pad_id=0, seed=3),
+        "sft-packed": lambda: SFTBatches(examples, 4, pad_id=0, pack=True, max_length=12, seed=3),
+    }
+
+
+@pytest.mark.parametrize("name", ["packed", "examples", "sft", "sft-packed"])
+def test_the_ranks_rows_make_up_the_global_batch(name) -> None:
+    make = sources()[name]
+    whole, halves = make(), [make(), make()]
+    for rank, half in enumerate(halves):
+        half.shard(rank, 2)
+    for _ in range(7):  # across an epoch boundary
+        batch, parts = whole.next_batch(), [h.next_batch() for h in halves]
+        for i, part in enumerate(parts):
+            rows = slice(2 * i, 2 * i + 2)
+            mask = part.get("attention_mask")
+            T = part["input_ids"].shape[1]  # a rank pads to its own longest row
+            assert torch.equal(part["input_ids"], batch["input_ids"][rows, :T])
+            if mask is not None and mask.dim() == 2:
+                assert bool(batch["attention_mask"][rows, T:].eq(0).all())
+        assert all(h.state_dict() == whole.state_dict() for h in halves)  # one global position
+
+
+def test_a_global_batch_must_divide_among_the_ranks() -> None:
+    assert rank_rows(8, 1, 4) == slice(2, 4)
+    with pytest.raises(ConfigError, match="multiple of 4, e.g. --train.batch_size 8"):
+        rank_rows(7, 0, 4)
+
+
+def test_loss_terms_count_what_the_mean_averages() -> None:
+    labels = torch.tensor([[1, 2, -100, 4], [5, -100, -100, -100]])
+    assert loss_terms({"input_ids": labels, "labels": labels}) == 2  # labels[0] is predicted by none
+    assert loss_terms({"input_ids": labels, "class_ids": torch.tensor([0, 1])}) == 2
+
+
+def test_setup_alone_and_its_errors(monkeypatch) -> None:
+    ctx = setup(TrainConfig(device="cpu"))
+    assert ctx == Dist("none", 0, 1, torch.device("cpu")) and ctx.is_main
+    assert ctx.agree(15, False) == (15, False) and ctx.sum([1.0, 2.0]) == [1.0, 2.0]
+    with pytest.raises(ConfigError, match="choose from"):
+        setup(TrainConfig(device="cpu", distributed="deepspeed"))
+    with pytest.raises(ConfigError, match="--train.optimizer adamw"):
+        setup(TrainConfig(device="cpu", distributed="fsdp", optimizer="adamw8bit"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="--train.distributed ddp"):
+        setup(TrainConfig(device="cpu", distributed="none"))
+
+
+def test_the_launcher_hands_the_command_to_torchrun() -> None:
+    argv = ["pretrain", "--nproc", "2", "--train.max_steps=3", "--nproc=4"]
+    assert without_flag(argv, "--nproc") == ["pretrain", "--train.max_steps=3"]
+    args = torchrun_args(["pretrain", "--x=1"], 2)
+    assert args[0] == "--nproc-per-node=2" and args[-4:] == ["-m", "lmforge", "pretrain", "--x=1"]
