@@ -49,6 +49,15 @@ def update_section(section: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     atomic_write_text(path, new)
 
 
+def publish(section: str, body: str, script: str, write: bool = True) -> None:
+    """Print a benchmark's section and (unless `write` is False) put it into BENCHMARKS.md
+    with the command that reproduces it (`script`: the file, e.g. benchmarks/decode.py)."""
+    print(body)
+    if write:
+        update_section(section, body + f"\n\nRun: `python {script}`")
+        print(f"\nwrote the '{section}' section of {BENCHMARKS_MD}")
+
+
 def child_result(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run one side of a benchmark in its own process (so its peak RSS is its own), with
     `env` added to the environment, and read the JSON line it prints last."""

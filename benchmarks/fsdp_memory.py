@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS_MD, update_section  # noqa: E402
+from common import publish  # noqa: E402
 
 SECTION = "## Memory per rank: DDP vs FSDP"
 MODES = ("ddp", "fsdp")
@@ -141,10 +141,7 @@ def main() -> None:
             "the whole model each rank builds before FSDP shards it included.",
         ]
     )
-    print(body)
-    if not args.no_write:
-        update_section(SECTION, body + "\n\nRun: `python benchmarks/fsdp_memory.py`")
-        print(f"\nwrote the '{SECTION}' section of {BENCHMARKS_MD}")
+    publish(SECTION, body, "benchmarks/fsdp_memory.py", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from lmforge.model import CausalLM, preset
 from lmforge.train import default_objective  # the loop's own: the loss only
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS_MD, measure, pair_ratio, update_section  # noqa: E402
+from common import measure, pair_ratio, publish  # noqa: E402
 from pretrain_throughput import llama_from  # noqa: E402
 
 SECTION = "## GPU training"
@@ -191,10 +191,7 @@ def main() -> None:
             f"costliest kernels {'; '.join(costliest)}.",
         ]
     )
-    print(body)
-    if not args.no_write:
-        update_section(SECTION, body + "\n\nRun: `python benchmarks/gpu_train.py`")
-        print(f"\nwrote the '{SECTION}' section of {BENCHMARKS_MD}")
+    publish(SECTION, body, "benchmarks/gpu_train.py", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_a_global_batch_must_divide_among_the_ranks() -> None:
 
 def test_loss_terms_count_what_the_mean_averages() -> None:
     labels = torch.tensor([[1, 2, -100, 4], [5, -100, -100, -100]])
-    assert loss_terms({"input_ids": labels, "labels": labels}) == 2  # labels[0] is predicted by none
+    assert loss_terms({"input_ids": labels, "labels": labels}) == 2  # no one predicts labels[0]
     assert loss_terms({"input_ids": labels, "class_ids": torch.tensor([0, 1])}) == 2
 
 
