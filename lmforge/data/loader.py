@@ -50,7 +50,8 @@ def rank_rows(batch_size: int, rank: int, world: int) -> slice:
         near = world * max(1, round(batch_size / world))
         raise ConfigError(
             f"train.batch_size {batch_size} is the global batch and must divide among {world} "
-            f"processes; use a multiple of {world}, e.g. --train.batch_size {near}"
+            "processes",
+            fix=f"use a multiple of {world}, e.g. {{batch_size={near}}}",
         )
     per_rank = batch_size // world
     return slice(rank * per_rank, (rank + 1) * per_rank)
@@ -77,8 +78,8 @@ class PackedBatches:
         if self.num_windows < batch_size:
             raise DataError(
                 f"too little data for one batch: {len(tokens):,} tokens exist, but "
-                f"batch_size {batch_size} × seq_len {seq_len} needs {batch_size * seq_len:,}; "
-                "use a larger corpus or lower the batch size / sequence length"
+                f"batch_size {batch_size} × seq_len {seq_len} needs {batch_size * seq_len:,}",
+                fix="use a larger corpus, or lower {batch_size} or {seq_len|max_length}",
             )
         self.batches_per_epoch = self.num_windows // batch_size
         self.epoch = 0

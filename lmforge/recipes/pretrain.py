@@ -4,23 +4,31 @@
                            ModelConfig ─► CausalLM ──────────┴─► train() ─► model/
 
 Everything lands in one run directory: config.yaml (the fully resolved config,
-enough to reproduce the run), tokenizer.json, data/, checkpoints/, metrics.jsonl,
-loss.png and, at the end, model/ — a transformers-format directory that
-`lmforge generate`, `lmforge.load_model` and `AutoModelForCausalLM` all load.
+enough to reproduce the run; rerunning it resumes), tokenizer.json, data/, checkpoints/,
+metrics.jsonl, loss.png and, at the end, model/ — a transformers-format directory that
+`lmforge generate`, `lmforge.load_model` and `AutoModelForCausalLM` all load. A resume is
+refused if it would change what the run computes (recipes/rundir.py).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
-from lmforge.errors import ConfigError
+from lmforge.atomic import atomic_write_json
+from lmforge.config import apply_overrides, from_dict, read_yaml
+from lmforge.data import PackedBatches, ValidationBatches, build_shards, load_corpus, load_shards
+from lmforge.data.shards import RESUME_FIX, source_fingerprint
+from lmforge.errors import ConfigError, DataError
 from lmforge.model import CausalLM, ModelConfig
 from lmforge.model.config import PRESETS
+from lmforge.model.hf import save_hf_dir
+from lmforge.recipes.rundir import check_resume, save_config
+from lmforge.tokenizer import Tokenizer
 from lmforge.train import TrainConfig, TrainResult, train
 from lmforge.train.distributed import consolidated
 from lmforge.train.distributed import setup as setup_distributed
@@ -50,6 +58,7 @@ class TokenizerConfig:
 @dataclass
 class PretrainConfig:
     run_dir: str = "runs/pretrain"  # where everything of this run is written
+    nproc: int = 1  # processes on this machine: N > 1 runs this command under torchrun
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -71,53 +80,79 @@ def resolve_config(raw: dict[str, Any]) -> PretrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str]) -> PretrainConfig:
+    """Defaults ← YAML file ← dotted overrides (`model.preset` too), checked field by field."""
     raw = read_yaml(path) if path else {}
     try:
-        return resolve_config(apply_overrides(raw, overrides))
+        return resolve_config(apply_overrides(raw, overrides, PretrainConfig))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
-def prepare_tokenizer(cfg: PretrainConfig, documents: list[str], run_dir: Path):
-    from lmforge.tokenizer import Tokenizer
+TOKENIZER_SOURCE = "tokenizer.source.json"  # what the run's own tokenizer was trained on
 
+
+def prepare_tokenizer(
+    cfg: PretrainConfig, documents: list[str], run_dir: Path, resumes: bool
+) -> Tokenizer:
+    """The given tokenizer, or the run's own BPE: reused when it was trained on these
+    documents with this vocabulary size, else trained afresh (a resumed run must reuse it)."""
     if cfg.tokenizer.path:
         return Tokenizer.from_file(cfg.tokenizer.path)
-    cached = run_dir / "tokenizer.json"
-    if cached.exists():
-        return Tokenizer.from_file(cached)
+    cached, source = run_dir / "tokenizer.json", run_dir / TOKENIZER_SOURCE
+    made_from = {"vocab_size": cfg.tokenizer.vocab_size, "corpus": source_fingerprint(documents)}
+    recorded = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else None
+    if cached.is_file() and (recorded == made_from or (resumes and recorded is None)):
+        return Tokenizer.from_file(cached)  # (a run from before sources were recorded: its own)
+    if resumes:
+        raise DataError(
+            f"{cached} was trained on other text or another vocabulary size ({recorded} → "
+            f"{made_from}); resuming with a retrained tokenizer would change every token id",
+            fix=RESUME_FIX,
+        )
     tokenizer = Tokenizer.train(documents, vocab_size=cfg.tokenizer.vocab_size)
     tokenizer.save(cached)
+    atomic_write_json(source, made_from)
     return tokenizer
 
 
-def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult, Path]:
-    """Run (or resume) a pretraining run; returns the loop's result and the saved model dir."""
-    from lmforge.data import (
-        PackedBatches,
-        ValidationBatches,
-        build_shards,
-        load_corpus,
-        load_shards,
+def _prepare_data(
+    cfg: PretrainConfig, run_dir: Path, resumes: bool, progress: bool
+) -> tuple[Tokenizer, Path]:
+    """The tokenizer and the token shards' directory (built, or reused as they are); fills in
+    the vocabulary size."""
+    corpus = load_corpus(cfg.data.corpus, skip_bad=cfg.data.skip_bad)
+    if progress and (corpus.skipped_files or corpus.skipped_lines):
+        print(corpus.summary())
+    texts = list(corpus.texts())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = prepare_tokenizer(cfg, texts, run_dir, resumes)
+    cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
+    cfg.model.validate()
+    shards_dir = Path(cfg.data.shards_dir) if cfg.data.shards_dir else run_dir / "data"
+    build_shards(
+        corpus,
+        tokenizer,
+        shards_dir,
+        val_fraction=cfg.data.val_fraction,
+        progress=progress,
+        must_reuse=resumes,
     )
-    from lmforge.model.hf import save_hf_dir
+    return tokenizer, shards_dir
 
+
+def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult, Path]:
+    """Run (or resume) a pretraining run; returns the loop's result and the saved model dir.
+    A resume is checked against the run's own config before anything is written. Under
+    torchrun every rank checks; rank 0 writes the tokenizer, shards and config first."""
     ctx = setup_distributed(cfg.train)  # one rank of several under torchrun, else alone
     progress = progress and ctx.is_main
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resumes = check_resume(cfg, derived=frozenset({"model.vocab_size"}))
     with ctx.main_first():  # rank 0 trains the tokenizer and builds the shards, the rest read them
-        corpus = load_corpus(cfg.data.corpus, skip_bad=cfg.data.skip_bad)
-        if progress and (corpus.skipped_files or corpus.skipped_lines):
-            print(corpus.summary())
-        texts = list(corpus.texts())
-        tokenizer = prepare_tokenizer(cfg, texts, run_dir)
-        cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
-        cfg.model.validate()
-        save_yaml(cfg, run_dir / "config.yaml")
-        shards_dir, fraction = run_dir / "data", cfg.data.val_fraction
-        build_shards(corpus, tokenizer, shards_dir, val_fraction=fraction, progress=progress)
-    train_tokens, val_tokens, shards = load_shards(run_dir / "data")
+        tokenizer, shards_dir = _prepare_data(cfg, run_dir, resumes, progress)
+    if ctx.is_main:
+        save_config(cfg)
+    train_tokens, val_tokens, shards = load_shards(shards_dir)
     torch.manual_seed(cfg.train.seed)
     model = CausalLM(cfg.model)
     if progress:
@@ -134,6 +169,5 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     model_dir = run_dir / "model"
     whole = consolidated(model, lambda: CausalLM(cfg.model), ctx)  # rank 0: every weight whole
     if whole is not None:
-        save_hf_dir(whole, model_dir)
-        tokenizer.save(model_dir / "tokenizer.json")
+        save_hf_dir(whole, model_dir, tokenizer=tokenizer)
     return result, model_dir

@@ -92,8 +92,8 @@ def resume_candidates(run_dir: str | Path, resume_from: str) -> list[Path]:
         have = ", ".join(p.name for p in found) or "none"
         raise CheckpointError(
             f"train.resume_from={resume_from!r}: no such checkpoint in "
-            f"{Path(run_dir) / CHECKPOINTS} (have: {have}); use --train.resume_from latest, "
-            "one of those, or none"
+            f"{Path(run_dir) / CHECKPOINTS} (have: {have})",
+            fix="use {resume_from=latest}, one of those, or none",
         )
     return [chosen]
 
@@ -107,8 +107,8 @@ def resume_from_checkpoint(
     if resume_from == "none" and list_checkpoints(run_dir):
         raise CheckpointError(
             f"{run_dir} already holds checkpoints (newest: {list_checkpoints(run_dir)[-1].name}) "
-            "and train.resume_from is none; resume them with --train.resume_from latest, or "
-            "start over in a new --run_dir"
+            "and train.resume_from is none",
+            fix="resume them with {resume_from=latest}, or start over in a new {run_dir}",
         )
     failed: list[tuple[Path, CheckpointError]] = []
     for ckpt in candidates:
@@ -121,8 +121,8 @@ def resume_from_checkpoint(
             continue
         if "data" not in loaded["extra"] or "loop" not in loaded["extra"]:
             raise CheckpointError(
-                f"{ckpt} was not written by the training loop (no data position); move it "
-                "out of the run directory or start a new --run_dir"
+                f"{ckpt} was not written by the training loop (no data position)",
+                fix="move it out of the run directory, or start a new {run_dir}",
             )
         for bad, error in failed:
             warnings.warn(
@@ -243,7 +243,7 @@ def begin_write(final: Path) -> Path:
 
 def commit(tmp: Path, final: Path) -> None:
     """Rename the complete temporary directory into place (atomic)."""
-    if final.exists():  # saving a step again (a run restarted with resume=False)
+    if final.exists():  # saving a step again (a rerun from an earlier step)
         old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=final.parent))
         os.replace(final, old / final.name)
     os.replace(tmp, final)

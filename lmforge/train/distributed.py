@@ -53,6 +53,7 @@ class Strategy:
     accumulate: Callable[[nn.Module, bool], AbstractContextManager]  # (wrapped, sync this pass?)
     sharded: bool  # checkpoints are written by every rank (torch.distributed.checkpoint)
     optimizers: tuple[str, ...] | None = None  # train.optimizer values it allows (None = all)
+    settle: Callable[[nn.Module], None] = lambda wrapped: None  # after a forward alone
 
 
 STRATEGIES: Registry[Strategy] = Registry("distributed mode")
@@ -129,7 +130,8 @@ class Dist:
         if shard is None:
             raise ConfigError(
                 f"{type(data).__name__} cannot serve {self.world} processes (it has no "
-                "shard(rank, world)); train it in one process or use a data source that shards"
+                "shard(rank, world))",
+                fix="train it in one process, or use a data source that shards",
             )
         shard(self.rank, self.world)
         return data
@@ -185,19 +187,20 @@ def setup(config: TrainConfig) -> Dist:
         mode = "ddp" if world > 1 else "none"
     if mode not in STRATEGIES:
         raise ConfigError(
-            f"train.distributed {config.distributed!r} is unknown; choose from "
-            f"{['auto', *STRATEGIES.names()]}"
+            f"train.distributed {config.distributed!r} is unknown",
+            fix="choose {distributed} from " + ", ".join(["auto", *STRATEGIES.names()]),
         )
     if mode == "none" and world > 1:
         raise ConfigError(
-            f"this is one of {world} processes but train.distributed is none; "
-            "use --train.distributed ddp (or fsdp)"
+            f"this is one of {world} processes but train.distributed is none",
+            fix="use {distributed=ddp} (or fsdp)",
         )
     allowed = STRATEGIES.get(mode).optimizers
     if allowed is not None and config.optimizer not in allowed:
         raise ConfigError(
-            f"train.distributed {mode} shards the optimizer state of {', '.join(allowed)} only; "
-            f"use --train.optimizer {allowed[0]} (got {config.optimizer})"
+            f"train.distributed {mode} shards the optimizer state of {', '.join(allowed)} only "
+            f"(got {config.optimizer})",
+            fix=f"use {{optimizer={allowed[0]}}}",
         )
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is None:
@@ -272,7 +275,15 @@ def _fsdp_accumulate(wrapped: nn.Module, sync: bool) -> Iterator[None]:
 
 STRATEGIES.add("none", Strategy(_plain, lambda wrapped, sync: nullcontext(), sharded=False))
 STRATEGIES.add("ddp", Strategy(_ddp, _ddp_accumulate, sharded=True))
-STRATEGIES.add("fsdp", Strategy(_fsdp, _fsdp_accumulate, sharded=True, optimizers=("adamw",)))
+
+
+def _fsdp_settle(wrapped: nn.Module) -> None:
+    """Shard again the root's weights a forward without backward (validation) left gathered:
+    a checkpoint then names the sharded parameters the optimizer holds."""
+    wrapped.reshard()
+
+
+STRATEGIES.add("fsdp", Strategy(_fsdp, _fsdp_accumulate, True, ("adamw",), _fsdp_settle))
 
 
 def consolidated(model: nn.Module, build: Callable[[], nn.Module], ctx: Dist) -> nn.Module | None:

@@ -48,7 +48,6 @@ from lmforge.model.host import set_gradient_checkpointing
 from lmforge.train.checkpoint import resume_from_checkpoint, save_checkpoint
 from lmforge.train.config import TrainConfig, autocast
 from lmforge.train.distributed import full_value, setup
-from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_losses
 from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_at
@@ -56,6 +55,7 @@ from lmforge.train.sharded import load_any, save_sharded
 from lmforge.train.signals import GracefulStop
 from lmforge.train.snapshot import restore_rng
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
+from lmforge.train.validation import default_objective, to_device, validation_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -226,7 +226,7 @@ class _Run:
 
     def eval(self) -> None:
         s = self.state
-        s.val_loss, s.val_ppl = evaluate(
+        s.val_loss, s.val_ppl = validation_loss(
             self.forward_model,
             self.val_data,
             self.objective,
@@ -234,6 +234,7 @@ class _Run:
             device=self.device,
             precision=self.config.precision,
         )
+        self.dist.strategy.settle(self.wrapped)
         self.last_eval = s.step
         self.record(val_loss=s.val_loss, val_ppl=s.val_ppl)
         self.notify("on_eval")

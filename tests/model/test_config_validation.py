@@ -12,7 +12,7 @@ from tests.conftest import tiny_args
 INVALID = [
     (
         {"d_model": 50},
-        "model.d_model \\(50\\) must be a multiple of model.n_head.*--model.d_model=48",
+        "model.d_model \\(50\\) must be a multiple of model.n_head.*d_model=48",
     ),
     ({"n_kv_head": 3}, "model.n_head \\(4\\) must be a multiple of model.n_kv_head \\(3\\)"),
     ({"n_kv_head": 0}, "model.n_kv_head must be positive"),

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from lmforge.data.loader import PackedBatches
+from lmforge.data.loader import PackedBatches, ValidationBatches
 from lmforge.errors import RunInterrupted
 from lmforge.model import CausalLM, ModelConfig
 from lmforge.model.config import PRESETS
@@ -34,7 +36,7 @@ def tiny_model() -> CausalLM:
 
 
 def tiny_config(mode: str, **changes) -> TrainConfig:
-    fields = dict(max_steps=STEPS, batch_size=4, warmup_steps=2, log_every=1, eval_every=0)
+    fields = dict(max_steps=STEPS, batch_size=4, warmup_steps=2, log_every=1, eval_every=10)
     fields.update(save_every=10, keep_last=0, device="cpu", distributed=mode)
     return TrainConfig(**{**fields, **changes})
 
@@ -43,9 +45,12 @@ def tiny_run(mode: str, run_dir: Path, callbacks=(), **changes):
     """20 steps of the tiny model on random tokens: the run every world size must agree on."""
     tokens = np.random.default_rng(0).integers(0, 300, 20_000).astype(np.uint16)
     model = tiny_model()
-    data = PackedBatches(tokens, 32, 4, seed=1)
+    data = PackedBatches(tokens[:18_000], 32, 4, seed=1)
+    val = ValidationBatches(tokens[18_000:], 32, 4, max_batches=2)  # then a save, at 10 and 20
     cfg = tiny_config(mode, **changes)
-    return model, train(model, data, cfg, run_dir, callbacks=callbacks, progress=False)
+    return model, train(
+        model, data, cfg, run_dir, val_data=val, callbacks=callbacks, progress=False
+    )
 
 
 def losses(history: list[dict]) -> dict[int, float]:
@@ -83,6 +88,24 @@ def pretraining(work: Path) -> None:
         tiny_run("fsdp", work / "signal", callbacks=[SignalOnRank(rank=1, step=3)])
     except RunInterrupted as e:
         (work / f"signal-rank{os.environ['RANK']}.json").write_text(json.dumps(str(e)))
+
+
+def fallback(work: Path) -> None:
+    """The newest checkpoint of the FSDP run is torn in rank 1's file only: both ranks fall
+    back to the one before it, together, and train on from there."""
+    ctx = setup(tiny_config("fsdp"))
+    run = work / "fallback"
+    if ctx.is_main:
+        shutil.copytree(work / "fsdp", run)
+        piece = next((run / "checkpoints" / "step-00000020").glob("shard-00002-*"))
+        with open(piece, "r+b") as f:
+            f.truncate(piece.stat().st_size - 64)
+    ctx.barrier()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, result = tiny_run("fsdp", run)
+    seen = {"losses": losses(result.history), "warnings": [str(w.message) for w in caught]}
+    (work / f"fallback-rank{os.environ['RANK']}.json").write_text(json.dumps(seen))
 
 
 def finetune_overrides(run_dir: Path, method: str, mode: str, plan: dict[str, str]) -> list[str]:
@@ -136,6 +159,7 @@ def main() -> None:
     plan = json.loads((work / "plan.json").read_text())
     torch.set_num_threads(1)
     pretraining(work)
+    fallback(work)
     finetuning(work, plan)
     write(work, "done", True)
     crash(work)

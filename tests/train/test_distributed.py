@@ -152,6 +152,16 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_step(two_ranks) -> None:
     loads_whole(two_ranks / "signal", 3)
 
 
+def test_an_unreadable_piece_on_one_rank_makes_every_rank_fall_back(two_ranks, reference):
+    seen = [json.loads((two_ranks / f"fallback-rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in seen:  # each rank warned that step 20 is unreadable and resumed from step 10
+        assert any(
+            "step-00000020 is unreadable" in w and "step-00000010" in w for w in rank["warnings"]
+        )
+    assert_close(seen[0]["losses"], reference[1], range(11, STEPS + 1))
+    loads_whole(two_ranks / "fallback", STEPS)  # step 20 written again, whole
+
+
 def test_a_rank_dying_mid_write_leaves_the_last_checkpoint(two_ranks) -> None:
     loads_whole(two_ranks / "crash", 3)
     assert not checkpoint_dir(two_ranks / "crash", 6).exists()

@@ -50,8 +50,9 @@ def test_the_ranks_rows_make_up_the_global_batch(name) -> None:
 
 def test_a_global_batch_must_divide_among_the_ranks() -> None:
     assert rank_rows(8, 1, 4) == slice(2, 4)
-    with pytest.raises(ConfigError, match="multiple of 4, e.g. --train.batch_size 8"):
+    with pytest.raises(ConfigError, match="must divide among 4 processes") as e:
         rank_rows(7, 0, 4)
+    assert e.value.fix == "use a multiple of 4, e.g. {batch_size=8}"
 
 
 def test_loss_terms_count_what_the_mean_averages() -> None:
@@ -64,13 +65,16 @@ def test_setup_alone_and_its_errors(monkeypatch) -> None:
     ctx = setup(TrainConfig(device="cpu"))
     assert ctx == Dist("none", 0, 1, torch.device("cpu")) and ctx.is_main
     assert ctx.agree(15, False) == (15, False) and ctx.sum([1.0, 2.0]) == [1.0, 2.0]
-    with pytest.raises(ConfigError, match="choose from"):
+    with pytest.raises(ConfigError, match="'deepspeed' is unknown") as e:
         setup(TrainConfig(device="cpu", distributed="deepspeed"))
-    with pytest.raises(ConfigError, match="--train.optimizer adamw"):
+    assert e.value.fix == "choose {distributed} from auto, ddp, fsdp, none"
+    with pytest.raises(ConfigError, match="state of adamw only") as e:
         setup(TrainConfig(device="cpu", distributed="fsdp", optimizer="adamw8bit"))
+    assert e.value.fix == "use {optimizer=adamw}"
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="--train.distributed ddp"):
+    with pytest.raises(ConfigError, match="train.distributed is none") as e:
         setup(TrainConfig(device="cpu", distributed="none"))
+    assert e.value.fix == "use {distributed=ddp} (or fsdp)"
 
 
 def test_the_launcher_hands_the_command_to_torchrun() -> None:
