@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import anchor, publish  # noqa: E402
 
 SECTION = "## Memory per rank: DDP vs FSDP"
 MODES = ("ddp", "fsdp")
@@ -138,7 +138,8 @@ def main() -> None:
             f"AdamW, {args.nproc} processes on one CPU machine over gloo; parameters, "
             "gradients and optimizer state are the bytes of the tensors the rank holds "
             "(its slices under FSDP); peak RSS is the whole process, PyTorch's runtime and "
-            "the whole model each rank builds before FSDP shards it included.",
+            "the whole model each rank builds before FSDP shards it included; "
+            f"{anchor()}.",
         ]
     )
     publish(SECTION, body, "benchmarks/fsdp_memory.py", write=not args.no_write)
