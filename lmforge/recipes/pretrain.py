@@ -85,7 +85,7 @@ def load_config(path: str | Path | None, overrides: list[str]) -> PretrainConfig
     try:
         return resolve_config(apply_overrides(raw, overrides, PretrainConfig))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{path}: {e.message}" if path else e.message, fix=e.fix) from None
 
 
 TOKENIZER_SOURCE = "tokenizer.source.json"  # what the run's own tokenizer was trained on

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmforge.cli import main
 from lmforge.data.examples import ExampleBatches
 from lmforge.data.loader import PackedBatches, rank_rows
 from lmforge.data.sft import EncodedExample, SFTBatches
@@ -82,3 +83,12 @@ def test_the_launcher_hands_the_command_to_torchrun() -> None:
     assert without_flag(argv, "--nproc") == ["pretrain", "--train.max_steps=3"]
     args = torchrun_args(["pretrain", "--x=1"], 2)
     assert args[0] == "--nproc-per-node=2" and args[-4:] == ["-m", "lmforge", "pretrain", "--x=1"]
+
+
+def test_the_command_line_spells_the_fixes_as_its_flags(tmp_path, capsys) -> None:
+    assert main(["finetune", "--train.distributed=fsdp"]) == 2
+    assert "so it runs under DDP; use --train.distributed=ddp" in capsys.readouterr().err
+    run = ["pretrain", f"--run_dir={tmp_path / 'run'}", "--train.distributed=deepspeed"]
+    assert main(run) == 2
+    assert "choose --train.distributed from auto, ddp, fsdp, none" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
