@@ -116,9 +116,18 @@ def resolve_device(name: str) -> torch.device:
     """ "auto" → cuda when available, else cpu; a CUDA device that is not there is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device {name!r} is not a device name torch knows",
+            fix="use {device=cpu}, {device=cuda}, {device=cuda:0} or {device=auto}",
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available; use auto or cpu")
+        raise ConfigError(
+            f"device {name!r} needs CUDA, which is not available here",
+            fix="use {device=auto} or {device=cpu}",
+        )
     return device
 
 
