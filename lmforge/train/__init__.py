@@ -1,13 +1,15 @@
-"""Training: the one loop, its config, optimizers, LR schedules and metrics."""
+"""Training: the one loop, its config, objectives, optimizers, LR schedules and metrics."""
 
 from lmforge.train.config import PRECISIONS, TrainConfig
 from lmforge.train.loop import seed_everything, train
+from lmforge.train.objectives import OBJECTIVES, build_objective, objective_tokens  # noqa: I001
 from lmforge.train.optim import OPTIMIZERS, AdamW8bit, PagedAdamW, build_optimizer, state_bytes
 from lmforge.train.schedule import SCHEDULES, lr_at
 from lmforge.train.state import BatchSource, Objective, TrainResult, TrainState
 from lmforge.train.validation import default_objective, validation_loss
 
 __all__ = [
+    "OBJECTIVES",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
@@ -18,9 +20,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "build_objective",
     "build_optimizer",
     "default_objective",
     "lr_at",
+    "objective_tokens",
     "seed_everything",
     "state_bytes",
     "train",

@@ -1,11 +1,10 @@
-"""Objectives the one loop can optimise: (model, batch) → scalar loss.
+"""The classification objective (`lmforge finetune --task classification` builds it).
 
-causal_lm        the model's own next-token loss from `labels`
-classification   scores each class by the logit of its label word at the row's last
-                 token (a verbalizer, Schick & Schütze 2021), so any causal LM — and
-                 every delta method — classifies through its own head:
+Each class is scored by the logit of its label word at the row's last token (a verbalizer,
+Schick & Schütze 2021), so any causal LM — and every delta method — classifies through its
+own head:
 
-                     logits[b, last_b, label_token_c]  →  softmax over classes c
+    logits[b, last_b, label_token_c]  →  softmax over classes c
 """
 
 from __future__ import annotations
