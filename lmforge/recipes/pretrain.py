@@ -26,6 +26,7 @@ from lmforge.config import apply_overrides, from_dict, read_yaml
 from lmforge.data import PackedBatches, ValidationBatches, build_shards, load_corpus, load_shards
 from lmforge.data.shards import RESUME_FIX, source_fingerprint
 from lmforge.errors import ConfigError, DataError
+from lmforge.hub import load_tokenizer
 from lmforge.model import CausalLM, ModelConfig
 from lmforge.model.config import PRESETS
 from lmforge.model.hf import save_hf_dir
@@ -60,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    path: str | None = None  # an existing tokenizer.json; unset = train a BPE on the corpus
+    path: str | None = None  # a tokenizer.json, model directory or embedded model; unset = train
     vocab_size: int = 2048  # vocabulary of the trained BPE (ignored with path)
 
 
@@ -105,8 +106,8 @@ def prepare_tokenizer(
 ) -> Tokenizer:
     """The given tokenizer, or the run's own BPE: reused when it was trained on these
     documents with this vocabulary size, else trained afresh (a resumed run must reuse it)."""
-    if cfg.tokenizer.path:
-        return Tokenizer.from_file(cfg.tokenizer.path)
+    if cfg.tokenizer.path:  # (a teacher's, for knowledge inheritance: the same vocabulary)
+        return load_tokenizer(cfg.tokenizer.path)
     cached, source = run_dir / "tokenizer.json", run_dir / TOKENIZER_SOURCE
     made_from = {"vocab_size": cfg.tokenizer.vocab_size, "corpus": source_fingerprint(documents)}
     recorded = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else None
