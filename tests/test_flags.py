@@ -25,6 +25,9 @@ TYPOS = {
     "assets": (["assets", "--verbose"], "unknown flag --verbose; `lmforge assets --help`"),
     "quickstart": (["quickstart", "--step", "3"], "did you mean --steps?"),
     "lab": (["lab", "list", "--quik"], "did you mean --quick?"),
+    "rag": (["rag", "ask", "--qustion", "x"], "unknown flag --qustion; `lmforge rag ask --help`"),
+    "export": (["export", "runs/ft", "--formt", "gguf"], "did you mean --format?"),
+    "serve": (["serve", "--adaptr", "sql=runs/ft"], "did you mean --adapter?"),
 }
 
 
@@ -38,7 +41,7 @@ def test_an_unknown_flag_is_answered_with_the_closest_one(verb, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(
-        f"lmforge {' '.join(argv[:2]) if verb in ('data', 'tokenizer') else verb}"
+        f"lmforge {' '.join(argv[:2]) if verb in ('data', 'tokenizer', 'rag') else verb}"
     )
     assert expected in err and "unrecognized arguments" not in err
 
@@ -92,9 +95,11 @@ def test_help_lists_the_registries_including_new_entries(monkeypatch, capsys):
     assert "(registered: causal-lm, classification, sft, toy-task)" in text
     monkeypatch.setitem(TASKS._items, "toy-eval", ChoiceTask("toy-eval", "a toy"))
     text = _help(capsys, "eval")
-    assert "a registered task; `list` prints them (registered: arithmetic," in text
+    assert "a task, a task file (.yaml/.jsonl) or list (registered: arithmetic," in text
     assert "bbc-news" in text and "toy-eval)" in text
-    assert "(registered: instruct, peft-compare, prompting, qlora, warmup)" in _help(capsys, "lab")
+    assert "(registered: instruct, knowledge, peft-compare, prompting, qlora, warmup)" in _help(
+        capsys, "lab"
+    )
     text = _help(capsys, "data")
     assert "formats: alpaca, openai, sharegpt; builders: bbc-news, flan, self-instruct" in text
     assert "--format STR one format for all (default: detect) (registered: alpaca" in (

@@ -19,11 +19,15 @@ from torch import nn
 
 from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.eval.base import KINDS, TASKS, EvalSettings, Task, TaskResult
+from lmforge.eval.task_files import is_task_file, load_task_file
 from lmforge.tokenizer import Tokenizer
 
 
 def get_task(name: str) -> Task:
-    """A registered task; RegistryError lists the registered ones."""
+    """A registered task, or the task a task file defines (eval/task_files.py); an unknown
+    name is a RegistryError listing the registered ones."""
+    if is_task_file(name):
+        return load_task_file(name)
     return TASKS.get(name)
 
 

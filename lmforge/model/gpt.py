@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from lmforge.model.attention import (
     Attention,
     KVCache,
+    PagedCache,
     RotaryEmbedding,
     SplitLinear,
     with_split_linears,
@@ -66,7 +67,12 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | PagedCache | None,
     ) -> Tensor:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
@@ -160,11 +166,11 @@ class CausalLM(nn.Module):
             use_cache=use_cache,
         )
         x, cache = trunk.hidden, trunk.cache if use_cache else None
+        x = self.model.norm(x)  # on every position: a wrapped norm may read the whole call
         if isinstance(logits_to_keep, Tensor):  # positions whose logits are needed, (K,)
             x = x[:, logits_to_keep]
         elif logits_to_keep:  # generation needs only the last positions' logits
             x = x[:, -logits_to_keep:]
-        x = self.model.norm(x)
         if labels is not None and self._fuse_head_and_loss():
             return CausalLMOutput(self.head_loss(x, labels), None, cache)
         logits = self.lm_head(x)  # (B, T, V)

@@ -40,7 +40,7 @@ class EvalConfig(
 ):
     """What to load and score, and every setting of the harness, flat (flags read --shots 4)."""
 
-    task: str = arg("bbc-news", choices=TASKS.names)  # a registered task; `list` prints them
+    task: str = arg("bbc-news", choices=TASKS.names)  # a task, a task file (.yaml/.jsonl) or list
     out: str = "runs/eval"  # directory for results.json, results.md and predictions.jsonl
 
     def settings(self) -> EvalSettings:
@@ -57,11 +57,19 @@ class EvalConfig(
         self.settings().validate()
 
 
+TASK_FILE_HINT = """
+Your own task: --task FILE.yaml (a task file) or --task FILE.jsonl (records alone).
+  kind: choice                      # choice | generate | perplexity
+  data: reviews.jsonl               # one JSON record a line; fields fill the template
+  template: "Review: {text}\\nSentiment:"
+  labels: {positive: [good], negative: [bad]}
+See docs/eval.md for every field."""
+
+
 def task_listing() -> str:
-    """One line per registered task: name, kind, description."""
-    return "\n".join(
-        f"{name:20} {TASKS.get(name).kind:11} {TASKS.get(name).description}" for name in TASKS
-    )
+    """One line per registered task (name, kind, description), then how to write your own."""
+    rows = [f"{name:20} {TASKS.get(name).kind:11} {TASKS.get(name).description}" for name in TASKS]
+    return "\n".join(rows) + "\n" + TASK_FILE_HINT
 
 
 def run_eval(cfg: EvalConfig, *, progress: bool = True) -> TaskResult:

@@ -1,4 +1,13 @@
-"""Training: the one loop, its config, objectives, optimizers, LR schedules and metrics."""
+"""Training: the one loop, its config, objectives, optimizers, LR schedules and metrics.
+
+`lmforge.train` is this package and the loop at once: `lmforge.train(model, data, config,
+run_dir)` calls `train` whether or not a submodule (lmforge.train.optim, ...) was imported
+first, which would otherwise put the package where the function was.
+"""
+
+import sys
+import types
+from typing import Any
 
 from lmforge.train.config import PRECISIONS, TrainConfig
 from lmforge.train.loop import seed_everything, train
@@ -30,3 +39,11 @@ __all__ = [
     "train",
     "validation_loss",
 ]
+
+
+class _TrainPackage(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _TrainPackage

@@ -30,9 +30,9 @@ from lmforge.train.objectives import denoise, multi_token  # noqa: F401  (they r
 from lmforge.train.objectives.base import OBJECTIVES, NoOptions, ObjectiveKind
 from lmforge.train.objectives.classification import (
     ClassificationObjective,
+    LabelWords,
     accuracy,
-    class_logits,
-    label_token_ids,
+    class_scores,
 )
 from lmforge.train.objectives.distill import (
     InheritanceSettings,
@@ -54,12 +54,12 @@ __all__ = [
     "OBJECTIVES",
     "ClassificationObjective",
     "KnowledgeInheritance",
+    "LabelWords",
     "ObjectiveKind",
     "accuracy",
     "build_objective",
-    "class_logits",
+    "class_scores",
     "kd_loss",
-    "label_token_ids",
     "objective_tokens",
 ]
 
