@@ -29,7 +29,14 @@ from lmforge.peft import DeltaMethod, count_parameters
 from lmforge.recipes.finetune_tasks import FINETUNE_TASKS, TaskData
 from lmforge.recipes.rundir import check_resume, save_config
 from lmforge.registry import Registry
-from lmforge.train import TrainConfig, train, validation_loss
+from lmforge.train import (
+    Objective,
+    TrainConfig,
+    build_objective,
+    default_objective,
+    train,
+    validation_loss,
+)
 from lmforge.train.distributed import setup as setup_distributed
 
 # ── what trains: a delta method, or the whole model ─────────────────────────────────────────
@@ -125,13 +132,34 @@ def load_config(path: str | Path | None, overrides: list[str]) -> FinetuneConfig
     return load(FinetuneConfig, path, overrides)
 
 
+def task_objective(
+    cfg: FinetuneConfig, model: nn.Module, delta: DeltaMethod | None, tokenizer, own: Objective
+) -> Objective:
+    """The task's own objective, or train.objective (and train.teacher) on text tasks."""
+    chosen = cfg.train.objective != "causal-lm" or cfg.train.teacher
+    if not chosen:
+        return own
+    if own is not default_objective:
+        raise ConfigError(
+            f"the {cfg.task} task has an objective of its own",
+            fix="leave {objective=causal-lm} and {teacher} unset, or use {task=causal-lm}",
+        )
+    if cfg.train.objective == "multi-token" and delta is not None:
+        raise ConfigError(
+            "multi-token heads are new weights that a delta method does not save",
+            fix="train all weights with {method=full}",
+        )
+    return build_objective(cfg.train, model, tokenizer)
+
+
 # ── the run ─────────────────────────────────────────────────────────────────────────────────
 
 
 def _prepare(
     cfg: FinetuneConfig, run_dir: Path, progress: bool
-) -> tuple[nn.Module, DeltaMethod | None, TaskData, dict[str, Any]]:
-    """The model (with its delta), the task's data and the results so far."""
+) -> tuple[nn.Module, DeltaMethod | None, TaskData, Objective, dict[str, Any]]:
+    """The model (with its delta), the task's data, the objective trained and the results
+    so far."""
     tokenizer = load_tokenizer(cfg.model)
     model, delta = training_mode(cfg.method).prepare(cfg)
     trainable, total = count_parameters(model)
@@ -143,7 +171,8 @@ def _prepare(
     results: dict[str, Any] = {"method": cfg.method, "trainable": trainable, "total": total}
     data = FINETUNE_TASKS.get(cfg.task).prepare(cfg, tokenizer, run_dir)
     results.update(data.facts)
-    return model, delta, data, results
+    objective = task_objective(cfg, model, delta, tokenizer, data.objective)
+    return model, delta, data, objective, results
 
 
 def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -158,7 +187,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
     with ctx.main_first():  # rank 0 converts an embedded model and builds shards first
         if ctx.is_main:
             save_config(cfg)
-        model, delta, data, results = _prepare(cfg, run_dir, progress)
+        model, delta, data, objective, results = _prepare(cfg, run_dir, progress)
     start = time.time()
     if training_mode(cfg.method).trains:
         result = train(
@@ -167,7 +196,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
             cfg.train,
             run_dir,
             val_data=data.val,
-            objective=data.objective,
+            objective=objective,
             progress=progress,
         )
         results.update(val_loss=result.val_loss, tokens_per_s=result.tokens_per_s)
