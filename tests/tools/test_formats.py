@@ -134,7 +134,8 @@ def test_smollm2_gets_the_default_format(hf_tokenizer):
     spec = json.dumps(calculator.spec(), ensure_ascii=False)
     assert text == (
         "<|im_start|>system\nYou are careful. 请简短回答。\n\nYou can use tools. "
-        f"Their descriptions, one JSON object per line:\n<tools>\n{spec}\n</tools>\nTo use a tool, reply with one "
+        f"Their descriptions, one JSON object per line:\n<tools>\n{spec}\n</tools>\n"
+        "To use a tool, reply with one "
         'block per call:\n<tool_call>\n{"name": "TOOL NAME", "arguments": {ARGUMENTS AS JSON}}\n'
         "</tool_call>\nEach result comes back in <tool_response></tool_response>. When you know "
         "the answer, reply with it and no tool call.<|im_end|>\n"
