@@ -60,6 +60,8 @@ class CallFormat:
     key: str  # the arguments' key in the call object
     parse: Callable[[str], ParsedReply]
     marker: str  # what a template's rendering of a call contains in this format
+    trigger: str  # text by which a reply shows it begins a call
+    only_first: bool  # the trigger counts only at the start of the reply
     doc: str = ""
 
     def write(self, call: ToolCall) -> str:
@@ -118,11 +120,11 @@ CALL_FORMATS: Registry[CallFormat] = Registry("tool-call format")
 CALL_FORMATS.add(
     "hermes",
     CallFormat("<tool_call>\n", "\n</tool_call>", "arguments", parse_hermes, "<tool_call>",
-               "<tool_call> JSON blocks among text (Qwen2, and lmforge's default)"),
+               "<tool_call>", False, "<tool_call> JSON blocks among text (Qwen2, the default)"),
 )  # fmt: skip
 CALL_FORMATS.add(
     "llama3",
-    CallFormat("", "", "parameters", parse_llama3, '"parameters": ',
+    CallFormat("", "", "parameters", parse_llama3, '"parameters": ', "{", True,
                'the reply is {"name": ..., "parameters": {...}} (Llama 3.x)'),
 )  # fmt: skip
 DEFAULT_FORMAT = "hermes"

@@ -1,0 +1,140 @@
+"""The chat model an agent talks to: messages and tools in, one reply (text and calls) out.
+
+    ChatModel.reply(messages, tools) ─► Reply(text, content, calls, errors)
+
+LocalChatModel drives any model lmforge loads (native or transformers) through its own
+chat template (tools/formats.py) and `generate`. With `constrain`:
+
+    none      the reply is sampled freely; malformed calls come back as errors
+    auto      free text until the reply begins a call (the format's trigger, e.g.
+              "<tool_call>"); the call is then generated again under its JSON Schema
+              (tools/constrained.py), from the text before the trigger
+    required  the whole reply is one call under the schema (tool_choice="required")
+
+ScriptedModel replays written replies: agents are tested with it deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from torch import nn
+
+from lmforge.chat import chat_stop_strings, chat_stop_tokens
+from lmforge.errors import ConfigError
+from lmforge.model.generate import SamplingConfig, generate
+from lmforge.tokenizer import Tokenizer
+from lmforge.tools.constrained import GrammarConstraint, call_pattern, compile_grammar
+from lmforge.tools.formats import CALL_FORMATS, ParsedReply, ToolPrompt
+from lmforge.tools.registry import ToolCall
+
+CONSTRAIN = ("none", "auto", "required")
+Messages = Sequence[Mapping[str, Any]]
+
+
+@dataclass
+class Reply:
+    text: str  # everything the model wrote
+    content: str  # the text outside its calls (the thought, or the answer)
+    calls: list[ToolCall] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # malformed calls, for the model to read
+
+    @classmethod
+    def parsed(cls, text: str, parse: Callable[[str], ParsedReply]) -> Reply:
+        out = parse(text)
+        return cls(text, out.content, out.calls, out.errors)
+
+    def message(self, prefix: str = "call") -> dict[str, Any]:
+        """The assistant message (OpenAI form); calls get ids `{prefix}_{i}`."""
+        for i, call in enumerate(self.calls):
+            call.id = f"{prefix}_{i}"
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.calls:
+            message["tool_calls"] = [c.to_openai() for c in self.calls]
+        return message
+
+
+class ChatModel(Protocol):
+    def reply(self, messages: Messages, tools: Sequence[Mapping[str, Any]]) -> Reply: ...
+
+
+class ScriptedModel:
+    """Replies from a script: raw reply texts, or functions of the messages returning one."""
+
+    def __init__(
+        self, script: Sequence[str | Callable[[Messages], str]], call_format: str = "hermes"
+    ) -> None:
+        self.script = list(script)
+        self.parse = CALL_FORMATS.get(call_format).parse
+        self.seen: list[list[dict[str, Any]]] = []  # the messages of every call, for tests
+
+    def reply(self, messages: Messages, tools: Sequence[Mapping[str, Any]]) -> Reply:
+        if len(self.seen) >= len(self.script):
+            raise ConfigError(f"the script has {len(self.script)} replies; a further one was asked")
+        entry = self.script[len(self.seen)]
+        self.seen.append([dict(m) for m in messages])
+        return Reply.parsed(entry(messages) if callable(entry) else entry, self.parse)
+
+
+class LocalChatModel:
+    """A loaded model and its tokenizer as a ChatModel (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        sampling: SamplingConfig | None = None,
+        *,
+        template: str | None = None,
+        constrain: str = "none",
+        call_format: str | None = None,
+    ) -> None:
+        if constrain not in CONSTRAIN:
+            raise ConfigError(
+                f"constrain {constrain!r} is unknown; choose from {', '.join(CONSTRAIN)}"
+            )
+        self.model, self.tokenizer, self.constrain = model, tokenizer, constrain
+        self.prompt = ToolPrompt(tokenizer, template, call_format)
+        self.sampling = sampling or SamplingConfig(max_new_tokens=128, temperature=0.0)
+        stops = chat_stop_strings(tokenizer, template)
+        self.free = replace(self.sampling, stop=[*self.sampling.stop, *stops])
+        self.eos = chat_stop_tokens(tokenizer)
+
+    def _generate(
+        self, prompt: str, config: SamplingConfig, processor: Any = None
+    ) -> tuple[str, str]:
+        """(the text, what followed it when a stop string cut it off)."""
+        out = generate(
+            self.model,
+            [self.tokenizer.encode(prompt)],
+            config,
+            eos_token_id=self.eos,
+            pad_token_id=self.tokenizer.pad_id or 0,
+            decode=self.tokenizer.decode,
+            truncate=True,
+            logits_processor=processor,
+        )[0]
+        text = out.text or ""
+        return text, self.tokenizer.decode(out.token_ids)[len(text) :]
+
+    def call(self, prompt: str, tools: Sequence[Mapping[str, Any]]) -> str:
+        """One call under the tools' schema, continuing `prompt`."""
+        grammar = compile_grammar(call_pattern(tools, self.prompt.format), self.tokenizer)
+        constraint = GrammarConstraint(grammar, self.eos, self.sampling.max_new_tokens)
+        return self._generate(prompt, replace(self.sampling, stop=[]), constraint)[0]
+
+    def reply(self, messages: Messages, tools: Sequence[Mapping[str, Any]]) -> Reply:
+        prompt = self.prompt.render(messages, tools)
+        fmt = self.prompt.format
+        if not tools or self.constrain == "none":
+            text = self._generate(prompt, self.free)[0]
+        elif self.constrain == "required":
+            text = self.call(prompt, tools)
+        else:
+            free = replace(self.free, stop=[*self.free.stop, fmt.trigger])
+            text, cut = self._generate(prompt, free)
+            if cut.startswith(fmt.trigger) and not (fmt.only_first and text.strip()):
+                text += self.call(prompt + text, tools)
+        return Reply.parsed(text, self.prompt.parse)
