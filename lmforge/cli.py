@@ -174,6 +174,27 @@ def _chat(args: argparse.Namespace) -> None:
     run_chat(args)
 
 
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.agent import AgentConfig
+
+    p.add_argument("task", nargs="?", default=None, help="the question (same as --question)")
+    add_config_flags(p, AgentConfig, {})
+
+
+@verb(
+    "agent", "answer with tools (calculator, python, read_file) step by step (ReAct)", _agent_args
+)
+def _agent(args: argparse.Namespace) -> None:
+    from lmforge.recipes.agent import load_config, run_agent
+
+    cfg = load_config(args.config, config_overrides(args))
+    cfg.question = args.task if args.task is not None else cfg.question
+    log = run_agent(cfg)
+    print(
+        f"answer: {log.answer}" if log.stop_reason == "answer" else f"no answer ({log.stop_reason})"
+    )
+
+
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train a byte-level BPE tokenizer on text")

@@ -1,15 +1,17 @@
 """The chat model an agent talks to: messages and tools in, one reply (text and calls) out.
 
-    ChatModel.reply(messages, tools) ─► Reply(text, content, calls, errors)
+    ChatModel.reply(messages, tools, tool_choice) ─► Reply(text, content, calls, errors)
 
-LocalChatModel drives any model lmforge loads (native or transformers) through its own
-chat template (tools/formats.py) and `generate`. With `constrain`:
+`tool_choice` is the OpenAI notion: "auto" (the model decides), "required" (the reply is
+one call), "none" (no call). LocalChatModel drives any model lmforge loads (native or
+transformers) through its own chat template (tools/formats.py) and `generate`:
 
-    none      the reply is sampled freely; malformed calls come back as errors
-    auto      free text until the reply begins a call (the format's trigger, e.g.
-              "<tool_call>"); the call is then generated again under its JSON Schema
-              (tools/constrained.py), from the text before the trigger
-    required  the whole reply is one call under the schema (tool_choice="required")
+    auto      free text; when the reply begins a call (the format's trigger, e.g.
+              "<tool_call>") and `constrain` is on, the call is generated again from the
+              text before the trigger under its JSON Schema (tools/constrained.py)
+    required  with `constrain`, the whole reply is one call under the schema; without,
+              the reply is prefilled with the call's opener and then sampled freely
+    none      free text (tools are still described to the model)
 
 ScriptedModel replays written replies: agents are tested with it deterministically.
 """
@@ -30,7 +32,7 @@ from lmforge.tools.constrained import GrammarConstraint, call_pattern, compile_g
 from lmforge.tools.formats import CALL_FORMATS, ParsedReply, ToolPrompt
 from lmforge.tools.registry import ToolCall
 
-CONSTRAIN = ("none", "auto", "required")
+TOOL_CHOICES = ("auto", "required", "none")
 Messages = Sequence[Mapping[str, Any]]
 
 
@@ -57,7 +59,9 @@ class Reply:
 
 
 class ChatModel(Protocol):
-    def reply(self, messages: Messages, tools: Sequence[Mapping[str, Any]]) -> Reply: ...
+    def reply(
+        self, messages: Messages, tools: Sequence[Mapping[str, Any]], tool_choice: str = "auto"
+    ) -> Reply: ...
 
 
 class ScriptedModel:
@@ -70,7 +74,9 @@ class ScriptedModel:
         self.parse = CALL_FORMATS.get(call_format).parse
         self.seen: list[list[dict[str, Any]]] = []  # the messages of every call, for tests
 
-    def reply(self, messages: Messages, tools: Sequence[Mapping[str, Any]]) -> Reply:
+    def reply(
+        self, messages: Messages, tools: Sequence[Mapping[str, Any]], tool_choice: str = "auto"
+    ) -> Reply:
         if len(self.seen) >= len(self.script):
             raise ConfigError(f"the script has {len(self.script)} replies; a further one was asked")
         entry = self.script[len(self.seen)]
@@ -88,13 +94,9 @@ class LocalChatModel:
         sampling: SamplingConfig | None = None,
         *,
         template: str | None = None,
-        constrain: str = "none",
+        constrain: bool = True,
         call_format: str | None = None,
     ) -> None:
-        if constrain not in CONSTRAIN:
-            raise ConfigError(
-                f"constrain {constrain!r} is unknown; choose from {', '.join(CONSTRAIN)}"
-            )
         self.model, self.tokenizer, self.constrain = model, tokenizer, constrain
         self.prompt = ToolPrompt(tokenizer, template, call_format)
         self.sampling = sampling or SamplingConfig(max_new_tokens=128, temperature=0.0)
@@ -120,18 +122,28 @@ class LocalChatModel:
         return text, self.tokenizer.decode(out.token_ids)[len(text) :]
 
     def call(self, prompt: str, tools: Sequence[Mapping[str, Any]]) -> str:
-        """One call under the tools' schema, continuing `prompt`."""
+        """One call continuing `prompt`: under the tools' schema with `constrain`, else the
+        format's opener followed by free text."""
+        if not self.constrain:
+            opener = self.prompt.format.opener
+            return opener + self._generate(prompt + opener, self.free)[0]
         grammar = compile_grammar(call_pattern(tools, self.prompt.format), self.tokenizer)
         constraint = GrammarConstraint(grammar, self.eos, self.sampling.max_new_tokens)
         return self._generate(prompt, replace(self.sampling, stop=[]), constraint)[0]
 
-    def reply(self, messages: Messages, tools: Sequence[Mapping[str, Any]]) -> Reply:
+    def reply(
+        self, messages: Messages, tools: Sequence[Mapping[str, Any]], tool_choice: str = "auto"
+    ) -> Reply:
+        if tool_choice not in TOOL_CHOICES:
+            raise ConfigError(f"tool_choice {tool_choice!r}: choose from {', '.join(TOOL_CHOICES)}")
         prompt = self.prompt.render(messages, tools)
         fmt = self.prompt.format
-        if not tools or self.constrain == "none":
+        if not tools or tool_choice == "none":
             text = self._generate(prompt, self.free)[0]
-        elif self.constrain == "required":
+        elif tool_choice == "required":
             text = self.call(prompt, tools)
+        elif not self.constrain:
+            text = self._generate(prompt, self.free)[0]
         else:
             free = replace(self.free, stop=[*self.free.stop, fmt.trigger])
             text, cut = self._generate(prompt, free)

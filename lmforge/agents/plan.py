@@ -50,7 +50,7 @@ def plan_and_execute(
     log = Transcript(question)
     log.add(Event("question", question), on_event)
     planner = [{"role": "system", "content": PLANNER_SYSTEM}, {"role": "user", "content": question}]
-    plan = parse_plan(model.reply(planner, []).content, max_plan_steps)
+    plan = parse_plan(model.reply(planner, [], "none").content, max_plan_steps)
     log.add(Event("plan", "\n".join(f"{i}. {s}" for i, s in enumerate(plan, 1))), on_event)
     done: list[tuple[str, str]] = []
     for i, task in enumerate(plan, 1):
@@ -66,7 +66,7 @@ def plan_and_execute(
         {"role": "user", "content": f"Task: {question}\nResults of its steps:\n{_results(done)}"},
     ]
     log.messages = solver
-    log.answer = model.reply(solver, []).content
+    log.answer = model.reply(solver, [], "none").content
     log.stop_reason = "answer"
     log.add(Event("answer", log.answer), on_event)
     return log

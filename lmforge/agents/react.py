@@ -97,10 +97,15 @@ def react(
     system: str | None = REACT_SYSTEM,
     examples: Sequence[Mapping[str, Any]] = (),
     max_steps: int = 6,
+    tool_choice: str = "auto",
+    first_tool_choice: str | None = None,
     stop: Callable[[Transcript], bool] | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> Transcript:
-    """Run the loop on one question; `examples` are earlier messages (demonstrations)."""
+    """Run the loop on one question; `examples` are earlier messages (demonstrations).
+
+    `tool_choice` applies to every reply, `first_tool_choice` (if given) to the first: e.g.
+    "required" makes a small model act before it answers."""
     log = Transcript(question)
     log.messages = [{"role": "system", "content": system}] if system else []
     log.messages += [dict(m) for m in examples]
@@ -108,7 +113,8 @@ def react(
     log.add(Event("question", question), on_event)
     specs = box.specs()
     for step in range(1, max_steps + 1):
-        reply = model.reply(log.messages, specs)
+        choice = first_tool_choice if step == 1 and first_tool_choice else tool_choice
+        reply = model.reply(log.messages, specs, choice)
         log.messages.append(reply.message(f"call_{step}"))
         log.steps = step
         if not reply.calls and not reply.errors:

@@ -50,9 +50,9 @@ def test_required_calls_through_real_templates(family, eos, bos, opening, result
     tokenizer = Tokenizer(hf, eos_token=eos, bos_token=bos, chat_template=source)
     model = tiny_hf(family, tokenizer.vocab_size)
     sampling = SamplingConfig(max_new_tokens=80, temperature=1.0, seed=0)
-    chat = LocalChatModel(model, tokenizer, sampling, constrain="required")
+    chat = LocalChatModel(model, tokenizer, sampling)
     box = Toolbox([calculator])
-    log = react(chat, box, "What is 2 + 2? 北京", system=None, max_steps=2)
+    log = react(chat, box, "What is 2 + 2? 北京", system=None, max_steps=2, tool_choice="required")
     replies = [m for m in log.messages if m["role"] == "assistant"]
     assert log.stop_reason == "budget" and log.calls() == 2 and len(replies) == 2
     for reply in replies:  # each is one call the toolbox accepts
@@ -89,11 +89,12 @@ def test_auto_mode_writes_free_text_then_a_constrained_call():
     box = Toolbox([calculator])
     sampling = SamplingConfig(max_new_tokens=60, temperature=0.0)
     messages = [{"role": "user", "content": "2 + 2?"}]
-    free = LocalChatModel(model, tokenizer, sampling, constrain="none").reply(messages, box.specs())
+    free = LocalChatModel(model, tokenizer, sampling, constrain=False).reply(messages, box.specs())
     assert free.text == "Sure <tool_call>!" and free.calls == [] and len(free.errors) == 1
-    reply = LocalChatModel(model, tokenizer, sampling, constrain="auto").reply(
-        messages, box.specs()
-    )
+    loose = LocalChatModel(model, tokenizer, sampling, constrain=False)
+    prefilled = loose.reply(messages, box.specs(), tool_choice="required")
+    assert prefilled.text == "<tool_call>\nSure <tool_call>!" and len(prefilled.errors) == 1
+    reply = LocalChatModel(model, tokenizer, sampling).reply(messages, box.specs())
     assert reply.text.startswith("Sure <tool_call>\n{") and reply.text.endswith("}\n</tool_call>")
     assert reply.content == "Sure" and reply.errors == [] and len(reply.calls) == 1
     assert box.check(reply.calls[0])[2] is None

@@ -1,0 +1,35 @@
+"""`lmforge agent`: the verb end to end on a tiny model, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+from lmforge.cli import main
+
+
+def test_agent_prints_the_transcript_and_saves_it(tiny_model_dir, tmp_path, capsys):
+    transcript = tmp_path / "t.json"
+    args = ["agent", "--model", str(tiny_model_dir), "--tools", "calculator,python",
+            "--tool_choice", "required", "--max_steps", "2", "--max_new_tokens", "100",
+            "--transcript", str(transcript), "What is 2 + 2? 二加二"]  # fmt: skip
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "question: What is 2 + 2? 二加二"
+    assert lines[1].startswith(("[1] action: calculator(", "[1] action: python("))
+    saved = json.loads(transcript.read_text())
+    assert saved["question"] == "What is 2 + 2? 二加二" and saved["steps"] in (1, 2)
+    assert [e["kind"] for e in saved["events"]][:2] == ["question", "action"]
+    tools = {e["text"].split("(")[0] for e in saved["events"] if e["kind"] == "action"}
+    assert tools <= {"calculator", "python"}
+    assert lines[-1].startswith(("answer: ", "no answer (budget)"))
+
+
+def test_agent_errors_name_the_fix(tiny_model_dir, capsys):
+    assert main(["agent", "--model", str(tiny_model_dir), "--tools", "calculator,shell", "x"]) == 2
+    assert (
+        "unknown tool 'shell'; choose from calculator, python, read_file" in capsys.readouterr().err
+    )
+    assert main(["agent", "--model", str(tiny_model_dir)]) == 2
+    assert 'give the question: lmforge agent --tools calculator "' in capsys.readouterr().err
+    assert main(["agent", "--tool_choice", "always", "x"]) == 2
+    assert "tool_choice 'always': choose from auto, required, none" in capsys.readouterr().err
