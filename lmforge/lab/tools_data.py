@@ -1,0 +1,137 @@
+"""The tools lab's training data: Toolformer-filtered calculator calls → function-calling SFT.
+
+training problems ─► their worked rationales ("4732 - 1298 = 3434. 3 * 315 = 945. ...")
+    ─► candidates before each result: sampled by SmolLM2 after a few-shot prompt, and
+       proposed from the equation (its own left side and the other operations)
+    ─► the Toolformer filter with SmolLM2 itself (tools/toolformer.py)
+    ─► a problem whose every result has a kept call becomes one conversation:
+       system + tools, question, one call per step, each result, "The answer is N."
+    ─► rendered in SmolLM2's default tool format (plain messages) as JSONL for
+       `lmforge finetune --task sft`
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lmforge.agents.react import REACT_SYSTEM
+from lmforge.atomic import atomic_write_text
+from lmforge.eval.arithmetic import Problem
+from lmforge.tokenizer import Tokenizer
+from lmforge.tools import ToolCall, calculator
+from lmforge.tools.formats import CALL_FORMATS, plain_messages
+from lmforge.tools.toolformer import (
+    Candidate,
+    ToolformerConfig,
+    filter_calls,
+    propose_calls,
+    sample_calls,
+)
+
+EQUATION = re.compile(r"(\d+ [-+*/] \d+) = (\d+)\.")
+SAMPLING_PROMPT = (
+    "Each result below is worked out with a calculator call, written just before the result "
+    "as [calculator(expression) → result].\n\n"
+    "Sam starts with 12 cards. 12 + 30 = [calculator(12 + 30) → 42] 42. "
+    "4 * 25 = [calculator(4 * 25) → 100] 100. 42 + 100 = [calculator(42 + 100) → 142] 142.\n\n"
+    "Zoe starts with 905 shells. 905 - 218 = [calculator(905 - 218) → 687] 687. "
+    "7 * 61 = [calculator(7 * 61) → 427] 427.\n\n"
+)
+
+
+def solution_messages(question: str, steps: list[tuple[str, str]], answer: str) -> list[dict]:
+    """The ideal ReAct conversation: one calculator call per step, then the answer."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": REACT_SYSTEM},
+        {"role": "user", "content": question},
+    ]
+    for i, (expression, result) in enumerate(steps):
+        call = ToolCall("calculator", {"expression": expression}, f"call_{i}")
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call.to_openai()]})
+        messages.append(
+            {"role": "tool", "tool_call_id": call.id, "name": "calculator", "content": result}
+        )
+    messages.append({"role": "assistant", "content": f"The answer is {answer}."})
+    return messages
+
+
+def rationale_steps(problem: Problem) -> list[tuple[str, str]]:
+    """The (expression, result) of every equation of a worked rationale."""
+    return EQUATION.findall(problem.rationale)
+
+
+def demonstration(problem: Problem) -> list[dict]:
+    """A worked example for the untuned model: its conversation without the system prompt."""
+    return solution_messages(problem.question, rationale_steps(problem), str(problem.answer))[1:]
+
+
+def candidates(
+    model: nn.Module, tokenizer: Tokenizer, texts: list[str], sampled: int, config: ToolformerConfig
+) -> list[Candidate]:
+    """Proposed calls for every text, and calls sampled by the model for the first `sampled`."""
+    found = propose_calls(calculator, texts)
+    if sampled:
+        found += sample_calls(
+            model, tokenizer, calculator, SAMPLING_PROMPT, texts[:sampled], config
+        )
+    return found
+
+
+def build_sft(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    problems: list[Problem],
+    p: dict[str, Any],
+    path: Path,
+) -> dict[str, Any]:
+    """Filter candidate calls with the model; write the covered problems as SFT JSONL."""
+    config = ToolformerConfig(
+        positions=p["positions"], samples=p["samples"], threshold=p["threshold"]
+    )
+    texts = [problem.rationale for problem in problems]
+    found = candidates(model, tokenizer, texts, p["sampled"], config)
+    kept = filter_calls(model, tokenizer, calculator, texts, found, config)
+    best: dict[tuple[int, int], Candidate] = {}
+    for c in kept:
+        if (c.text, c.position) not in best or c.gain > best[(c.text, c.position)].gain:
+            best[(c.text, c.position)] = c
+    specs, fmt, lines, covered = [calculator.spec()], CALL_FORMATS.get("hermes"), [], 0
+    for t, problem in enumerate(problems):
+        spots = [m.end() for m in re.finditer(r"=(?=\s*\d)", texts[t])]
+        calls = [best.get((t, i)) for i in spots]
+        if spots and all(calls):
+            covered += 1
+            steps = [(c.argument, c.result) for c in calls]
+            conv = solution_messages(problem.question, steps, str(problem.answer))
+            lines.append(
+                json.dumps({"messages": plain_messages(conv, specs, fmt)}, ensure_ascii=False)
+            )
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return _stats(found, kept, len(problems), covered, best)
+
+
+def _stats(
+    found: list[Candidate], kept: list[Candidate], n: int, covered: int, best: dict
+) -> dict[str, Any]:
+    by = {}
+    for source in ("model", "proposed"):
+        mine = [c for c in found if c.source == source]
+        ran = [c for c in mine if c.result is not None]
+        held = [c for c in kept if c.source == source]
+        by[source] = {
+            "candidates": len(mine),
+            "executed": len(ran),
+            "kept": len(held),
+            "mean_gain_kept": sum(c.gain for c in held) / len(held) if held else 0.0,
+        }
+    examples = [
+        {"argument": c.argument, "result": c.result, "source": c.source,
+         "loss_minus": c.loss_minus, "loss_plus": c.loss_plus}
+        for c in sorted(best.values(), key=lambda c: -c.gain)[:3]
+    ]  # fmt: skip
+    return {"by_source": by, "problems": n, "covered": covered, "examples": examples}
