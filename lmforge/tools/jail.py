@@ -41,144 +41,61 @@ MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 EPERM, ENOSYS = 1, 38
 
-# Per architecture: the audit code seccomp sees, pivot_root's number, and the numbers of
-# the system calls the filter refuses (from the kernel's unistd headers).
-ARCHES = {
-    "x86_64": dict(
-        audit=0xC000003E,
-        pivot_root=155,
-        deny=[
-            41,
-            53,
-            57,
-            58,
-            59,
-            322,
-            101,
-            133,
-            259,
-            155,
-            161,
-            165,
-            166,
-            272,
-            308,
-            321,
-            425,
-            426,
-            427,
-            303,
-            304,
-            323,
-            298,
-            248,
-            249,
-            250,
-            434,
-            424,
-            438,
-            129,
-            297,
-            200,
-            310,
-            311,
-            428,
-            429,
-            430,
-            431,
-            432,
-            433,
-            442,
-            175,
-            313,
-            176,
-            246,
-            320,
-            169,
-            167,
-            168,
-            172,
-            173,
-            163,
-            179,
-            170,
-            171,
-            164,
-            227,
-            159,
-            305,
-            135,
-        ],
-        clone=56,
-        clone3=435,
-        kill=62,
-        tgkill=234,
-    ),  # fmt: skip
-    "aarch64": dict(
-        audit=0xC00000B7,
-        pivot_root=41,
-        deny=[
-            198,
-            199,
-            221,
-            281,
-            117,
-            33,
-            41,
-            51,
-            40,
-            39,
-            97,
-            268,
-            280,
-            425,
-            426,
-            427,
-            264,
-            265,
-            282,
-            241,
-            217,
-            218,
-            219,
-            434,
-            424,
-            438,
-            138,
-            240,
-            130,
-            270,
-            271,
-            428,
-            429,
-            430,
-            431,
-            432,
-            433,
-            442,
-            105,
-            273,
-            106,
-            104,
-            294,
-            142,
-            224,
-            225,
-            89,
-            60,
-            161,
-            162,
-            170,
-            112,
-            171,
-            266,
-        ],
-        clone=220,
-        clone3=435,
-        kill=129,
-        tgkill=131,
-    ),  # fmt: skip
+# The system calls the filter refuses (EPERM), by name; a name an architecture lacks is
+# skipped. clone is allowed for threads only, clone3 fails with ENOSYS (glibc then uses
+# clone), kill/tgkill reach the process itself only.
+DENIED = """socket socketpair fork vfork execve execveat ptrace mknod mknodat pivot_root chroot
+mount umount2 unshare setns bpf io_uring_setup io_uring_enter io_uring_register
+name_to_handle_at open_by_handle_at userfaultfd perf_event_open add_key request_key keyctl
+pidfd_open pidfd_send_signal pidfd_getfd rt_sigqueueinfo rt_tgsigqueueinfo tkill
+process_vm_readv process_vm_writev open_tree move_mount fsopen fsconfig fsmount fspick
+mount_setattr init_module finit_module delete_module kexec_load kexec_file_load reboot swapon
+swapoff iopl ioperm acct quotactl sethostname setdomainname settimeofday clock_settime
+adjtimex clock_adjtime personality"""
+DENY = DENIED.split()
+
+# Per architecture: the audit code seccomp sees and the system call numbers (from the
+# kernel's unistd headers: asm/unistd_64.h for x86-64, asm-generic/unistd.h for AArch64).
+NUMBERS = {
+    "x86_64": (
+        0xC000003E,
+        """socket 41 socketpair 53 clone 56 fork 57 vfork 58 execve 59
+        kill 62 ptrace 101 rt_sigqueueinfo 129 mknod 133 personality 135 pivot_root 155
+        adjtimex 159 chroot 161 acct 163 settimeofday 164 mount 165 umount2 166 swapon 167
+        swapoff 168 reboot 169 sethostname 170 setdomainname 171 iopl 172 ioperm 173
+        init_module 175 delete_module 176 quotactl 179 tkill 200 clock_settime 227 tgkill 234
+        kexec_load 246 add_key 248 request_key 249 keyctl 250 mknodat 259 unshare 272
+        rt_tgsigqueueinfo 297 perf_event_open 298 name_to_handle_at 303 open_by_handle_at 304
+        clock_adjtime 305 setns 308 process_vm_readv 310 process_vm_writev 311
+        finit_module 313 kexec_file_load 320 bpf 321 execveat 322 userfaultfd 323
+        pidfd_send_signal 424 io_uring_setup 425 io_uring_enter 426 io_uring_register 427
+        open_tree 428 move_mount 429 fsopen 430 fsconfig 431 fsmount 432 fspick 433
+        pidfd_open 434 clone3 435 pidfd_getfd 438 mount_setattr 442""",
+    ),
+    "aarch64": (
+        0xC00000B7,
+        """mknodat 33 umount2 39 mount 40 pivot_root 41 chroot 51
+        quotactl 60 acct 89 unshare 97 kexec_load 104 init_module 105 delete_module 106
+        clock_settime 112 ptrace 117 kill 129 tkill 130 tgkill 131 rt_sigqueueinfo 138
+        reboot 142 sethostname 161 setdomainname 162 settimeofday 170 adjtimex 171
+        socket 198 socketpair 199 add_key 217 request_key 218 keyctl 219 clone 220 execve 221
+        swapon 224 swapoff 225 rt_tgsigqueueinfo 240 perf_event_open 241
+        name_to_handle_at 264 open_by_handle_at 265 clock_adjtime 266 setns 268
+        process_vm_readv 270 process_vm_writev 271 finit_module 273 bpf 280 execveat 281
+        userfaultfd 282 kexec_file_load 294 pidfd_send_signal 424 io_uring_setup 425
+        io_uring_enter 426 io_uring_register 427 open_tree 428 move_mount 429 fsopen 430
+        fsconfig 431 fsmount 432 fspick 433 pidfd_open 434 clone3 435 pidfd_getfd 438
+        mount_setattr 442 personality 92""",
+    ),
 }
+
+
+def syscall_table(machine: str) -> tuple[int, dict[str, int]]:
+    """(audit architecture code, {system call name: number}) of this machine."""
+    audit, text = NUMBERS[machine]
+    words = text.split()
+    return audit, {name: int(nr) for name, nr in zip(words[::2], words[1::2])}
+
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -293,18 +210,21 @@ def assemble(program: list) -> bytes:
     return b"".join(out)
 
 
-def seccomp_program(arch: dict, pid: int) -> bytes:
+def seccomp_program(machine: str, pid: int) -> bytes:
     LD, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06  # ld [k]; jeq #k; jset #k; ret #k
     ALLOW, KILL = 0x7FFF0000, 0x80000000
     ERRNO = 0x00050000
     arg0 = 16  # offsetof(struct seccomp_data, args[0]), low 32 bits on little-endian
-    prog = [(LD, 0, 0, 4), (JEQ, 1, 0, arch["audit"]), (RET, 0, 0, KILL), (LD, 0, 0, 0)]
-    prog += [(JEQ, "deny", 0, nr) for nr in arch["deny"]]
+    audit, nr = syscall_table(machine)
+    prog = [(LD, 0, 0, 4), (JEQ, 1, 0, audit), (RET, 0, 0, KILL), (LD, 0, 0, 0)]
+    if machine == "x86_64":  # refuse the x32 ABI's numbering outright
+        prog += [(0x35, 0, 1, 0x40000000), (RET, 0, 0, KILL)]  # jge #k
+    prog += [(JEQ, "deny", 0, nr[name]) for name in DENY if name in nr]
     prog += [
-        (JEQ, "clone", 0, arch["clone"]),
-        (JEQ, "nosys", 0, arch["clone3"]),  # glibc then falls back to clone
-        (JEQ, "signal", 0, arch["kill"]),
-        (JEQ, "signal", 0, arch["tgkill"]),
+        (JEQ, "clone", 0, nr["clone"]),
+        (JEQ, "nosys", 0, nr["clone3"]),  # glibc then falls back to clone
+        (JEQ, "signal", 0, nr["kill"]),
+        (JEQ, "signal", 0, nr["tgkill"]),
         (RET, 0, 0, ALLOW),
         "clone",
         (LD, 0, 0, arg0),
@@ -320,13 +240,11 @@ def seccomp_program(arch: dict, pid: int) -> bytes:
         "nosys",
         (RET, 0, 0, ERRNO | ENOSYS),
     ]
-    if platform.machine() == "x86_64":  # refuse the x32 ABI's numbering outright
-        prog[4:4] = [(0x35, 0, 1, 0x40000000), (RET, 0, 0, KILL)]  # jge #k
     return assemble(prog)
 
 
-def install_seccomp(arch: dict) -> None:
-    code = seccomp_program(arch, os.getpid())
+def install_seccomp(machine: str) -> None:
+    code = seccomp_program(machine, os.getpid())
     buffer = ctypes.create_string_buffer(code, len(code))
 
     class Program(ctypes.Structure):
@@ -341,20 +259,20 @@ def install_seccomp(arch: dict) -> None:
 
 
 def confine(request: dict) -> None:
-    arch = ARCHES.get(platform.machine())
-    if arch is None:
-        raise OSError(ENOSYS, f"no seccomp table for {platform.machine()}")
+    machine = platform.machine()
+    if machine not in NUMBERS:
+        raise OSError(ENOSYS, f"no seccomp table for {machine}")
     owner = NOBODY if os.getuid() == 0 else 0
     enter_namespaces()
     build_root(request["root"], request["disk_mb"], owner)
-    pivot(request["root"], arch["pivot_root"])
+    pivot(request["root"], syscall_table(machine)[1]["pivot_root"])
     for name, text in request.get("files", {}).items():
         write("/work/" + name, text)
         os.chown("/work/" + name, owner, owner)
     os.chdir("/work")
     limit(request)
     drop_privileges(owner)
-    install_seccomp(arch)
+    install_seccomp(machine)
 
 
 def main() -> None:

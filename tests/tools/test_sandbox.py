@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import resource
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 
-from lmforge.tools import SandboxLimits, Toolbox, ToolCall, python_tool, run_python
+from lmforge.tools import SandboxLimits, Toolbox, ToolCall, jail, python_tool, run_python
 from lmforge.tools.sandbox import sandbox_available
 
 available, reason = sandbox_available()
@@ -149,3 +151,21 @@ def test_python_tool_reports_failures_as_errors():
     bad = box.call(ToolCall("python", {"code": "1 / 0"}))
     assert bad.error and "ZeroDivisionError: division by zero" in bad.content
     assert bad.content.endswith("[exit status 1]")
+
+
+@pytest.mark.parametrize(
+    ("machine", "header"),
+    [
+        ("x86_64", "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
+        ("aarch64", "/usr/include/asm-generic/unistd.h"),
+    ],
+)
+def test_the_seccomp_tables_match_the_kernel_headers(machine, header):
+    if not Path(header).is_file():
+        pytest.skip(f"{header} is not installed")
+    text = Path(header).read_text()
+    _, table = jail.syscall_table(machine)
+    for name, number in table.items():
+        found = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)\b", text)
+        assert found and int(found.group(1)) == number, name
+    assert set(jail.DENY) - set(table) <= {"fork", "vfork", "mknod", "iopl", "ioperm"}

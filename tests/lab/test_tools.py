@@ -1,0 +1,73 @@
+"""The tools lab: its bookkeeping exactly, and the quick run on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.agents import Event, Transcript
+from lmforge.data.instruct import parse_record
+from lmforge.eval.arithmetic import generate_big_problems
+from lmforge.lab import run_experiment
+from lmforge.lab.tools import digits, final_number, invalid_calls, verdict
+from lmforge.lab.tools_data import demonstration, rationale_steps, solution_messages
+from lmforge.tools import Toolbox, ToolCall, calculator
+from lmforge.tools.formats import CALL_FORMATS, plain_messages
+
+
+def test_final_number_and_digits():
+    assert final_number("So 4,732 - 1298 = 3434. The answer is 3434.") == 3434
+    assert final_number("no number") is None and final_number("-12") == -12
+    problem = generate_big_problems(1, 2, 4, seed=0)[0]
+    assert digits(problem) == 4
+
+
+def test_invalid_calls_count_parse_errors_and_schema_violations():
+    good = ToolCall("calculator", {"expression": "1+1"}, "a").to_openai()
+    bad = ToolCall("calculator", {"expr": "1+1"}, "b").to_openai()
+    log = Transcript("q")
+    log.messages = [{"role": "assistant", "content": "", "tool_calls": [good, bad]}]
+    log.events = [Event("error", "tool call 0 is not valid JSON (...)", 2),
+                  Event("error", "calculator: division by zero", 3)]  # fmt: skip
+    assert invalid_calls(log, Toolbox([calculator])) == (3, 2)  # a failed run is a valid call
+
+
+def test_verdict_reads_the_table():
+    rows = [
+        {"name": "SmolLM2, no tools", "accuracy": 0.05, "invalid_rate": None},
+        {"name": "SmolLM2 + calculator, constrained", "accuracy": 0.2, "invalid_rate": 0.0},
+        {"name": "SmolLM2 + calculator, free", "accuracy": 0.1, "invalid_rate": 0.25},
+    ]
+    assert verdict(rows) == (
+        "- SmolLM2 + calculator, constrained: 20% against 5% without the tool (×4.0; meets "
+        "the target of ×2).\n- SmolLM2: invalid calls 25% when free, 0% constrained (target 0%)."
+    )
+
+
+def test_solutions_are_sft_records_in_the_default_format():
+    problem = generate_big_problems(1, 2, 3, seed=1)[0]
+    steps = rationale_steps(problem)
+    assert steps and steps[-1][1] == str(problem.answer)
+    messages = solution_messages(problem.question, steps, str(problem.answer))
+    roles = [m["role"] for m in messages]
+    assert roles == ["system", "user"] + ["assistant", "tool"] * len(steps) + ["assistant"]
+    plain = plain_messages(messages, [calculator.spec()], CALL_FORMATS.get("hermes"))
+    conv, fmt = parse_record({"messages": plain})  # alternates user/assistant: valid SFT data
+    assert fmt == "openai" and conv.messages[-1]["content"] == f"The answer is {problem.answer}."
+    assert plain[2]["content"].startswith('<tool_call>\n{"name": "calculator"')
+    assert demonstration(problem) == messages[1:]
+
+
+@pytest.mark.assets
+@pytest.mark.slow
+def test_tools_quick_on_smollm2(tmp_path):
+    text = run_experiment("tools", tmp_path / "lab", quick=True).read_text()
+    assert "| condition | 3-digit | 4-digit | all |" in text
+    results = json.loads((tmp_path / "lab" / "results.json").read_text())
+    names = [r["name"] for r in results["rows"]]
+    assert names[:3] == ["SmolLM2, no tools", "SmolLM2 + calculator, constrained",
+                         "SmolLM2 + calculator, free"]  # fmt: skip
+    constrained = results["rows"][1]
+    assert constrained["attempts"] >= 2 and constrained["invalid"] == 0
+    assert (tmp_path / "lab" / "accuracy.png").stat().st_size > 1000
