@@ -6,7 +6,8 @@
                   ├─► step 2 (sees result 1) ─► ...             ─► result 2
                   └─► solver: the question and every result ─► answer (no tools)
 
-A plan caps at `max_plan_steps`; each step is a ReAct run of at most `max_steps` replies.
+A plan caps at `max_plan_steps` (an empty plan is the question itself, in one step); each
+step is a ReAct run of at most `max_steps` replies.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def plan_and_execute(
     log = Transcript(question)
     log.add(Event("question", question), on_event)
     planner = [{"role": "system", "content": PLANNER_SYSTEM}, {"role": "user", "content": question}]
-    plan = parse_plan(model.reply(planner, [], "none").content, max_plan_steps)
+    plan = parse_plan(model.reply(planner, [], "none").content, max_plan_steps) or [question]
     log.add(Event("plan", "\n".join(f"{i}. {s}" for i, s in enumerate(plan, 1))), on_event)
     done: list[tuple[str, str]] = []
     for i, task in enumerate(plan, 1):

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from lmforge.agents import LocalChatModel, Transcript, format_event, plan_and_execute, react
+from lmforge.agents import (
+    Event,
+    LocalChatModel,
+    Transcript,
+    format_event,
+    plan_and_execute,
+    react,
+)
 from lmforge.agents.model import TOOL_CHOICES
 from lmforge.agents.react import REACT_SYSTEM
 from lmforge.config import apply_overrides, from_dict, read_yaml
@@ -92,7 +99,7 @@ def run_agent(cfg: AgentConfig, out: TextIO | None = None) -> Transcript:
     box = make_toolbox(cfg.toolbox_config())
     chat = chat_model(cfg)
 
-    def show(event) -> None:
+    def show(event: Event) -> None:
         out.write(format_event(event) + "\n")
         out.flush()
 

@@ -112,6 +112,8 @@ def test_plan_and_execute():
         "1. Subtract 1298 from 4732. → 3434\n2. Double the result. → 6868"
     )
     assert parse_plan("first\n\nsecond\nthird", 2) == ["first", "second"]
+    empty = plan_and_execute(ScriptedModel(["", "4", "4"]), Toolbox([]), "2 + 2?")
+    assert [e.text for e in empty.events if e.kind in ("plan", "result")] == ["1. 2 + 2?", "4"]
 
 
 def test_team_passes_messages_between_roles():

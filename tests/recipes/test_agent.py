@@ -33,3 +33,13 @@ def test_agent_errors_name_the_fix(tiny_model_dir, capsys):
     assert 'give the question: lmforge agent --tools calculator "' in capsys.readouterr().err
     assert main(["agent", "--tool_choice", "always", "x"]) == 2
     assert "tool_choice 'always': choose from auto, required, none" in capsys.readouterr().err
+
+
+def test_agent_plan_mode_runs_planner_steps_and_solver(tiny_model_dir, capsys):
+    args = ["agent", "--model", str(tiny_model_dir), "--mode", "plan", "--max_steps", "1",
+            "--max_new_tokens", "12", "--constrain", "false", "Add 2 and 2."]  # fmt: skip
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "question: Add 2 and 2." and lines[1].startswith("plan: ")
+    assert any(line.startswith("[1] result: ") for line in lines)
+    assert lines[-2].startswith("answer: ") and lines[-1].startswith("answer: ")
