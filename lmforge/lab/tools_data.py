@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -96,27 +97,42 @@ def build_sft(
     texts = [problem.rationale for problem in problems]
     found = candidates(model, tokenizer, texts, p["sampled"], config)
     kept = filter_calls(model, tokenizer, calculator, texts, found, config)
+    solved = solutions(texts, kept)
+    specs, fmt, lines = [calculator.spec()], CALL_FORMATS.get("hermes"), []
+    for t, calls in solved.items():
+        steps = [(c.argument, c.result) for c in calls]
+        conv = solution_messages(problems[t].question, steps, str(problems[t].answer))
+        record = {"messages": plain_messages(conv, specs, fmt)}
+        lines.append(json.dumps(record, ensure_ascii=False))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    scored = [c for c in found if c.result is not None]
+    rows = [json.dumps(asdict(c) | {"gain": c.gain}, ensure_ascii=False) for c in scored]
+    atomic_write_text(path.with_name("toolformer-candidates.jsonl"), "\n".join(rows) + "\n")
+    stats = _stats(found, kept, len(problems), solved)
+    stats["thresholds"] = {
+        t: {"kept": sum(c.gain >= t for c in scored),
+            "covered": len(solutions(texts, [c for c in scored if c.gain >= t]))}
+        for t in (0.25, 0.5, 1.0)
+    }  # fmt: skip
+    return stats
+
+
+def solutions(texts: list[str], kept: list[Candidate]) -> dict[int, list[Candidate]]:
+    """Texts whose every result ("= N") has a kept call there: the best call per result."""
     best: dict[tuple[int, int], Candidate] = {}
     for c in kept:
         if (c.text, c.position) not in best or c.gain > best[(c.text, c.position)].gain:
             best[(c.text, c.position)] = c
-    specs, fmt, lines, covered = [calculator.spec()], CALL_FORMATS.get("hermes"), [], 0
-    for t, problem in enumerate(problems):
-        spots = [m.end() for m in re.finditer(r"=(?=\s*\d)", texts[t])]
-        calls = [best.get((t, i)) for i in spots]
-        if spots and all(calls):
-            covered += 1
-            steps = [(c.argument, c.result) for c in calls]
-            conv = solution_messages(problem.question, steps, str(problem.answer))
-            lines.append(
-                json.dumps({"messages": plain_messages(conv, specs, fmt)}, ensure_ascii=False)
-            )
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return _stats(found, kept, len(problems), covered, best)
+    out = {}
+    for t, text in enumerate(texts):
+        calls = [best.get((t, m.end())) for m in re.finditer(r"=(?=\s*\d)", text)]
+        if calls and all(calls):
+            out[t] = calls
+    return out
 
 
 def _stats(
-    found: list[Candidate], kept: list[Candidate], n: int, covered: int, best: dict
+    found: list[Candidate], kept: list[Candidate], n: int, solved: dict[int, list[Candidate]]
 ) -> dict[str, Any]:
     by = {}
     for source in ("model", "proposed"):
@@ -132,6 +148,6 @@ def _stats(
     examples = [
         {"argument": c.argument, "result": c.result, "source": c.source,
          "loss_minus": c.loss_minus, "loss_plus": c.loss_plus}
-        for c in sorted(best.values(), key=lambda c: -c.gain)[:3]
+        for c in sorted((c for cs in solved.values() for c in cs), key=lambda c: -c.gain)[:3]
     ]  # fmt: skip
-    return {"by_source": by, "problems": n, "covered": covered, "examples": examples}
+    return {"by_source": by, "problems": n, "covered": len(solved), "examples": examples}

@@ -36,13 +36,20 @@ def test_invalid_calls_count_parse_errors_and_schema_violations():
 def test_verdict_reads_the_table():
     rows = [
         {"name": "SmolLM2, no tools", "accuracy": 0.05, "invalid_rate": None},
-        {"name": "SmolLM2 + calculator, constrained", "accuracy": 0.2, "invalid_rate": 0.0},
-        {"name": "SmolLM2 + calculator, free", "accuracy": 0.1, "invalid_rate": 0.25},
+        {"name": "SmolLM2 + calculator, constrained", "accuracy": 0.05, "invalid_rate": 0.0},
+        {"name": "SmolLM2 + calculator, free", "accuracy": 0.0, "invalid_rate": 0.25},
+        {"name": "tuned, no tools", "accuracy": 0.0, "invalid_rate": None},
+        {"name": "tuned + calculator, constrained", "accuracy": 0.4, "invalid_rate": 0.0},
+        {"name": "tuned + calculator, free", "accuracy": 0.3, "invalid_rate": 0.1},
     ]
-    assert verdict(rows) == (
-        "- SmolLM2 + calculator, constrained: 20% against 5% without the tool (×4.0; meets "
-        "the target of ×2).\n- SmolLM2: invalid calls 25% when free, 0% constrained (target 0%)."
-    )
+    assert verdict(rows).splitlines() == [
+        "- SmolLM2 + calculator, constrained: 5% against 5% for SmolLM2 without tools (×1.0; "
+        "misses the target of ×2).",
+        "- SmolLM2: invalid calls 25% when free, 0% constrained (target 0%).",
+        "- tuned + calculator, constrained: 40% against 5% for SmolLM2 without tools (×8.0; "
+        "meets the target of ×2), 0% for the tuned model without tools.",
+        "- tuned: invalid calls 10% when free, 0% constrained (target 0%).",
+    ]
 
 
 def test_solutions_are_sft_records_in_the_default_format():
