@@ -2,7 +2,7 @@
 
 from lmforge.agents.model import ChatModel, LocalChatModel, Reply, ScriptedModel
 from lmforge.agents.plan import plan_and_execute
-from lmforge.agents.react import Event, Transcript, format_event, react
+from lmforge.agents.react import Event, Transcript, format_event, react, react_many
 from lmforge.agents.team import Message, Role, Team, TeamResult
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "format_event",
     "plan_and_execute",
     "react",
+    "react_many",
 ]

@@ -29,7 +29,7 @@ from lmforge.errors import ConfigError
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.tokenizer import Tokenizer
 from lmforge.tools.constrained import GrammarConstraint, call_pattern, compile_grammar
-from lmforge.tools.formats import CALL_FORMATS, ParsedReply, ToolPrompt
+from lmforge.tools.formats import CALL_FORMATS, CallFormat, ParsedReply, ToolPrompt
 from lmforge.tools.registry import ToolCall
 
 TOOL_CHOICES = ("auto", "required", "none")
@@ -96,8 +96,9 @@ class LocalChatModel:
         template: str | None = None,
         constrain: bool = True,
         call_format: str | None = None,
+        batch: int = 8,
     ) -> None:
-        self.model, self.tokenizer, self.constrain = model, tokenizer, constrain
+        self.model, self.tokenizer, self.constrain, self.batch = model, tokenizer, constrain, batch
         self.prompt = ToolPrompt(tokenizer, template, call_format)
         self.sampling = sampling or SamplingConfig(max_new_tokens=128, temperature=0.0)
         stops = chat_stop_strings(tokenizer, template)
@@ -105,48 +106,68 @@ class LocalChatModel:
         self.eos = chat_stop_tokens(tokenizer)
 
     def _generate(
-        self, prompt: str, config: SamplingConfig, processor: Any = None
-    ) -> tuple[str, str]:
-        """(the text, what followed it when a stop string cut it off)."""
-        out = generate(
-            self.model,
-            [self.tokenizer.encode(prompt)],
-            config,
-            eos_token_id=self.eos,
-            pad_token_id=self.tokenizer.pad_id or 0,
-            decode=self.tokenizer.decode,
-            truncate=True,
-            logits_processor=processor,
-        )[0]
-        text = out.text or ""
-        return text, self.tokenizer.decode(out.token_ids)[len(text) :]
+        self, prompts: list[str], config: SamplingConfig, processor: Any = None
+    ) -> list[tuple[str, str]]:
+        """(the text, what followed it when a stop string cut it off) per prompt, in
+        batches of `batch`."""
+        out = []
+        for start in range(0, len(prompts), self.batch):
+            results = generate(
+                self.model,
+                [self.tokenizer.encode(p) for p in prompts[start : start + self.batch]],
+                config,
+                eos_token_id=self.eos,
+                pad_token_id=self.tokenizer.pad_id or 0,
+                decode=self.tokenizer.decode,
+                truncate=True,
+                logits_processor=processor() if processor else None,
+            )
+            for r in results:
+                text = r.text or ""
+                out.append((text, self.tokenizer.decode(r.token_ids)[len(text) :]))
+        return out
 
-    def call(self, prompt: str, tools: Sequence[Mapping[str, Any]]) -> str:
-        """One call continuing `prompt`: under the tools' schema with `constrain`, else the
-        format's opener followed by free text."""
+    def calls(self, prompts: list[str], tools: Sequence[Mapping[str, Any]]) -> list[str]:
+        """One call continuing each prompt: under the tools' schema with `constrain`, else
+        the format's opener followed by free text."""
         if not self.constrain:
             opener = self.prompt.format.opener
-            return opener + self._generate(prompt + opener, self.free)[0]
+            return [opener + t for t, _ in self._generate([p + opener for p in prompts], self.free)]
         grammar = compile_grammar(call_pattern(tools, self.prompt.format), self.tokenizer)
-        constraint = GrammarConstraint(grammar, self.eos, self.sampling.max_new_tokens)
-        return self._generate(prompt, replace(self.sampling, stop=[]), constraint)[0]
+        budget = self.sampling.max_new_tokens
+        fresh = lambda: GrammarConstraint(grammar, self.eos, budget)  # noqa: E731 - per batch
+        return [t for t, _ in self._generate(prompts, replace(self.sampling, stop=[]), fresh)]
+
+    def replies(
+        self,
+        conversations: Sequence[Messages],
+        tools: Sequence[Mapping[str, Any]],
+        tool_choice: str = "auto",
+    ) -> list[Reply]:
+        """The replies to several conversations, generated in batches."""
+        if tool_choice not in TOOL_CHOICES:
+            raise ConfigError(f"tool_choice {tool_choice!r}: choose from {', '.join(TOOL_CHOICES)}")
+        prompts = [self.prompt.render(m, tools) for m in conversations]
+        fmt = self.prompt.format
+        if not tools or tool_choice == "none" or (tool_choice == "auto" and not self.constrain):
+            texts = [t for t, _ in self._generate(prompts, self.free)]
+        elif tool_choice == "required":
+            texts = self.calls(prompts, tools)
+        else:
+            free = replace(self.free, stop=[*self.free.stop, fmt.trigger])
+            done = self._generate(prompts, free)
+            texts = [t for t, _ in done]
+            began = [i for i, (t, cut) in enumerate(done) if _begins_call(fmt, t, cut)]
+            for i, call in zip(began, self.calls([prompts[i] + texts[i] for i in began], tools)):
+                texts[i] += call
+        return [Reply.parsed(t, self.prompt.parse) for t in texts]
 
     def reply(
         self, messages: Messages, tools: Sequence[Mapping[str, Any]], tool_choice: str = "auto"
     ) -> Reply:
-        if tool_choice not in TOOL_CHOICES:
-            raise ConfigError(f"tool_choice {tool_choice!r}: choose from {', '.join(TOOL_CHOICES)}")
-        prompt = self.prompt.render(messages, tools)
-        fmt = self.prompt.format
-        if not tools or tool_choice == "none":
-            text = self._generate(prompt, self.free)[0]
-        elif tool_choice == "required":
-            text = self.call(prompt, tools)
-        elif not self.constrain:
-            text = self._generate(prompt, self.free)[0]
-        else:
-            free = replace(self.free, stop=[*self.free.stop, fmt.trigger])
-            text, cut = self._generate(prompt, free)
-            if cut.startswith(fmt.trigger) and not (fmt.only_first and text.strip()):
-                text += self.call(prompt + text, tools)
-        return Reply.parsed(text, self.prompt.parse)
+        return self.replies([messages], tools, tool_choice)[0]
+
+
+def _begins_call(fmt: CallFormat, text: str, cut: str) -> bool:
+    """Free generation stopped at the format's call trigger (where a call may start)."""
+    return cut.startswith(fmt.trigger) and not (fmt.only_first and text.strip())

@@ -89,6 +89,78 @@ def _observe(reply: Reply, box: Toolbox, step: int, log: Transcript, on_event: A
         log.add(Event("error", error, step), on_event)
 
 
+def _begin(question: str, system: str | None, examples: Sequence[Mapping[str, Any]],
+           on_event: Callable[[Event], None] | None) -> Transcript:  # fmt: skip
+    log = Transcript(question)
+    log.messages = [{"role": "system", "content": system}] if system else []
+    log.messages += [dict(m) for m in examples]
+    log.messages.append({"role": "user", "content": question})
+    log.add(Event("question", question), on_event)
+    return log
+
+
+def _take(
+    log: Transcript,
+    reply: Reply,
+    step: int,
+    box: Toolbox,
+    stop: Callable[[Transcript], bool] | None,
+    on_event: Callable[[Event], None] | None,
+) -> bool:
+    """Record one reply and run its calls; True when the run ends with it."""
+    log.messages.append(reply.message(f"call_{step}"))
+    log.steps = step
+    if not reply.calls and not reply.errors:
+        log.answer, log.stop_reason = reply.content, "answer"
+        log.add(Event("answer", reply.content, step), on_event)
+        return True
+    _observe(reply, box, step, log, on_event)
+    if stop is not None and stop(log):
+        log.stop_reason = "stop"
+        log.add(Event("stop", "the stop condition holds", step), on_event)
+        return True
+    return False
+
+
+def _replies(model: ChatModel, logs: list[Transcript], specs: list, choice: str) -> list[Reply]:
+    """One reply per conversation: in one batch when the model can, else one by one."""
+    batch = getattr(model, "replies", None)
+    if batch is not None:
+        return batch([log.messages for log in logs], specs, choice)
+    return [model.reply(log.messages, specs, choice) for log in logs]
+
+
+def react_many(
+    model: ChatModel,
+    box: Toolbox,
+    questions: Sequence[str],
+    *,
+    system: str | None = REACT_SYSTEM,
+    examples: Sequence[Mapping[str, Any]] = (),
+    max_steps: int = 6,
+    tool_choice: str = "auto",
+    first_tool_choice: str | None = None,
+    stop: Callable[[Transcript], bool] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> list[Transcript]:
+    """ReAct on several questions in lockstep: each step asks the model for the replies of
+    every unfinished run at once (one generation batch), so decoding is shared."""
+    logs = [_begin(q, system, examples, on_event) for q in questions]
+    live, specs = list(logs), box.specs()
+    for step in range(1, max_steps + 1):
+        choice = first_tool_choice if step == 1 and first_tool_choice else tool_choice
+        replies = _replies(model, live, specs, choice)
+        live = [
+            log for log, r in zip(live, replies) if not _take(log, r, step, box, stop, on_event)
+        ]
+        if not live:
+            return logs
+    for log in live:
+        log.stop_reason = "budget"
+        log.add(Event("stop", f"no answer within {max_steps} steps", max_steps), on_event)
+    return logs
+
+
 def react(
     model: ChatModel,
     box: Toolbox,
@@ -106,26 +178,6 @@ def react(
 
     `tool_choice` applies to every reply, `first_tool_choice` (if given) to the first: e.g.
     "required" makes a small model act before it answers."""
-    log = Transcript(question)
-    log.messages = [{"role": "system", "content": system}] if system else []
-    log.messages += [dict(m) for m in examples]
-    log.messages.append({"role": "user", "content": question})
-    log.add(Event("question", question), on_event)
-    specs = box.specs()
-    for step in range(1, max_steps + 1):
-        choice = first_tool_choice if step == 1 and first_tool_choice else tool_choice
-        reply = model.reply(log.messages, specs, choice)
-        log.messages.append(reply.message(f"call_{step}"))
-        log.steps = step
-        if not reply.calls and not reply.errors:
-            log.answer, log.stop_reason = reply.content, "answer"
-            log.add(Event("answer", reply.content, step), on_event)
-            return log
-        _observe(reply, box, step, log, on_event)
-        if stop is not None and stop(log):
-            log.stop_reason = "stop"
-            log.add(Event("stop", "the stop condition holds", step), on_event)
-            return log
-    log.stop_reason = "budget"
-    log.add(Event("stop", f"no answer within {max_steps} steps", max_steps), on_event)
-    return log
+    settings = dict(system=system, examples=examples, max_steps=max_steps, stop=stop,
+                    tool_choice=tool_choice, first_tool_choice=first_tool_choice)  # fmt: skip
+    return react_many(model, box, [question], on_event=on_event, **settings)[0]

@@ -29,7 +29,7 @@ from typing import Any
 from torch import nn
 from tqdm import tqdm
 
-from lmforge.agents import LocalChatModel, Transcript, format_event, react
+from lmforge.agents import LocalChatModel, Transcript, format_event, react_many
 from lmforge.atomic import atomic_write_json
 from lmforge.chat import chat_format, chat_stop_strings, chat_stop_tokens
 from lmforge.config import from_dict
@@ -142,15 +142,16 @@ def run_condition(
         example = f"{problems[0].question}\n→ {replies[0]}"
     else:
         sampling = SamplingConfig(max_new_tokens=p["new_tokens"], temperature=0.0)
-        chat = LocalChatModel(model, tokenizer, sampling, constrain=cond.constrain)
-        answers, attempts, invalid, example = [], 0, 0, ""
-        for problem in tqdm(problems, desc=cond.name, leave=False):
-            log = react(chat, box, problem.question, examples=demo if cond.demo else (),
-                        max_steps=p["max_steps"], first_tool_choice=cond.first)  # fmt: skip
-            answers.append(final_number(log.answer) if log.stop_reason == "answer" else None)
-            a, b = invalid_calls(log, box)
-            attempts, invalid = attempts + a, invalid + b
-            example = example or _show(log)
+        chat = LocalChatModel(model, tokenizer, sampling, constrain=cond.constrain, batch=8)
+        logs: list[Transcript] = []
+        for i in tqdm(range(0, len(problems), 8), desc=cond.name, leave=False):
+            questions = [q.question for q in problems[i : i + 8]]
+            logs += react_many(chat, box, questions, examples=demo if cond.demo else (),
+                               max_steps=p["max_steps"], first_tool_choice=cond.first)  # fmt: skip
+        answers = [final_number(g.answer) if g.stop_reason == "answer" else None for g in logs]
+        counts = [invalid_calls(g, box) for g in logs]
+        attempts, invalid = sum(a for a, _ in counts), sum(b for _, b in counts)
+        example = _show(logs[0])
     correct = [a == q.answer for a, q in zip(answers, problems)]
     by_digits = {}
     for d in p["digits"]:

@@ -3,17 +3,20 @@
 from lmforge.tools.builtin import BUILTIN_TOOLS, ToolsConfig, make_toolbox
 from lmforge.tools.calculator import calculate, calculator
 from lmforge.tools.files import file_reader, retrieval_tool
+from lmforge.tools.formats import CALL_FORMATS, ToolPrompt
 from lmforge.tools.registry import Tool, Toolbox, ToolCall, ToolError, ToolResult, tool
 from lmforge.tools.sandbox import SandboxLimits, SandboxResult, python_tool, run_python
 from lmforge.tools.schema import function_schema
 
 __all__ = [
     "BUILTIN_TOOLS",
+    "CALL_FORMATS",
     "SandboxLimits",
     "SandboxResult",
     "Tool",
     "ToolCall",
     "ToolError",
+    "ToolPrompt",
     "ToolResult",
     "Toolbox",
     "ToolsConfig",

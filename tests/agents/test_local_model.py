@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from lmforge.agents import LocalChatModel, react
+from lmforge.agents import LocalChatModel, react, react_many
 from lmforge.model import CausalLM, preset
 from lmforge.model.generate import SamplingConfig
 from lmforge.tokenizer import Tokenizer
@@ -98,3 +98,17 @@ def test_auto_mode_writes_free_text_then_a_constrained_call():
     assert reply.text.startswith("Sure <tool_call>\n{") and reply.text.endswith("}\n</tool_call>")
     assert reply.content == "Sure" and reply.errors == [] and len(reply.calls) == 1
     assert box.check(reply.calls[0])[2] is None
+
+
+def test_react_many_equals_one_question_at_a_time():
+    tokenizer = Tokenizer.train([TEXT], vocab_size=400)
+    torch.manual_seed(0)
+    model = CausalLM(preset("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=2048)).eval()
+    chat = LocalChatModel(model, tokenizer, SamplingConfig(max_new_tokens=60, temperature=0.0),
+                          batch=2)  # fmt: skip
+    box, questions = Toolbox([calculator]), ["2 + 2?", "北京 3 * 3?"]
+    settings = dict(max_steps=1, first_tool_choice="required", system=None)
+    together = react_many(chat, box, questions, **settings)
+    alone = [react(chat, box, q, **settings) for q in questions]
+    assert [t.messages for t in together] == [t.messages for t in alone]
+    assert all(t.calls() >= 1 for t in together)
