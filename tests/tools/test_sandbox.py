@@ -10,8 +10,11 @@ import ast
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +172,25 @@ def test_the_seccomp_tables_match_the_kernel_headers(machine, header):
         found = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)\b", text)
         assert found and int(found.group(1)) == number, name
     assert set(jail.DENY) - set(table) <= {"fork", "vfork", "mknod", "iopl", "ioperm"}
+
+
+def test_without_root_the_sandbox_uses_a_user_namespace():
+    """Started by uid 1000 (in a user namespace of its own), the jail maps itself to root of
+    a new user namespace and confines itself the same way."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    script = (
+        "import os\nfrom lmforge.tools import run_python\nassert os.getuid() == 1000\n"
+        "r = run_python('import os, socket\\nprint(sorted(os.listdir(\"/\")))\\nsocket.socket()')\n"
+        "print(r.stdout.strip())\nprint(r.stderr.strip().splitlines()[-1])"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    if done.returncode and "unshare failed" in done.stderr:
+        pytest.skip("user namespaces are not available here")
+    listing, error = done.stdout.splitlines()
+    assert "work" in ast.literal_eval(listing) and "etc" not in ast.literal_eval(listing)
+    assert error == "PermissionError: [Errno 1] Operation not permitted"
