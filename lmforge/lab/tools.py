@@ -20,6 +20,7 @@ decoding brings invalid calls to 0%.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -296,27 +297,39 @@ def _write(report: Report, p: dict, rows: list, data: dict, ft: dict, out: Path)
     )
 
 
+def _conditions(
+    model_name: str, model: nn.Module, tokenizer: Tokenizer, test: list[Problem], demo: list,
+    p: dict[str, Any], out: Path,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows of one model's conditions; a row already in conditions.json for the same
+    plan is reused, and each new one is saved at once (a stopped run resumes)."""
+    saved = out / "conditions.json"
+    kept = json.loads(saved.read_text()) if saved.exists() else {}
+    if kept.get("plan") != json.loads(json.dumps(p)):
+        kept = {"plan": p, "rows": {}}
+    rows = []
+    for cond in (c for c in CONDITIONS if c.model == model_name):
+        if cond.name not in kept["rows"]:
+            kept["rows"][cond.name] = run_condition(cond, model, tokenizer, test, demo, p)
+            atomic_write_json(saved, kept)
+        rows.append(kept["rows"][cond.name])
+    return rows
+
+
 def run_plan(p: dict[str, Any], out: Path) -> Report:
     """The whole experiment at the sizes of plan `p` (see `plan`)."""
     out.mkdir(parents=True, exist_ok=True)
     test, train = problems(p, 0, p["per_digits"]), problems(p, 1, p["train"] // len(p["digits"]))
     model, tokenizer = load_model(MODEL).eval(), load_tokenizer(MODEL)
     demo = demonstration(train[-1])
-    rows = [
-        run_condition(c, model, tokenizer, test, demo, p) for c in CONDITIONS if c.model == "base"
-    ]
+    rows = _conditions("base", model, tokenizer, test, demo, p, out)
     data = build_sft(model, tokenizer, train, p, out / "toolformer.jsonl")
     del model
     ft = {"error": "the filter kept no complete solution"}
     if data["covered"]:
         ft = tune(out / "toolformer.jsonl", data["covered"], out / "finetune", p)
     if "error" not in ft:
-        tuned = tuned_model(out / "finetune")
-        rows += [
-            run_condition(c, tuned, tokenizer, test, demo, p)
-            for c in CONDITIONS
-            if c.model == "tuned"
-        ]
+        rows += _conditions("tuned", tuned_model(out / "finetune"), tokenizer, test, demo, p, out)
     report = Report("Tool use: a calculator, Toolformer-style tuning, constrained calls", out)
     report.text(__doc__.split("\n\n", 1)[1].split("\n\n    ")[0])
     report.text(

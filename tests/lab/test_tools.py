@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import lmforge.lab.tools as lab
 from lmforge.agents import Event, Transcript
 from lmforge.data.instruct import parse_record
 from lmforge.eval.arithmetic import generate_big_problems
@@ -78,3 +79,15 @@ def test_tools_quick_on_smollm2(tmp_path):
     constrained = results["rows"][1]
     assert constrained["attempts"] >= 2 and constrained["invalid"] == 0
     assert (tmp_path / "lab" / "accuracy.png").stat().st_size > 1000
+
+
+def test_conditions_are_saved_as_they_finish_and_reused(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(lab, "run_condition", lambda c, *a: ran.append(c.name) or {"name": c.name})
+    p = lab.plan(quick=True)
+    first = lab._conditions("base", None, None, [], [], p, tmp_path)
+    assert [r["name"] for r in first] == [c.name for c in lab.CONDITIONS[:3]] == ran
+    again = lab._conditions("base", None, None, [], [], p, tmp_path)
+    assert again == first and len(ran) == 3  # nothing ran twice
+    lab._conditions("base", None, None, [], [], {**p, "max_steps": 9}, tmp_path)
+    assert len(ran) == 6  # another plan: run again
