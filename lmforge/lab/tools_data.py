@@ -77,9 +77,8 @@ def candidates(
     """Proposed calls for every text, and calls sampled by the model for the first `sampled`."""
     found = propose_calls(calculator, texts)
     if sampled:
-        found += sample_calls(
-            model, tokenizer, calculator, SAMPLING_PROMPT, texts[:sampled], config
-        )
+        prompt, head = SAMPLING_PROMPT, texts[:sampled]
+        found += sample_calls(model, tokenizer, calculator, prompt, head, config, progress=True)
     return found
 
 
@@ -96,7 +95,7 @@ def build_sft(
     )
     texts = [problem.rationale for problem in problems]
     found = candidates(model, tokenizer, texts, p["sampled"], config)
-    kept = filter_calls(model, tokenizer, calculator, texts, found, config)
+    kept = filter_calls(model, tokenizer, calculator, texts, found, config, progress=True)
     solved = solutions(texts, kept)
     specs, fmt, lines = [calculator.spec()], CALL_FORMATS.get("hermes"), []
     for t, calls in solved.items():

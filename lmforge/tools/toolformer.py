@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.tokenizer import Tokenizer
@@ -87,12 +88,14 @@ def weighted_losses(
     rows: Sequence[tuple[list[int], list[int]]],
     weights: list[float],
     batch: int = 16,
+    progress: bool = False,
 ) -> list[float]:
     """Σ_t w_t · −log p(continuation_t | context, continuation_<t), per (context, continuation)."""
     out = [0.0] * len(rows)
     order = sorted(range(len(rows)), key=lambda j: len(rows[j][0]) + len(rows[j][1]))
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch):
+    starts = range(0, len(order), batch)
+    for start in tqdm(starts, desc="Toolformer filter", unit="batch", disable=not progress):
         chunk = order[start : start + batch]
         seqs = [rows[j][0] + rows[j][1][: len(weights)] for j in chunk]
         width = max(len(s) for s in seqs)
@@ -118,6 +121,7 @@ def filter_calls(
     texts: Sequence[str],
     candidates: Sequence[Candidate],
     config: ToolformerConfig,
+    progress: bool = False,
 ) -> list[Candidate]:
     """Fill each candidate's losses; return those that lower the loss by the threshold."""
     weights = loss_weights(64, config.decay)
@@ -134,7 +138,7 @@ def filter_calls(
         for result in (None, c.result):
             prefix = tokenizer.encode(api_text(tool, c.argument, result) + " ")
             rows.append((prefix + before, after))
-    losses = weighted_losses(model, rows, weights)
+    losses = weighted_losses(model, rows, weights, progress=progress)
     plain = dict(zip(spots, losses[: len(spots)]))
     for k, c in enumerate(live):
         without, with_result = losses[len(spots) + 2 * k : len(spots) + 2 * k + 2]
@@ -167,6 +171,7 @@ def sample_calls(
     prompt: str,
     texts: Sequence[str],
     config: ToolformerConfig,
+    progress: bool = False,
 ) -> list[Candidate]:
     """m sampled calls at each of the k best positions of every text (see the docstring)."""
     sampling = SamplingConfig(
@@ -176,7 +181,7 @@ def sample_calls(
         stop=[")]", ") →", "]", "\n"],
     )
     out = []
-    for t, text in enumerate(texts):
+    for t, text in enumerate(tqdm(texts, desc="sampling calls", disable=not progress)):
         spots = call_positions(model, tokenizer, prompt, text, config.positions)
         heads = [tokenizer.encode(prompt + text[:i] + f" [{tool.name}(") for i in spots]
         rows = [h for h in heads for _ in range(config.samples)]
