@@ -76,10 +76,10 @@ def plan(quick: bool) -> dict[str, Any]:
     """Sizes: the full run is meant to fit ~55 minutes on 2 idle CPU cores, quick ~2."""
     if quick:
         return dict(per_digits=1, digits=(3, 4), steps=2, train=6, sampled=1, positions=1,
-                    samples=1, threshold=0.5, max_steps=2, new_tokens=40, direct_tokens=32,
+                    samples=1, threshold=0.3, max_steps=2, new_tokens=40, direct_tokens=32,
                     ft_steps=2, ft_batch=2, ft_length=640, lr=1e-3, rank=8)  # fmt: skip
     return dict(per_digits=15, digits=(3, 4), steps=2, train=96, sampled=24, positions=2,
-                samples=2, threshold=0.5, max_steps=5, new_tokens=48, direct_tokens=96,
+                samples=2, threshold=0.3, max_steps=5, new_tokens=48, direct_tokens=96,
                 ft_steps=40, ft_batch=4, ft_length=640, lr=1e-3, rank=16)  # fmt: skip
 
 
@@ -271,15 +271,17 @@ def _write(report: Report, p: dict, rows: list, data: dict, ft: dict, out: Path)
         ylabel="accuracy (%)",
     )
     report.table(
-        ["τ (nats)", "kept calls", "problems with a kept call at every step"],
-        [[t, v["kept"], v["covered"]] for t, v in data["thresholds"].items()],
-        "How the filter's threshold decides how much data there is",
+        ["τ (nats)", "kept calls", "of which right", "problems with a kept call at every step"],
+        [[t, v["kept"], v["right"], v["covered"]] for t, v in data["thresholds"].items()],
+        "The filter's threshold: how much it keeps, and how much of that is right (the "
+        "result is the number the text writes there)",
     )
     by = data["by_source"]
     report.table(
-        ["source", "candidates", "ran", "kept", "mean loss drop of kept (nats)"],
-        [[s, v["candidates"], v["executed"], v["kept"], f"{v['mean_gain_kept']:.2f}"]
-         for s, v in by.items()],
+        ["source", "candidates", "ran", "right", "kept", "kept and right",
+         "mean loss drop of kept (nats)"],
+        [[s, v["candidates"], v["executed"], v["right"], v["kept"], v["kept_right"],
+          f"{v['mean_gain_kept']:.2f}"] for s, v in by.items()],
         f"Toolformer filter on {data['problems']} training rationales (τ = {p['threshold']}): "
         f"{data['covered']} problems had a kept call at every step and became SFT examples",
     )  # fmt: skip

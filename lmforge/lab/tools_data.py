@@ -107,13 +107,24 @@ def build_sft(
     scored = [c for c in found if c.result is not None]
     rows = [json.dumps(asdict(c) | {"gain": c.gain}, ensure_ascii=False) for c in scored]
     atomic_write_text(path.with_name("toolformer-candidates.jsonl"), "\n".join(rows) + "\n")
-    stats = _stats(found, kept, len(problems), solved)
+    stats = _stats(found, kept, texts, solved)
     stats["thresholds"] = {
-        t: {"kept": sum(c.gain >= t for c in scored),
-            "covered": len(solutions(texts, [c for c in scored if c.gain >= t]))}
-        for t in (0.25, 0.5, 1.0)
-    }  # fmt: skip
+        t: _at(t, texts, scored) for t in sorted({0.1, 0.3, 0.5, 1.0, config.threshold})
+    }
     return stats
+
+
+def is_right(text: str, c: Candidate) -> bool:
+    """The call's result is the number the text writes where the call goes."""
+    written = re.match(r"\s*(-?\d+)", text[c.position :])
+    return bool(written) and written.group(1) == c.result
+
+
+def _at(threshold: float, texts: list[str], scored: list[Candidate]) -> dict[str, int]:
+    """What the filter keeps at one threshold: calls, right ones, complete solutions."""
+    kept = [c for c in scored if c.gain >= threshold]
+    right = sum(is_right(texts[c.text], c) for c in kept)
+    return {"kept": len(kept), "right": right, "covered": len(solutions(texts, kept))}
 
 
 def solutions(texts: list[str], kept: list[Candidate]) -> dict[int, list[Candidate]]:
@@ -131,7 +142,7 @@ def solutions(texts: list[str], kept: list[Candidate]) -> dict[int, list[Candida
 
 
 def _stats(
-    found: list[Candidate], kept: list[Candidate], n: int, solved: dict[int, list[Candidate]]
+    found: list[Candidate], kept: list[Candidate], texts: list[str], solved: dict
 ) -> dict[str, Any]:
     by = {}
     for source in ("model", "proposed"):
@@ -141,7 +152,9 @@ def _stats(
         by[source] = {
             "candidates": len(mine),
             "executed": len(ran),
+            "right": sum(is_right(texts[c.text], c) for c in ran),
             "kept": len(held),
+            "kept_right": sum(is_right(texts[c.text], c) for c in held),
             "mean_gain_kept": sum(c.gain for c in held) / len(held) if held else 0.0,
         }
     examples = [
@@ -149,4 +162,4 @@ def _stats(
          "loss_minus": c.loss_minus, "loss_plus": c.loss_plus}
         for c in sorted((c for cs in solved.values() for c in cs), key=lambda c: -c.gain)[:3]
     ]  # fmt: skip
-    return {"by_source": by, "problems": n, "covered": len(solved), "examples": examples}
+    return {"by_source": by, "problems": len(texts), "covered": len(solved), "examples": examples}

@@ -12,9 +12,17 @@ from lmforge.data.instruct import parse_record
 from lmforge.eval.arithmetic import generate_big_problems
 from lmforge.lab import run_experiment
 from lmforge.lab.tools import digits, final_number, invalid_calls, verdict
-from lmforge.lab.tools_data import demonstration, rationale_steps, solution_messages
+from lmforge.lab.tools_data import (
+    _at,
+    demonstration,
+    is_right,
+    rationale_steps,
+    solution_messages,
+    solutions,
+)
 from lmforge.tools import Toolbox, ToolCall, calculator
 from lmforge.tools.formats import CALL_FORMATS, plain_messages
+from lmforge.tools.toolformer import Candidate
 
 
 def test_final_number_and_digits():
@@ -91,3 +99,17 @@ def test_conditions_are_saved_as_they_finish_and_reused(tmp_path, monkeypatch):
     assert again == first and len(ran) == 3  # nothing ran twice
     lab._conditions("base", None, None, [], [], {**p, "max_steps": 9}, tmp_path)
     assert len(ran) == 6  # another plan: run again
+
+
+def test_a_kept_call_is_right_when_its_result_is_the_written_number():
+    text = "Mia starts with 4732 apples. 4732 - 1298 = 3434. 3 * 315 = 945."
+    first, second = text.index("= 3434") + 1, text.index("= 945") + 1
+    calls = [
+        Candidate(0, first, "4732 - 1298", "3434", "proposed", loss_minus=2.0, loss_plus=1.0),
+        Candidate(0, first, "4732 + 1298", "6030", "proposed", loss_minus=2.0, loss_plus=1.8),
+        Candidate(0, second, "3 * 315", "945", "model", loss_minus=1.0, loss_plus=0.6),
+    ]
+    assert [is_right(text, c) for c in calls] == [True, False, True]
+    assert _at(0.1, [text], calls) == {"kept": 3, "right": 2, "covered": 1}
+    assert _at(0.5, [text], calls) == {"kept": 1, "right": 1, "covered": 0}
+    assert [c.argument for c in solutions([text], calls)[0]] == ["4732 - 1298", "3 * 315"]
