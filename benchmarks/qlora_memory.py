@@ -45,7 +45,7 @@ def build(side: str, page_dir: str) -> tuple[torch.nn.Module, torch.optim.Optimi
     from lmforge import peft
     from lmforge.hub import load_model
     from lmforge.model import set_gradient_checkpointing
-    from lmforge.quant.optim import build_optimizer
+    from lmforge.train.optim import build_optimizer
 
     side = side.removesuffix("@live")
     method, checkpointing = side.removesuffix("+gc"), side.endswith("+gc")
@@ -65,7 +65,7 @@ def build(side: str, page_dir: str) -> tuple[torch.nn.Module, torch.optim.Optimi
 def child(side: str, args: argparse.Namespace) -> None:
     """Run one side; print one JSON line with step times, first loss, state bytes, peak RSS."""
     from lmforge import hub, peft  # noqa: F401 (imported before the baseline is read)
-    from lmforge.quant.optim import state_bytes
+    from lmforge.train.optim import state_bytes
 
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Python + torch
     torch.set_num_threads(args.threads)

@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,11 +32,13 @@ from torch import nn
 from lmforge.assets import asset_path
 from lmforge.atomic import fsync_dir
 from lmforge.errors import AssetError, CheckpointError, ConfigError
-from lmforge.model.hf import load_hf_dir
+from lmforge.model.hf import load_hf_dir, weight_files
+from lmforge.quant.apply import QuantizeOnRead, quantize_model
 from lmforge.registry import Registry
 from lmforge.tokenizer import Tokenizer
 
 MARKER = "lmforge-source.json"  # written last into a conversion; a cache without it is no cache
+GENERATION_FILE = "generation_config.json"
 
 
 def lmforge_home() -> Path:
@@ -47,6 +50,7 @@ def lmforge_home() -> Path:
 class Embedded:
     source: Callable[[], Path]  # locates the file to convert (AssetError when not installed)
     convert: Callable[[Path, Path], None]  # (source file, empty output directory)
+    generation: dict[str, Any] = field(default_factory=dict)  # the model card's sampling
 
 
 def convert_gguf(source: Path, out: Path) -> None:
@@ -78,8 +82,13 @@ def convert_gguf(source: Path, out: Path) -> None:
 EMBEDDED: Registry[Embedded] = Registry("embedded model")
 EMBEDDED.add(
     "smollm2-135m-instruct",
-    Embedded(lambda: asset_path("smollm2-135m-instruct"), convert_gguf),
+    Embedded(
+        lambda: asset_path("smollm2-135m-instruct"),
+        convert_gguf,
+        {"do_sample": True, "temperature": 0.2, "top_p": 0.9},  # as its model card advises
+    ),
 )
+CONVERSION = 2  # bumped when a conversion writes something new: older caches convert again
 
 
 def _fingerprint(source: Path, span: int = 1 << 20) -> dict:
@@ -105,8 +114,13 @@ def _is_cache_of(cache: Path, entry: Embedded) -> bool:
         source = entry.source()
     except AssetError:
         return True  # the package left; the cache still holds a complete model
-    now = _fingerprint(source)
+    now = {**_fingerprint(source), "conversion": CONVERSION}
     return all(recorded.get(k) == now[k] for k in now)
+
+
+def _merge_json(path: Path, values: dict[str, Any]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**data, **values}, indent=2) + "\n", encoding="utf-8")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -142,8 +156,10 @@ def _convert(name: str, entry: Embedded, models: Path, cache: Path) -> None:
     outdated = tmp.with_name(tmp.name + "-outdated")
     try:
         entry.convert(source, tmp)
+        if entry.generation:
+            _merge_json(tmp / GENERATION_FILE, entry.generation)
         versions = {p: importlib.metadata.version(p) for p in ("transformers", "torch")}
-        marker = {**_fingerprint(source), "name": name, **versions}
+        marker = {**_fingerprint(source), "conversion": CONVERSION, "name": name, **versions}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
         tmp.chmod(0o755)  # mkdtemp made it private; the cache is an ordinary directory
@@ -179,28 +195,29 @@ def ensure_converted(name: str = "smollm2-135m-instruct") -> Path:
 
 
 def _load_native(path: Path, dtype: torch.dtype, quantize: dict | None) -> nn.Module:
-    return load_hf_dir(path, dtype=dtype, quantize=quantize)
+    if quantize is None:
+        return load_hf_dir(path, dtype=dtype)
+    hook = QuantizeOnRead(quantize)  # each layer as it is read: the float model never exists
+    return hook.finish(load_hf_dir(path, dtype=dtype, on_module=hook))
 
 
 def _load_transformers(path: Path, dtype: torch.dtype, quantize: dict | None) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    weight_files(path)  # safetensors only: pickled weights are refused as on the native path
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: transformers cannot load it ({e})") from None
     if quantize is not None:  # after the fact: transformers loads the float weights first
-        from lmforge.quant import quantize_model
-
         quantize_model(model, **quantize)
     return model
 
 
-BACKENDS: Registry[Callable[[Path, torch.dtype, dict | None], nn.Module]] = Registry(
-    "model backend"
-)
-BACKENDS.add("native", _load_native)
-BACKENDS.add("hf", _load_transformers)
+# How a checkpoint directory becomes a model: `backend=` of load_model, `--backend` of the CLI.
+LOADERS: Registry[Callable[[Path, torch.dtype, dict | None], nn.Module]] = Registry("backend")
+LOADERS.add("native", _load_native)
+LOADERS.add("hf", _load_transformers)
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -227,9 +244,11 @@ def load_model(
 
     quantize: settings of `lmforge.quant.quantize_model`, e.g. {"quant_type": "nf4"}; every
     linear layer but the head becomes an NF4Linear (natively, as it is read)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown model backend {backend!r}; choose from {BACKENDS.names()}")
-    return BACKENDS.get(backend)(resolve(name_or_path), dtype, quantize)
+    if backend not in LOADERS:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {LOADERS.names()}")
+    model = LOADERS.get(backend)(resolve(name_or_path), dtype, quantize)
+    model.name_or_path = str(name_or_path)  # what a delta trained on it records as its base
+    return model
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
@@ -245,3 +264,39 @@ def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
             "or transformers' tokenizer.save_pretrained(dir)"
         )
     return Tokenizer.from_file(directory)
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """A checkpoint's sampling settings (generation_config.json), read as transformers reads
+    them: without do_sample, decoding is greedy whatever else the file says."""
+
+    settings: dict[str, Any]  # SamplingConfig fields: temperature, top_k, top_p, ...
+    eos_token_ids: list[int]  # every id that ends generation
+    source: str  # the file they came from ("" when the checkpoint has none)
+
+
+def generation_defaults(name_or_path: str | Path) -> GenerationDefaults:
+    """The sampling settings of a model directory or embedded model; empty when it has none."""
+    path = resolve(name_or_path) / GENERATION_FILE
+    if not path.is_file():
+        return GenerationDefaults({}, [], "")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable generation config ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of generation settings")
+    eos = raw.get("eos_token_id")
+    eos_ids = [i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int)]
+    if not raw.get("do_sample", False):
+        settings: dict[str, Any] = {"temperature": 0.0}
+    else:  # transformers' own defaults fill what the file leaves out
+        settings = {
+            "temperature": float(raw.get("temperature", 1.0)),
+            "top_k": int(raw.get("top_k", 50) or 0),
+            "top_p": float(raw.get("top_p", 1.0)),
+        }
+    if raw.get("repetition_penalty") is not None:
+        settings["repetition_penalty"] = float(raw["repetition_penalty"])
+    return GenerationDefaults(settings, eos_ids, str(path))

@@ -8,10 +8,14 @@ alphabet covers all text and nothing is ever unknown:
     ids  ──vocab──► symbols ──ByteLevel⁻¹──► bytes ──UTF-8──► text   (exact inverse)
 
 There is no normalizer, so decode(encode(s)) == s for any string, Chinese and
-emoji included. Special tokens are never added implicitly: `encode` returns the
-text's ids only and the data pipeline appends `eos_id` itself. Special-token
-strings that appear literally in a text (e.g. "<|im_end|>") are matched as the
-special token, as `transformers` does, which is what chat templates rely on.
+emoji included. `encode(text)` returns the text's ids only; `encode(text,
+add_special_tokens=True)` adds what the checkpoint adds around a whole input (a BOS
+for Llama, Mistral or Gemma tokenizers, nothing for Qwen2 or SmolLM2): the
+post-processor of tokenizer.json decides, as in transformers ≥ 5, which reads
+`add_bos_token` / `add_eos_token` from tokenizer_config.json only for tokenizers that
+have no tokenizer.json (tests/test_tokenizer.py checks both agree).
+Special-token strings that appear literally in a text (e.g. "<|im_end|>") are matched
+as the special token, as transformers does, which is what chat templates rely on.
 
 Beside `tokenizer.json`, a `tokenizer_config.json` as `transformers` writes it
 names the special tokens (eos, pad, bos) and may hold the model's Jinja chat
@@ -90,23 +94,6 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def train_files(
-        cls,
-        paths: Iterable[str | Path],
-        vocab_size: int,
-        special_tokens: Sequence[str] = DEFAULT_SPECIALS,
-        min_frequency: int = 2,
-        show_progress: bool = False,
-    ) -> Tokenizer:
-        """Like `train`, reading UTF-8 text files (one document per file)."""
-        from lmforge.data.text import read_files  # data imports this module, not the reverse
-
-        docs = read_files([Path(p) for p in paths])
-        return cls.train(
-            (d.text for d in docs), vocab_size, special_tokens, min_frequency, show_progress
-        )
-
-    @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
         """Load a `tokenizer.json` (or a folder holding one).
 
@@ -164,8 +151,21 @@ class Tokenizer:
 
     # ---- encoding -----------------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """The text's ids; with add_special_tokens, as a whole input (see the module doc)."""
+        return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+
+    @property
+    def input_specials(self) -> tuple[list[int], list[int]]:
+        """(ids before, ids after) that the checkpoint adds around a whole input, for
+        callers that build an input from pieces."""
+        if not hasattr(self, "_input_specials"):
+            probe = "a"
+            plain = self.encode(probe)
+            full = self.encode(probe, add_special_tokens=True)
+            cut = next(i for i in range(len(full) + 1) if full[i : i + len(plain)] == plain)
+            self._input_specials = (full[:cut], full[cut + len(plain) :])
+        return self._input_specials
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         # The Rust side spreads a batch over threads; the _fast variant skips character

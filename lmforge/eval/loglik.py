@@ -26,7 +26,6 @@ per token (Brown et al., 2020's per-token normalisation) or the mean per charact
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lmforge.errors import DataError
-from lmforge.model.host import NativeHost, TransformersHost, host_for
+from lmforge.model.host import find_host, host_for
 from lmforge.registry import Registry
 from lmforge.tokenizer import Tokenizer
 
@@ -89,8 +88,9 @@ def encode_request(
     tokenizer: Tokenizer, request: Request, max_length: int
 ) -> tuple[list[int], int]:
     """(token ids of context + continuation, number of them that are context)."""
-    whole = tokenizer.encode(request.context + request.continuation)
-    context = tokenizer.encode(request.context) if request.context else []
+    before, _ = tokenizer.input_specials  # a BOS the checkpoint puts before every input
+    whole = before + tokenizer.encode(request.context + request.continuation)
+    context = before + tokenizer.encode(request.context) if request.context else before
     n = 0
     while n < min(len(context), len(whole)) and context[n] == whole[n]:
         n += 1
@@ -108,14 +108,6 @@ def encode_request(
         )
     cut = max(0, len(whole) - (max_length + 1))  # oldest context tokens go first
     return whole[cut:], n - cut
-
-
-def _can_slice_logits(model: nn.Module) -> bool:
-    """A plain native or transformers model returns the last k positions for logits_to_keep=k.
-
-    Wrappers (virtual tokens) are called without it: their columns may be rearranged."""
-    plain = NativeHost.accepts(model) or TransformersHost.accepts(model)
-    return plain and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def _batches(order: list[int], lengths: list[int], size: int, tokens: int) -> Iterator[list[int]]:
@@ -168,7 +160,8 @@ def loglikelihoods(
         readers[row_of[tuple(whole[:-1])]].append(u)
     lengths = [len(r) for r in rows]
     order = sorted(range(len(rows)), key=lambda r: -lengths[r])
-    slice_ok = _can_slice_logits(model)
+    host = find_host(model)  # wrappers may rearrange their columns: they are not sliced
+    slice_ok = host is not None and host.slices_logits
     results: list[LogLikelihood | None] = [None] * len(unique)
     batches = list(_batches(order, lengths, batch_size, max_batch_tokens))
     with eval_mode(model):

@@ -22,8 +22,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lmforge.atomic import atomic_write_json
+from lmforge.config import from_dict, read_yaml, save_yaml, to_dict
+from lmforge.data.labelled import load_labelled
+from lmforge.hub import load_tokenizer
 from lmforge.lab.base import experiment
-from lmforge.lab.report import Report
+from lmforge.peft.prompt_tuning import frequent_token_ids
+from lmforge.plots import plot_bars
+from lmforge.recipes.finetune import FinetuneConfig
+from lmforge.report import Report
 
 PLAIN = "{text}\nTopic:"
 HANDWRITTEN = (
@@ -123,9 +130,6 @@ def settings(quick: bool) -> dict[str, Any]:
 
 def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
     """`lmforge finetune` of one run in a child process; its results.json, or its error."""
-    from lmforge.config import from_dict
-    from lmforge.recipes.finetune import FinetuneConfig
-
     run_dir = out_dir / "runs" / run.name.replace(" ", "-").replace(",", "")
     cfg = from_dict(
         FinetuneConfig,
@@ -162,8 +166,6 @@ def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """`lmforge finetune` with FinetuneConfig `cfg` in a child process (so its peak memory is
     its own); its results.json, or {"error": last line of its log}. A run directory that
     already holds the results of the same config is reused, so a stopped lab resumes."""
-    from lmforge.config import from_dict, read_yaml, save_yaml, to_dict
-
     config, results = run_dir / "lab-config.yaml", run_dir / "results.json"
     if results.exists() and config.exists():
         done = to_dict(from_dict(type(cfg), read_yaml(config)))  # fields added later: defaults
@@ -192,10 +194,6 @@ def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 def init_material() -> tuple[list[int], list[list[int]], list[int]]:
     """Token pools for prompt-tuning initialisation: frequent corpus tokens, label words, text."""
-    from lmforge.data.labelled import load_labelled
-    from lmforge.hub import load_tokenizer
-    from lmforge.peft.prompt_tuning import frequent_token_ids
-
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     texts = [e.text for e in load_labelled("bbc-news", "train")]
     pool = frequent_token_ids(tokenizer, texts, k=5000)
@@ -250,8 +248,6 @@ def _verdict(acc: dict[str, float]) -> str:
     minutes=60,
 )
 def run(out_dir: Path, quick: bool) -> Report:
-    from lmforge.plots import plot_bars
-
     s = settings(quick)
     plan = runs(quick, *(([], [], []) if quick else init_material()))
     results = {r.name: run_one(r, out_dir, s) for r in tqdm(plan, desc="peft-compare", unit="run")}
@@ -294,6 +290,5 @@ def run(out_dir: Path, quick: bool) -> Report:
         reference=base,
         reference_label="zero-shot",
     )
-    atomic = out_dir / "results.json"
-    atomic.write_text(json.dumps(results, indent=2))
+    atomic_write_json(out_dir / "results.json", results)
     return report

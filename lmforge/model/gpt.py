@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.errors import ConfigError
 from lmforge.model.attention import (
     Attention,
     KVCache,
@@ -212,31 +211,3 @@ def loss_only(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in zip(natives, before):
             m.fused_loss = flag
-
-
-def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
-    """Recompute each block's activations during backward instead of keeping them: activation
-    memory drops from every intermediate of every layer to one (B, T, d) tensor per layer,
-    for about one more forward pass of compute. Native models and transformers models alike
-    (the latter through their own `gradient_checkpointing_enable`)."""
-    natives = [m for m in model.modules() if isinstance(m, CausalLM)]
-    for m in natives:
-        m.gradient_checkpointing = enabled
-    if natives:
-        return
-    hf = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
-    if not hf:
-        raise ConfigError(
-            f"{type(model).__name__} supports no gradient checkpointing; "
-            "set train.gradient_checkpointing=false"
-        )
-    model, kwargs = hf[0], {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-        if enabled:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.activation_checkpointing_disable()
-    elif enabled:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_disable()

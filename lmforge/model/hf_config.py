@@ -100,12 +100,26 @@ class Family:
     # From config.json as read: attributes to set so that it means what transformers reads
     # into it, or None when only transformers can tell.
     plain: Callable[[dict], dict | None] = _no_window_rules
+    targets: tuple[str, ...] = ("q_proj", "v_proj")  # default delta targets (LoRA's paper)
 
 
 FAMILIES: Registry[Family] = Registry("transformers architecture")
 FAMILIES.add("LlamaForCausalLM", Family("llama", lambda c: False, (_check_llama_attention_bias,)))
 FAMILIES.add("MistralForCausalLM", Family("mistral", lambda c: False, plain=_mistral_window))
 FAMILIES.add("Qwen2ForCausalLM", Family("qwen2", lambda c: True, plain=_qwen2_window))
+
+
+def family_targets(model_type: str) -> list[str]:
+    """The default delta targets of the family whose config.model_type this is."""
+    for arch in FAMILIES:
+        if FAMILIES.get(arch).model_type == model_type:
+            return list(FAMILIES.get(arch).targets)
+    known = sorted(FAMILIES.get(a).model_type for a in FAMILIES)
+    raise ConfigError(
+        f"model type {model_type!r} has no default delta targets (families with defaults: "
+        f"{', '.join(known)})",
+        fix="name them, e.g. {targets=[q_proj, v_proj]}",
+    )
 
 
 def _architecture(c: Any) -> str:

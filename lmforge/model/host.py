@@ -1,18 +1,24 @@
 """What a component needs to know about a model beyond the common call convention.
 
-Every model is called the same way (`model(input_ids, attention_mask=..., ...)`), but a
-few things still differ between a native `CausalLM` and a `transformers` causal LM: who
-makes the KV cache, how it travels in and out of the call, how finished rows leave it,
-and where the context length is written. `ModelHost` is that small difference, with
-exactly two implementations, chosen once by `host_for(model)`:
+Every model is called the same way (`model(input_ids, attention_mask=..., ...)`), but a few
+things still differ between a native `CausalLM` and a transformers causal LM: who makes the
+KV cache and how it travels through the call, how finished rows leave it, where the context
+length and the shapes are written, how gradient checkpointing is switched on. `ModelHost` is
+that difference, with exactly two implementations, chosen once by `host_for(model)`:
 
     host_for(model) ─┬─► NativeHost        (lmforge CausalLM: preallocated KVCache)
                      └─► TransformersHost  (PreTrainedModel: transformers' own Cache)
+
+A wrapper that reads virtual tokens (peft/virtual) is hosted as the model in its
+`base_model`: calls go through the wrapper (`host.model`), questions about shapes and
+modules go to the model underneath (`host.plain`).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -22,19 +28,80 @@ from lmforge.errors import ConfigError
 from lmforge.model.attention import KVCache, packed_attention_mask
 from lmforge.model.gpt import CausalLM
 
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len")
+PACK_LIMIT = 1 << 22  # most entries of the (N, N) mask of a packed prefill (N ≤ 2,048 tokens)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shapes of a decoder (what virtual tokens and caches must fit)."""
+
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    width: int  # embedding width d
+    context: int  # longest sequence the model reads
+
+    @property
+    def kv_width(self) -> int:
+        """Features of one token's keys and values over all layers."""
+        return self.n_layer * 2 * self.n_kv_head * self.head_dim
+
+
+def float_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and the floating dtype a layer or model computes in. A layer that stores its
+    weight in another format (4-bit codes, 16-bit storage widened on use) says so with a
+    `compute_dtype`; that counts, not its storage."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    stored = {
+        id(m.weight)
+        for m in module.modules()
+        if hasattr(m, "compute_dtype") and isinstance(getattr(m, "weight", None), Tensor)
+    }
+    floats = [t.dtype for t in tensors if t.is_floating_point() and id(t) not in stored]
+    dtype = getattr(module, "compute_dtype", None) or (floats[0] if floats else torch.float32)
+    return device, dtype
+
 
 class ModelHost(Protocol):
-    """The backend-specific part of running a causal LM step by step."""
+    """The model-kind-specific part of running, caching and reshaping a causal LM."""
 
-    model: nn.Module
+    model: nn.Module  # what is called: the model, or a wrapper around it
+    plain: nn.Module  # the native CausalLM or transformers model underneath
+    cache_arg: str  # the name of the cache argument and output field
+    slices_logits: bool  # calls accept logits_to_keep and return the last positions as they are
 
     def max_length(self) -> int:
-        """Longest sequence (prompt + generated tokens) the model can read."""
+        """Longest sequence (prompt + generated tokens) the called model can read."""
         ...
+
+    def geometry(self) -> Geometry: ...
+
+    def with_context(self, shorter_by: int) -> Any:
+        """A copy of the plain model's config whose context is `shorter_by` tokens shorter."""
+        ...
+
+    def final_norm(self) -> nn.Module:
+        """The last normalisation: its output is the final hidden state."""
+        ...
+
+    def blocks(self) -> nn.ModuleList: ...
+
+    def embeddings(self) -> nn.Embedding: ...
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None: ...
 
     def new_cache(self, batch: int, capacity: int) -> Any:
         """An empty cache for `batch` rows of `capacity` tokens (None: the model makes one)."""
         ...
+
+    def prefilled_cache(self, cache: Any, keys: Tensor, values: Tensor, capacity: int) -> Any:
+        """keys/values (L, B, n_kv, P, hd) written as the first P positions of every layer."""
+        ...
+
+    def cache_length(self, cache: Any) -> int: ...
 
     def step(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
@@ -47,32 +114,73 @@ class ModelHost(Protocol):
         ...
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Where the model computes, and in what dtype (its KV cache's)."""
-    from lmforge.peft.inject import float_placement
+class _Layout:
+    """Where both kinds keep their modules (transformers' Llama layout, which native models
+    share): `model.layers`, `model.norm`, `get_input_embeddings()`."""
 
-    return float_placement(model)
+    def __init__(self, model: nn.Module, plain: nn.Module | None = None) -> None:
+        self.model, self.plain = model, model if plain is None else plain
+
+    def final_norm(self) -> nn.Module:
+        norm = getattr(getattr(self.plain, "model", None), "norm", None)
+        if not isinstance(norm, nn.Module):
+            raise ConfigError(
+                f"{type(self.plain).__name__} has no model.norm (the Llama family's final "
+                "norm), which reading the final hidden state needs"
+            )
+        return norm
+
+    def blocks(self) -> nn.ModuleList:
+        return self.plain.model.layers
+
+    def embeddings(self) -> nn.Embedding:
+        return self.plain.get_input_embeddings()
+
+    def cache_length(self, cache: Any) -> int:
+        return 0 if cache is None else int(cache.get_seq_length())
 
 
-PACK_LIMIT = 1 << 22  # most entries of the (N, N) mask of a packed prefill (N ≤ 2,048 tokens)
-
-
-class NativeHost:
+class NativeHost(_Layout):
     """lmforge's CausalLM: one KVCache buffer allocated up front, filled in place."""
 
-    def __init__(self, model: CausalLM) -> None:
-        self.model = model
+    cache_arg = "past_key_values"
 
     @staticmethod
     def accepts(model: nn.Module) -> bool:
         return isinstance(model, CausalLM)
 
+    @property
+    def slices_logits(self) -> bool:
+        return self.model is self.plain
+
     def max_length(self) -> int:
         return self.model.config.max_seq_len
 
+    def geometry(self) -> Geometry:
+        c = self.plain.config
+        return Geometry(c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.d_model, c.max_seq_len)
+
+    def with_context(self, shorter_by: int) -> Any:
+        config = self.plain.config
+        return config.replace(max_seq_len=config.max_seq_len - shorter_by)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.plain.gradient_checkpointing = enabled
+
     def new_cache(self, batch: int, capacity: int) -> KVCache:
-        device, dtype = _device_dtype(self.model)
-        return KVCache.allocate(self.model.config, batch, capacity, dtype, device)
+        device, dtype = float_placement(self.plain)
+        return KVCache.allocate(self.plain.config, batch, capacity, dtype, device)
+
+    def prefilled_cache(
+        self, cache: KVCache | None, keys: Tensor, values: Tensor, capacity: int
+    ) -> KVCache:
+        L, B, _, P, _ = keys.shape
+        if cache is None:
+            cache = KVCache.allocate(self.plain.config, B, capacity, keys.dtype, keys.device)
+        for layer in range(L):
+            cache.update(layer, keys[layer], values[layer])
+        cache.advance(P)
+        return cache
 
     def step(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: KVCache
@@ -90,21 +198,19 @@ class NativeHost:
         return out.logits[:, -1], out.past_key_values
 
     def _packs(self, ids: Tensor, mask: Tensor, cache: KVCache) -> bool:
-        """Whether this call is a padded prefill that `_prefill_packed` can run instead: a plain
-        CausalLM (a virtual-token wrapper lays out its cache itself), some padding, and a
+        """Whether this call is a padded prefill that `_prefill_packed` can run instead: the
+        plain model (a virtual-token wrapper lays out its cache itself), some padding, and a
         packed sequence within the context and PACK_LIMIT."""
-        if cache.length or ids.shape[1] == 1 or not isinstance(self.model, CausalLM):
+        if cache.length or ids.shape[1] == 1 or self.model is not self.plain:
             return False
         n = int(mask.sum())
         return n < mask.numel() and n <= self.max_length() and n * n <= PACK_LIMIT
 
     def _prefill_packed(self, ids: Tensor, mask: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
-        """A left-padded prefill run without its padding, which then costs no compute (prompts
-        of mixed lengths pad a batch by a third or more): the rows' real tokens are packed
-        into one sequence, each attending causally within its own row (a block-diagonal mask,
-        positions restarting per row). Each row's keys and values then land in its slots of
-        the batch cache, its padding slots zeroed (the mask hides them; zeros keep them
-        finite). The same as the padded call up to float rounding."""
+        """A left-padded prefill run without its padding: the rows' real tokens are packed into
+        one sequence, each attending causally within its own row (a block-diagonal mask,
+        positions restarting per row); each row's keys and values then land in its slots of
+        the batch cache, its padding slots zeroed. Equal to the padded call up to rounding."""
         B, L = ids.shape
         keep = mask.bool()
         lengths = keep.sum(dim=1)  # (B,)
@@ -112,7 +218,7 @@ class NativeHost:
         segments = torch.repeat_interleave(torch.arange(1, B + 1, device=ids.device), lengths)
         starts = torch.cumsum(lengths, 0) - lengths  # (B,)
         positions = torch.arange(N, device=ids.device) - starts[segments - 1]  # (N,) per row
-        packed = KVCache.allocate(self.model.config, 1, N, cache.keys[0].dtype, ids.device)
+        packed = KVCache.allocate(self.plain.config, 1, N, cache.keys[0].dtype, ids.device)
         out = self.model(
             input_ids=ids[keep][None],  # (1, N)
             attention_mask=packed_attention_mask(segments[None]),  # (1, 1, N, N)
@@ -134,46 +240,82 @@ class NativeHost:
         return cache
 
 
-class TransformersHost:
+class TransformersHost(_Layout):
     """A transformers PreTrainedModel: it creates and grows its own Cache object.
 
     transformers 5.x renames the `past_key_values` argument and output field to `cache`;
     both spellings are handled here so that callers never see the difference.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._slice_logits = "logits_to_keep" in params
+    def __init__(self, model: nn.Module, plain: nn.Module | None = None) -> None:
+        super().__init__(model, plain)
+        self.cache_arg = _cache_arg(self.plain)
+        self._step_arg = _cache_arg(self.model)  # a wrapper keeps the older spelling
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     @staticmethod
     def accepts(model: nn.Module) -> bool:
-        try:
+        try:  # imported only when asked: loading a native model never imports transformers
             from transformers import PreTrainedModel
-        except ImportError:  # transformers is a core dependency, but keep hosts importable
+        except ImportError:
             return False
         return isinstance(model, PreTrainedModel)
 
+    @property
+    def slices_logits(self) -> bool:
+        return self.model is self.plain and self._keeps_logits
+
     def max_length(self) -> int:
-        config = self.model.config
-        for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        raise ConfigError(
-            f"cannot tell the context length of {type(self.model).__name__}: its config has "
-            "none of max_position_embeddings, n_positions, max_seq_len; set one of them"
-        )
+        return _context(self.model.config, type(self.plain).__name__)
+
+    def geometry(self) -> Geometry:
+        c = self.plain.config
+        n_head = c.num_attention_heads
+        n_kv = getattr(c, "num_key_value_heads", None) or n_head
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // n_head
+        context = _context(c, type(self.plain).__name__)
+        return Geometry(c.num_hidden_layers, n_head, n_kv, head_dim, c.hidden_size, context)
+
+    def with_context(self, shorter_by: int) -> Any:
+        config = copy.copy(self.plain.config)
+        for name in CONTEXT_FIELDS:
+            if isinstance(getattr(config, name, None), int):
+                setattr(config, name, getattr(config, name) - shorter_by)
+        return config
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if not getattr(self.plain, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"{type(self.plain).__name__} supports no gradient checkpointing",
+                fix="set {gradient_checkpointing=false}",
+            )
+        model, kwargs = self.plain, {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            if enabled:
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.activation_checkpointing_disable()
+        elif enabled:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_disable()
 
     def new_cache(self, batch: int, capacity: int) -> None:
         return None
 
+    def prefilled_cache(self, cache: Any, keys: Tensor, values: Tensor, capacity: int) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.plain.config) if cache is None else cache
+        for layer in range(keys.shape[0]):
+            cache.update(keys[layer], values[layer], layer)
+        return cache
+
     def step(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
     ) -> tuple[Tensor, Any]:
-        kwargs: dict[str, Any] = {self._cache_arg: cache}
-        if self._slice_logits:
+        kwargs: dict[str, Any] = {self._step_arg: cache}
+        if self._keeps_logits:
             kwargs["logits_to_keep"] = 1  # the prefill needs only the last position's logits
         out = self.model(
             input_ids=input_ids,
@@ -190,18 +332,56 @@ class TransformersHost:
         return cache
 
 
-HOSTS: tuple[type, ...] = (NativeHost, TransformersHost)
+def _cache_arg(model: nn.Module) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _context(config: Any, owner: str) -> int:
+    for name in CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ConfigError(
+        f"cannot tell the context length of {owner}: its config has none of "
+        f"{', '.join(CONTEXT_FIELDS)}; set one of them"
+    )
+
+
+HOSTS: tuple[type[NativeHost] | type[TransformersHost], ...] = (NativeHost, TransformersHost)
+
+
+def find_host(model: nn.Module) -> ModelHost | None:
+    """The host that knows how to drive `model` (native CausalLM or transformers model, or a
+    wrapper around one in its `base_model`); None for any other model."""
+    plain = model
+    while True:
+        for host in HOSTS:
+            if host.accepts(plain):
+                return host(model, plain)
+        inner = getattr(plain, "base_model", None)
+        if not isinstance(inner, nn.Module) or inner is plain:
+            return None
+        plain = inner
 
 
 def host_for(model: nn.Module) -> ModelHost:
-    """The host that knows how to drive `model` (native CausalLM or transformers model)."""
-    # A delta wrapper (virtual tokens) is driven like the model it wraps; it handles the rest.
-    inner = getattr(model, "base_model", None)
-    base = inner if isinstance(inner, nn.Module) else model
-    for host in HOSTS:
-        if host.accepts(base):
-            return host(model)
-    raise ConfigError(
-        f"{type(model).__name__} is neither an lmforge CausalLM nor a transformers "
-        "PreTrainedModel; wrap it in one of those to generate with it"
-    )
+    """find_host, for a model that must be one of the two kinds."""
+    host = find_host(model)
+    if host is None:
+        raise ConfigError(
+            f"{type(model).__name__} is neither an lmforge CausalLM nor a transformers "
+            "PreTrainedModel (nor a wrapper around one in its base_model)"
+        )
+    return host
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
+    """Recompute each block's activations during backward instead of keeping them: activation
+    memory drops from every intermediate of every layer to one (B, T, d) tensor per layer,
+    for about one more forward pass of compute."""
+    try:
+        host = host_for(model)
+    except ConfigError as e:
+        raise ConfigError(str(e), fix="set {gradient_checkpointing=false}") from None
+    host.set_gradient_checkpointing(enabled)

@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lmforge.errors import CheckpointError
 
@@ -96,20 +94,3 @@ class SafetensorsFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def quantizer(settings: dict[str, Any] | None) -> Callable[[nn.Module, str], None] | None:
-    """The per-module hook of `load_hf_dir(..., quantize=)`: a linear layer other than the head
-    is quantized (lmforge.quant) as soon as its tensors are in."""
-    if settings is None:
-        return None
-    from lmforge.quant import quantize_model
-
-    per_layer = {k: v for k, v in settings.items() if k != "embedding_dtype"}  # see load_hf_dir
-
-    def quantize(model: nn.Module, name: str) -> None:
-        module = model.get_submodule(name)
-        if isinstance(module, nn.Linear) and name != "lm_head":
-            quantize_model(model, targets=[name], **per_layer)
-
-    return quantize

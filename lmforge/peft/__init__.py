@@ -1,6 +1,8 @@
-"""Parameter-efficient delta tuning: one contract (base.py), one injector (inject.py),
-one file per method. Importing this package registers every method."""
+"""Parameter-efficient delta tuning: one contract (base.py), one file per method, the
+virtual-token machinery (virtual/) and peft's file formats (interop/). Importing this
+package registers every method."""
 
+from lmforge.model.targets import default_targets, match_targets
 from lmforge.peft import (  # noqa: F401  (importing registers the methods)
     adapter,
     bitfit,
@@ -11,9 +13,17 @@ from lmforge.peft import (  # noqa: F401  (importing registers the methods)
     ptuning_v2,
     qlora,
 )
-from lmforge.peft.base import METHODS, DeltaMethod, apply, build, load_delta, register
-from lmforge.peft.inject import count_parameters, default_targets, freeze, match_targets
-from lmforge.peft.loading import load_adapter
+from lmforge.peft.base import (
+    METHODS,
+    DeltaMethod,
+    apply,
+    build,
+    count_parameters,
+    freeze,
+    load_delta,
+    register,
+)
+from lmforge.peft.interop import load_adapter
 
 __all__ = [
     "METHODS",

@@ -34,8 +34,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.peft.base import DeltaMethod, register
-from lmforge.peft.inject import float_placement, freeze, replace_module
+from lmforge.model.host import float_placement
+from lmforge.model.targets import replace_module
+from lmforge.peft.base import DeltaMethod, freeze, register
 from lmforge.registry import Registry
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("adapter activation")
@@ -181,7 +182,7 @@ class Adapter(DeltaMethod):
         super().__init__(config)
         self.wrapped: list[str] = []  # full names of the modules wrapped by apply()
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         present = [n for n, m in model.named_modules() if isinstance(m, AdapterWrapper)]
         if present:
             raise ConfigError(

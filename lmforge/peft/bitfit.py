@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.peft.base import DeltaMethod, register
-from lmforge.peft.inject import float_placement, freeze, match_targets, replace_module
+from lmforge.model.host import float_placement
+from lmforge.model.targets import match_targets, replace_module
+from lmforge.peft.base import DeltaMethod, freeze, register
 
 
 @dataclass
@@ -76,7 +77,7 @@ class BitFit(_NoOpMerge):
         super().__init__(config)
         self.added: list[str] = []  # layers that got a new bias from apply()
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         names = match_targets(model, self.config.targets)
         freeze(model)
         self.added = []
@@ -133,7 +134,7 @@ class NamedParameters(_NoOpMerge):
     family = "specification"
     Config = NamedConfig
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         compiled = _compile(self.config.patterns)
         # Tied tensors are visited under every name, so "lm_head" selects a tied head too.
         chosen = [

@@ -29,8 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.peft.base import DeltaMethod, register
-from lmforge.peft.inject import float_placement, freeze, match_targets, replace_module
+from lmforge.model.host import float_placement
+from lmforge.model.targets import match_targets, replace_module
+from lmforge.peft.base import DeltaMethod, freeze, register
 from lmforge.registry import Registry
 
 # How A is initialised (B is always zero, which is what makes the wrapped model unchanged).
@@ -143,7 +144,7 @@ class Lora(DeltaMethod):
         super().__init__(config)
         self.wrapped: list[str] = []  # full module names wrapped by apply()
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def inject(self, model: nn.Module) -> nn.Module:
         present = [n for n, m in model.named_modules() if isinstance(m, LoraLinear)]
         if present:
             raise ConfigError(

@@ -40,15 +40,15 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.model.host import Geometry, float_placement
 from lmforge.peft.base import register
-from lmforge.peft.inject import float_placement
 from lmforge.peft.virtual import (
-    Geometry,
     InsertTokens,
     PrefixCache,
     PromptEncoder,
     VirtualTokenMethod,
     VirtualTokenModel,
+    tanh_mlp,
 )
 from lmforge.registry import Registry
 
@@ -84,11 +84,6 @@ class PrefixConfig:
             )
 
 
-def mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
-    """Li & Liang's reparameterisation: Linear → tanh → Linear."""
-    return nn.Sequential(nn.Linear(width_in, hidden), nn.Tanh(), nn.Linear(hidden, width_out))
-
-
 @register
 class PrefixTuning(VirtualTokenMethod):
     """Per-layer key/value prefixes (or input embeddings), reparameterised by an MLP."""
@@ -104,9 +99,9 @@ class PrefixTuning(VirtualTokenMethod):
         device, dtype = float_placement(model.get_input_embeddings())
         with torch.device(device):
             if c.projection:
-                encoder = PromptEncoder(torch.randn(P, d), mlp(d, c.hidden, width))
+                encoder = PromptEncoder(torch.randn(P, d), tanh_mlp(d, c.hidden, width))
             else:
                 encoder = PromptEncoder(torch.randn(P, width))
         encoder = encoder.to(dtype)
-        injector = PLACEMENTS.get(c.placement)(P) if c.embedding_only else PrefixCache(geometry, P)
-        return VirtualTokenModel(model, encoder, injector)
+        insertion = PLACEMENTS.get(c.placement)(P) if c.embedding_only else PrefixCache(geometry, P)
+        return VirtualTokenModel(model, encoder, insertion)

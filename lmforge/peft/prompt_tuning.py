@@ -32,10 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
+from lmforge.model.host import Geometry, float_placement
 from lmforge.peft.base import register
-from lmforge.peft.inject import float_placement
 from lmforge.peft.virtual import (
-    Geometry,
     InsertTokens,
     PromptEncoder,
     VirtualTokenMethod,

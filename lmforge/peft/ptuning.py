@@ -43,16 +43,17 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError, DataError
+from lmforge.model.host import Geometry, float_placement
 from lmforge.model.loss import IGNORE_INDEX
 from lmforge.peft.base import register
-from lmforge.peft.inject import float_placement
 from lmforge.peft.virtual import (
     Call,
-    Geometry,
     InsertTokens,
+    LstmEncoder,
     PromptEncoder,
     VirtualTokenMethod,
     VirtualTokenModel,
+    relu_mlp,
 )
 from lmforge.registry import Registry
 
@@ -86,36 +87,12 @@ def parse_template(template: str) -> tuple[int, int]:
     return parts[:cut].count("[P]"), parts[cut:].count("[P]")
 
 
-class LstmEncoder(nn.Module):
-    """The paper's encoder: bidirectional LSTM, then Linear → ReLU → Linear."""
-
-    def __init__(self, width: int, hidden: int, layers: int, dropout: float) -> None:
-        super().__init__()
-        self.lstm_head = nn.LSTM(
-            width, hidden, num_layers=layers, dropout=dropout, bidirectional=True, batch_first=True
-        )
-        self.mlp_head = nn.Sequential(
-            nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, width)
-        )
-
-    def forward(self, rows: Tensor) -> Tensor:
-        states, _ = self.lstm_head(rows[None])  # (1, P, 2·hidden): each row sees all others
-        return self.mlp_head(states[0])  # (P, d)
-
-
-def _mlp_encoder(width: int, hidden: int, layers: int, dropout: float) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-        nn.Linear(hidden, width),
-    )  # fmt: skip
-
-
 # A prompt encoder: (d, hidden, LSTM layers, dropout) -> module (P, d) -> (P, d); None = direct.
 ENCODERS: Registry[Callable[[int, int, int, float], nn.Module | None]] = Registry(
     "P-tuning prompt encoder"
 )
 ENCODERS.add("lstm", LstmEncoder)
-ENCODERS.add("mlp", _mlp_encoder)
+ENCODERS.add("mlp", relu_mlp)
 ENCODERS.add("none", lambda width, hidden, layers, dropout: None)
 
 
@@ -215,8 +192,8 @@ class PTuning(VirtualTokenMethod):
                 f"vocabulary 0..{vocab - 1}"
             )
         if c.placeholder_token_id is not None:
-            injector = ReplacePlaceholders(c.placeholder_token_id, c.num_virtual_tokens)
+            insertion = ReplacePlaceholders(c.placeholder_token_id, c.num_virtual_tokens)
         else:
             before, between = c.split()
-            injector = InsertTokens(before, between)
-        return VirtualTokenModel(model, encoder, injector)
+            insertion = InsertTokens(before, between)
+        return VirtualTokenModel(model, encoder, insertion)

@@ -33,10 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
+from lmforge.model.host import Geometry, float_placement
 from lmforge.peft.base import register
-from lmforge.peft.inject import float_placement
 from lmforge.peft.virtual import (
-    Geometry,
     PrefixCache,
     PromptEncoder,
     VirtualTokenMethod,
@@ -102,5 +101,5 @@ class PTuningV2(VirtualTokenMethod):
             )
             head = TASK_HEADS.get(c.task)(geometry.width, c.num_classes)
         head = head.to(dtype) if head is not None else None
-        injector = PrefixCache(geometry, c.num_virtual_tokens)
-        return VirtualTokenModel(model, encoder.to(dtype), injector, head)
+        insertion = PrefixCache(geometry, c.num_virtual_tokens)
+        return VirtualTokenModel(model, encoder.to(dtype), insertion, head)

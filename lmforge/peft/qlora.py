@@ -9,7 +9,7 @@ The paper's recipe, in lmforge's pieces:
     y = dequant(W_nf4) x + (α / r) · B A x        dequantized on the fly, in the compute dtype
 
 The third idea of the paper, paged optimizers, is an optimizer choice of the training loop
-(`train.optimizer: paged_adamw`, lmforge/quant/paged.py), not part of the model.
+(`train.optimizer: paged_adamw`, lmforge/train/optim/paged.py), not part of the model.
 
 A saved QLoRA delta holds only A and B: loading it quantizes the same base again
 (quantization is deterministic) and puts the same low-rank weights on top. Merging B A into
@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.model.targets import match_targets
 from lmforge.peft.base import DeltaMethod, register
-from lmforge.peft.inject import match_targets
 from lmforge.peft.lora import Lora, LoraConfig
+from lmforge.quant.apply import quantize_model
+from lmforge.quant.codebooks import CODEBOOKS
+from lmforge.quant.embed16 import STORAGE_DTYPES, store_embeddings
+from lmforge.quant.linear4bit import NF4Linear
 
 
 @dataclass
@@ -48,16 +52,12 @@ class QloraConfig:
 
     def validate(self) -> None:
         self.lora().validate()
-        from lmforge.quant.codebooks import CODEBOOKS
-
         if self.quant_type not in CODEBOOKS:
             raise ConfigError(
                 f"qlora.quant_type {self.quant_type!r} is unknown; choose from {CODEBOOKS.names()}"
             )
         if self.blocksize <= 0:
             raise ConfigError(f"qlora.blocksize must be positive, got {self.blocksize}")
-        from lmforge.quant.embed16 import STORAGE_DTYPES
-
         if self.embedding_dtype is not None and self.embedding_dtype not in STORAGE_DTYPES:
             raise ConfigError(
                 f"qlora.embedding_dtype {self.embedding_dtype!r} is unknown; choose from "
@@ -92,10 +92,10 @@ class Qlora(DeltaMethod):
             "embedding_dtype": c.embedding_dtype,
         }
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        from lmforge.quant import NF4Linear, quantize_model
-        from lmforge.quant.embed16 import store_embeddings
+    def load_options(self) -> dict:
+        return {"quantize": self.quantization()}
 
+    def inject(self, model: nn.Module) -> nn.Module:
         c = self.config
         targets = match_targets(model, c.targets)  # names first: the layers are swapped next
         quantized = [m for m in model.modules() if isinstance(m, NF4Linear)]
@@ -114,5 +114,5 @@ class Qlora(DeltaMethod):
                         f"config's {want}; load it with the config's settings"
                     )
         self.lora.config.targets = targets
-        self.model = self.lora.apply(model)
+        self.model = self.lora.inject(model)
         return self.model

@@ -1,14 +1,14 @@
-"""Quantization: 4-bit code books, block-wise (double) quantization, NF4Linear, whole models;
-memory-saving optimizers (8-bit and paged AdamW)."""
+"""Quantization of weights: 4-bit code books, block-wise (double) quantization, NF4Linear,
+16-bit embeddings, whole models; the block-wise 8-bit codec (blockwise.py)."""
 
 from lmforge.quant.apply import QuantReport, load_quantized, quantize_model, save_quantized
-from lmforge.quant.codebooks import (
-    CODEBOOKS,
-    CodeBook,
-    codebook,
+from lmforge.quant.blockwise import (
+    dequantize_blockwise,
     dynamic_map,
-    normal_float_values,
+    dynamic_tree_map,
+    quantize_blockwise,
 )
+from lmforge.quant.codebooks import CODEBOOKS, CodeBook, codebook, normal_float_values
 from lmforge.quant.linear4bit import NF4Linear
 from lmforge.quant.nf4 import (
     DoubleQuant,
@@ -20,14 +20,8 @@ from lmforge.quant.nf4 import (
     quantization_error,
     quantize_4bit,
 )
-from lmforge.quant.optim import OPTIMIZERS, AdamW8bit, PagedAdamW, build_optimizer, state_bytes
 
 __all__ = [
-    "OPTIMIZERS",
-    "AdamW8bit",
-    "PagedAdamW",
-    "build_optimizer",
-    "state_bytes",
     "CODEBOOKS",
     "CodeBook",
     "DoubleQuant",
@@ -36,14 +30,17 @@ __all__ = [
     "Quantized4bit",
     "codebook",
     "dequantize_4bit",
+    "dequantize_blockwise",
     "double_dequantize",
     "double_quantize",
     "dynamic_map",
+    "dynamic_tree_map",
     "load_quantized",
     "normal_float_values",
     "overhead_bits",
     "quantization_error",
     "quantize_4bit",
+    "quantize_blockwise",
     "quantize_model",
     "save_quantized",
 ]

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from lmforge.atomic import atomic_write, atomic_write_json
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.model.targets import OUTPUT_HEADS, match_targets
 from lmforge.quant.embed16 import STORAGE_DTYPES, Stored16, store_embeddings
 from lmforge.quant.linear4bit import NF4Linear
 from lmforge.quant.nf4 import check_settings
@@ -79,49 +80,16 @@ class QuantReport:
         }
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put `new` where submodule `name` is; returns the module that was there."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
-
-
-def _matches(name: str, pattern: str) -> bool:
-    return name == pattern or name.endswith("." + pattern)
-
-
-def _select(model: nn.Module, targets: Sequence[str] | None, skip: Sequence[str]) -> list[str]:
+def _select(model: nn.Module, targets: Sequence[str] | None) -> list[str]:
     """Names of the nn.Linear modules to quantize, in model order."""
-    modules = dict(model.named_modules())
-    if targets is None:
-        return [
-            n
-            for n, m in modules.items()
-            if isinstance(m, nn.Linear) and not any(_matches(n, s) for s in skip)
-        ]
-    if isinstance(targets, str):
-        targets = [targets]
-    chosen: set[str] = set()
-    for target in targets:
-        found = [n for n in modules if n and _matches(n, target)]
-        if not found:
-            raise ConfigError(
-                f"quantize_model: targets entry {target!r} names no module of this model; give "
-                "full module names or their last parts (e.g. 'q_proj')"
-            )
-        for name in found:
-            module = modules[name]
-            if isinstance(module, NF4Linear):
-                raise ConfigError(f"quantize_model: module {name!r} is already quantized")
-            if not isinstance(module, nn.Linear):
-                raise ConfigError(
-                    f"quantize_model: targets entry {target!r} names module {name!r}, a "
-                    f"{type(module).__name__}, not an nn.Linear; only linear layers quantize"
-                )
-        chosen.update(found)
-    return [n for n in modules if n in chosen]
+    if targets is None:  # every float linear layer but the head
+        linear = match_targets(model, "all-linear")
+        return [n for n in linear if isinstance(model.get_submodule(n), nn.Linear)]
+    names = match_targets(model, [targets] if isinstance(targets, str) else list(targets))
+    for name in names:
+        if isinstance(model.get_submodule(name), NF4Linear):
+            raise ConfigError(f"quantize_model: module {name!r} is already quantized")
+    return names
 
 
 def quantize_model(
@@ -130,22 +98,18 @@ def quantize_model(
     double_quant: bool = True,
     blocksize: int = 64,
     targets: Sequence[str] | None = None,
-    skip: Sequence[str] = ("lm_head",),
     embedding_dtype: str | None = None,
 ) -> QuantReport:
     """Swap nn.Linear modules for NF4Linear in place and report the storage saved.
 
-    targets: module names (full, or their last parts such as "q_proj") to quantize; None
-    quantizes every nn.Linear except those matching `skip` (which applies only then).
+    targets: module names (full, or their last parts such as "q_proj") to quantize, in the
+    syntax of model/targets.py; None quantizes every nn.Linear but the output head.
     embedding_dtype: "bfloat16" or "float16" stores the embeddings (and a head tied to them)
     in 16 bits, frozen, as QLoRA keeps its unquantized weights (embed16.py); None leaves them."""
     check_settings(quant_type, blocksize)
-    names = _select(model, targets, skip)
+    names = _select(model, targets)
     if not names:
-        raise ConfigError(
-            "quantize_model found no nn.Linear to quantize (already quantized, or all skipped: "
-            f"skip={list(skip)})"
-        )
+        raise ConfigError("quantize_model found no nn.Linear to quantize (already quantized?)")
     report = QuantReport(quant_type, double_quant, blocksize)
     owners: dict[int, int] = {}  # id(parameter) → how many modules hold it
     for module in model.modules():
@@ -154,7 +118,7 @@ def quantize_model(
     for name in names:
         linear = model.get_submodule(name)
         layer = NF4Linear.from_linear(linear, quant_type, double_quant, blocksize)
-        replace_module(model, name, layer)  # the float weight is freed here unless tied
+        model.set_submodule(name, layer)  # the float weight is freed here unless tied
         if owners.get(id(linear.weight), 0) > 1:
             report.tied.append(name)
         report.layers.append(name)
@@ -167,6 +131,26 @@ def quantize_model(
         report.embeddings = store_embeddings(model, embedding_dtype)
         report.embedding_bytes_saved = before - _float_bytes(model)
     return report
+
+
+class QuantizeOnRead:
+    """`load_hf_dir(..., on_module=)` hook: every linear layer but the head is quantized with
+    `settings` (quantize_model's) the moment its tensors are in; `finish(model)` then stores
+    the embeddings in 16 bits if asked (after loading ties the head to them)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.per_layer = {k: v for k, v in settings.items() if k != "embedding_dtype"}
+        self.embedding_dtype = settings.get("embedding_dtype")
+
+    def __call__(self, model: nn.Module, name: str) -> None:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in OUTPUT_HEADS:
+            quantize_model(model, targets=[name], **self.per_layer)
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        if self.embedding_dtype:
+            store_embeddings(model, self.embedding_dtype)
+        return model
 
 
 def _float_bytes(model: nn.Module) -> int:
@@ -305,12 +289,14 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
             tensors[alias] = tensors[name]
     sidecar = path / SIDECAR_FILE
     layers = {n: _skeleton_layer(model, n, spec, sidecar) for n, spec in meta["modules"].items()}
-    originals = {name: replace_module(model, name, layer) for name, layer in layers.items()}
+    originals = {name: model.get_submodule(name) for name in layers}
+    for name, layer in layers.items():
+        model.set_submodule(name, layer)
     try:
         _check_tensors(model, tensors, file)
     except CheckpointError:
         for name, old in originals.items():  # leave the caller's model as it was
-            replace_module(model, name, old)
+            model.set_submodule(name, old)
         raise
     if meta.get("embedding_dtype"):  # as saved, so the 16-bit tensors load without widening
         store_embeddings(model, meta["embedding_dtype"])

@@ -1,18 +1,12 @@
-"""Frozen embeddings stored in 16 bits and computed in the model's precision.
-
-QLoRA quantizes the linear layers to 4 bits and keeps the rest of the frozen model in
-16 bits (bfloat16 in the paper). The token embedding is the largest of that rest: 49,152 ×
-576 for SmolLM2, 108 MB in fp32, as much as all its 4-bit blocks together. On a CPU, where
-16-bit products are slow, lmforge stores it in 16 bits and widens what it reads:
+"""Frozen embeddings stored in 16 bits and computed in the model's precision (QLoRA keeps
+every weight it does not quantize in bfloat16):
 
     Embedding16   a lookup widens only the rows it picks
-    Linear16      a head tied to that embedding (the same tensor) widens one slice of the
-                  vocabulary at a time, so the full-precision weight never exists at once;
-                  the training loss reads the head the same way (model/loss.py)
+    Linear16      a head tied to that embedding widens one slice of the vocabulary at a time,
+                  forward and backward, so the full-precision weight never exists at once
 
-Rounding a weight to bfloat16 moves it by at most 2⁻⁹ of its size, far less than NF4 moves
-the blocks. Both modules keep their 16-bit storage under `model.float()` or `.to(dtype)`;
-the dtype they compute in follows the cast, as NF4Linear's does.
+Both keep their 16-bit storage under `model.float()` or `.to(dtype)`; the dtype they compute
+in follows the cast, as NF4Linear's does.
 """
 
 from __future__ import annotations
@@ -132,8 +126,6 @@ def _stored(module: nn.Module) -> nn.Module:
 def store_embeddings(model: nn.Module, dtype: str = "bfloat16") -> list[str]:
     """Store every nn.Embedding of `model`, and any linear layer sharing its weight (a tied
     head), in the 16-bit `dtype`, frozen. Returns the names of the modules changed."""
-    from lmforge.quant.apply import replace_module
-
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(
             f"embedding_dtype {dtype!r} is unknown; choose from {sorted(STORAGE_DTYPES)}"
@@ -149,7 +141,7 @@ def store_embeddings(model: nn.Module, dtype: str = "bfloat16") -> list[str]:
         if isinstance(m, nn.Linear) and not isinstance(m, Stored16) and id(m.weight) in weights
     ]
     for name in embeddings + heads:
-        replace_module(model, name, _stored(modules[name]))
+        model.set_submodule(name, _stored(modules[name]))
     for weight in weights.values():  # once per tensor: a tied head holds the same Parameter
         weight.requires_grad_(False)
         weight.data = weight.data.to(STORAGE_DTYPES[dtype])

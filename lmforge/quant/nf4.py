@@ -1,27 +1,23 @@
-"""Block-wise 4-bit quantization with double quantization, and the NF4Linear base layer.
+"""Block-wise 4-bit quantization (two codes per byte) and double quantization of the constants.
 
-QLoRA (Dettmers et al., 2023, https://arxiv.org/abs/2305.14314) stores a frozen weight W in
-4 bits per value. The flattened weight is cut into blocks of B = 64 values; each block keeps
-its absmax c and one code per value (the code book is NF4, see codebooks.py):
+The flattened weight is cut into blocks of B = 64 values; each block keeps its absmax c and one
+code per value (code books: codebooks.py):
 
     c_b  = max_{i ∈ b} |w_i|                         one fp32 constant per block
     q_i  = argmin_k | w_i / c_b - T[k] |              nearest code (ties to the lower value)
     ŵ_i  = c_b · T[q_i]                               dequantization
 
-Double quantization (QLoRA §3) stores the constants themselves in 8 bits: subtract their
-mean μ, cut them into groups of 256, and quantize each group with the dynamic 8-bit map D
-and its own fp32 absmax s_g:
+Double quantization (QLoRA §3) stores the constants in 8 bits: minus their mean μ, in groups
+of 256, with the dynamic map D and one fp32 absmax s_g per group (blockwise.py, "grid"
+rounding, as bitsandbytes' CPU kernel):
 
     c_b ≈ s_g · D[k_b] + μ                            8 bits per block + 32 per 256 blocks
 
-so the overhead per weight falls from 32/64 = 0.5 bits to 8/64 + 32/(64·256) = 0.126953125
-bits (`overhead_bits`). Everything matches bitsandbytes' CPU implementation bit for bit
-(`quantize_4bit(..., compress_statistics=True)` / `dequantize_4bit`), tested. That includes
-its 8-bit rounding: D's code is read at the nearest of 65,536 grid points over [-1, 1]
-(`codebooks.dynamic_lookup`), which differs from an exact nearest-code search for ~0.1% of
-the constants (by one code; a negligible error).
+which takes the overhead per weight from 32/64 = 0.5 to 8/64 + 32/(64·256) = 0.126953125 bits.
+Codes, constants and dequantized weights equal bitsandbytes' CPU `quantize_4bit(...,
+compress_statistics=True)` / `dequantize_4bit` bit for bit (tested).
 
-Data layout (row-major flattened weight, n = out · in values, B = 64):
+Layout (row-major flattened weight, n = out · in values, B = 64; the last block zero-padded):
 
     w      │ w0  w1 │ w2  w3 │ ... │ w62 w63 ║ w64 w65 │ ...       block b = values bB..bB+B-1
     packed │  byte0 │  byte1 │ ... │ byte31  ║ byte32  │ ...       (⌈n/2⌉,) uint8
@@ -29,11 +25,8 @@ Data layout (row-major flattened weight, n = out · in values, B = 64):
     absmax │ c0                              ║ c1      │ ...       (⌈n/B⌉,) fp32, or:
     double │ k0 (uint8) ... k255 ║ k256 ...   scale s_g (⌈n/B/256⌉,) fp32,  μ (1,) fp32
 
-The last block may be short: it is padded with zeros (which leave its absmax unchanged).
-Dequantization is one gather: a 256-entry table maps each byte to its two values, then one
-multiply by the block constants. With `reuse`, `expand_4bit` writes Ŵ into a per-thread
-scratch buffer per weight size (scratch.py), which NF4Linear (linear4bit.py) does for every
-product, so a training step allocates no weight-sized temporaries.
+Dequantization is one gather (a 256-entry table maps a byte to its two values) and one
+multiply by the block constants; with `reuse` it writes into a per-thread scratch buffer.
 """
 
 from __future__ import annotations
@@ -46,13 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.errors import ConfigError
-from lmforge.quant.codebooks import (
-    as_blocks,
-    codebook,
-    dequantize_blockwise,
-    dynamic_lookup,
-    dynamic_map,
-)
+from lmforge.quant.blockwise import as_blocks, dequantize_blockwise, dynamic_map, quantize_blockwise
+from lmforge.quant.codebooks import codebook
 from lmforge.quant.scratch import hold, holds, scratch
 
 DQ_BLOCKSIZE = 256  # constants per group in double quantization (bitsandbytes' choice)
@@ -208,37 +196,17 @@ def dequantize_4bit(q: Quantized4bit, dtype: torch.dtype | None = None) -> Tenso
 # ──────────────────────────────────────────────────────────── double quantization
 
 
-def quantize_dynamic(x: Tensor, blocksize: int = DQ_BLOCKSIZE) -> tuple[Tensor, Tensor]:
-    """Block-wise 8-bit quantization with the dynamic map: (codes uint8 (n,), absmax (nb,)).
-
-    Rounds through bitsandbytes' 65,536-point grid (see `dynamic_lookup`), as its CPU
-    kernel does; an all-zero block stores code 0."""
-    flat = x.detach().reshape(-1).float()  # (n,)
-    blocks = as_blocks(flat, blocksize)  # (nb, 256)
-    absmax = blocks.abs().amax(dim=1)  # (nb,)
-    inverse = torch.where(absmax > 0, 1.0 / absmax, torch.zeros_like(absmax))  # (nb,)
-    v = (blocks * inverse[:, None]).clamp(-1.0, 1.0)  # (nb, 256)
-    grid = (((v + 1.0) * 0.5) * 65535.0 + 0.5).to(torch.int64)  # same rounding steps as bnb
-    codes = dynamic_lookup().to(x.device)[grid]  # (nb, 256) uint8
-    codes[absmax == 0] = 0
-    return codes.view(-1)[: flat.numel()], absmax
-
-
-def dequantize_dynamic(codes: Tensor, absmax: Tensor, blocksize: int = DQ_BLOCKSIZE) -> Tensor:
-    """(n,) uint8 codes + (nb,) fp32 absmax → (n,) fp32."""
-    return dequantize_blockwise(codes, absmax, dynamic_map().to(codes.device), blocksize)
-
-
 def double_quantize(absmax: Tensor) -> DoubleQuant:
     """Store fp32 block constants in 8 bits (mean removed, groups of 256, dynamic map)."""
     offset = absmax.mean()  # () fp32
-    codes, scale = quantize_dynamic(absmax - offset)
+    codes, scale = quantize_blockwise(absmax - offset, dynamic_map(), DQ_BLOCKSIZE, rounding="grid")
     return DoubleQuant(codes, scale, offset.reshape(1))
 
 
 def double_dequantize(dq: DoubleQuant) -> Tensor:
     """The (n_blocks,) fp32 constants back from their 8-bit form."""
-    return dequantize_dynamic(dq.codes, dq.scale) + dq.offset
+    qmap = dynamic_map().to(dq.codes.device)
+    return dequantize_blockwise(dq.codes, dq.scale, qmap, DQ_BLOCKSIZE) + dq.offset
 
 
 # ──────────────────────────────────────────────────────────────────────── errors

@@ -70,6 +70,28 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume_candidates(run_dir: str | Path, resume_from: str) -> list[Path]:
+    """The checkpoints to try, in order, for train.resume_from: `latest` (newest first; an
+    unreadable one falls back to the one before), `step-N` (that one only) or `none`."""
+    found = list_checkpoints(run_dir)
+    if resume_from == "none":
+        return []
+    if resume_from == "latest":
+        return found[::-1]
+    chosen = Path(run_dir) / CHECKPOINTS / resume_from
+    match = _STEP_DIR.match(resume_from)
+    if match:
+        chosen = checkpoint_dir(run_dir, int(match.group(1)))
+    if chosen not in found:
+        have = ", ".join(p.name for p in found) or "none"
+        raise CheckpointError(
+            f"train.resume_from={resume_from!r}: no such checkpoint in "
+            f"{Path(run_dir) / CHECKPOINTS} (have: {have})",
+            fix="use {resume_from=latest}, one of those, or none",
+        )
+    return [chosen]
+
+
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints (0 keeps all) and stale temp dirs."""
     root = Path(run_dir) / CHECKPOINTS
@@ -281,7 +303,7 @@ def save_checkpoint(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run
         _write(tmp, model, optimizer, state)
-        if final.exists():  # saving a step again (a run restarted with resume=False)
+        if final.exists():  # saving a step again (a rerun from an earlier step)
             old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=final.parent))
             os.replace(final, old / final.name)
         os.replace(tmp, final)
@@ -298,13 +320,11 @@ def save_checkpoint(
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, use another one")
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated headers
-        raise CheckpointError(
-            f"{path} is corrupt or unreadable ({e}); use another checkpoint"
-        ) from e
+        raise CheckpointError(f"{path} is corrupt or unreadable ({e})") from e
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -314,7 +334,7 @@ def _read_state(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing; {path} is not a complete checkpoint") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{file} is corrupt or unreadable ({e}); use another one") from None
+        raise CheckpointError(f"{file} is corrupt or unreadable ({e})") from None
     if not isinstance(state, dict) or "signature" not in state or "step" not in state:
         raise CheckpointError(f"{file} is not an lmforge checkpoint state (no step/signature)")
     return state
@@ -331,16 +351,17 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    state = _read_state(path)
+    state = _read_state(path)  # every file is read and checked before anything is copied
     _check_signature(state["signature"], model, path)
     weights = _read_tensors(path / MODEL_FILE)
+    tensors = _read_tensors(path / OPTIMIZER_FILE)
     params = trainable_parameters(model)
+    missing = [name for name in params if name not in weights]
+    if missing:
+        raise CheckpointError(f"{path / MODEL_FILE} lacks parameter {missing[0]!r}")
     with torch.no_grad():
         for name, p in params.items():
-            if name not in weights:
-                raise CheckpointError(f"{path / MODEL_FILE} lacks parameter {name!r}")
             p.copy_(weights[name])
-    tensors = _read_tensors(path / OPTIMIZER_FILE)
     if optimizer is not None:
         if state.get("optimizer") is None:
             raise CheckpointError(f"{path} was saved without optimizer state; load weights only")

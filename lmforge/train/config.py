@@ -10,6 +10,7 @@ Device and precision are resolved here too, through registries rather than branc
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.registry import Registry
+from lmforge.train.optim import OPTIMIZERS
 from lmforge.train.schedule import SCHEDULES
+
+RESUMABLE = re.compile(r"^step-\d+$")
 
 # precision name → the autocast dtype on a device (None = plain fp32).
 PRECISIONS: Registry[Callable[[torch.device], torch.dtype | None]] = Registry("precision")
@@ -53,6 +57,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (autocast)
     compile: bool = False  # run the model through torch.compile
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    resume_from: str = "latest"  # latest (newest readable checkpoint) | step-N | none (fresh)
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every")
@@ -85,8 +90,6 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             raise ConfigError(f"train.eps must be positive, got {self.eps}")
-        from lmforge.quant.optim import OPTIMIZERS
-
         checked = (("schedule", SCHEDULES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS))
         for name, registry in checked:
             if getattr(self, name) not in registry:
@@ -94,6 +97,11 @@ class TrainConfig:
                     f"train.{name} {getattr(self, name)!r} is unknown; choose from "
                     f"{registry.names()}"
                 )
+        if self.resume_from not in ("latest", "none") and not RESUMABLE.match(self.resume_from):
+            raise ConfigError(
+                f"train.resume_from {self.resume_from!r}: use latest, none or step-N "
+                "(a checkpoint name such as step-00000200)"
+            )
         if self.device != "auto":
             try:
                 torch.device(self.device)

@@ -1,6 +1,6 @@
 """The one training loop: pretraining, fine-tuning, alignment and the lab all run through it.
 
-    resume from run_dir/checkpoints/latest (model, AdamW, RNG, data position) or seed afresh
+    resume from train.resume_from (model, AdamW, RNG, data position) or seed afresh
     for step in start+1 .. max_steps:
         lr ← lr_at(step)                                   (schedule.py)
         grad_accum × [ batch ← data.next_batch()
@@ -10,6 +10,7 @@
         clip   ‖g‖ ≤ grad_clip; AdamW step (decay on matrices only)
         log → metrics.jsonl, tqdm │ eval → val loss, ppl │ save → checkpoint │ callbacks
     final log, eval and checkpoint; loss.png
+    SIGTERM / SIGINT: checkpoint at the next step boundary, then RunInterrupted (signals.py)
 
 What plugs in: an objective (loss of a batch), callbacks (on_step_end / on_eval / on_save,
 each given a TrainState; setting `state.stop = True` ends the run after this step), and any
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,28 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lmforge.errors import CheckpointError, ConfigError, TrainingDivergedError
-from lmforge.model.gpt import set_gradient_checkpointing
-from lmforge.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, restore_rng
+from lmforge.errors import (
+    CheckpointError,
+    CheckpointWarning,
+    ConfigError,
+    RunInterrupted,
+    TrainingDivergedError,
+)
+from lmforge.model.host import set_gradient_checkpointing
+from lmforge.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    resume_candidates,
+)
 from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device
-from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_losses
+from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_at
+from lmforge.train.signals import GracefulStop
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
+from lmforge.train.validation import default_objective, to_device, validation_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -55,11 +69,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """train.optimizer (an AdamW: fp32, 8-bit or paged) over trainable parameters; weight decay
-    only on matrices (not norms or biases)."""
-    from lmforge.quant.optim import build_optimizer as make_optimizer
-
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters in two groups: weight decay on matrices, none on norms and
+    biases (dim < 2)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(
@@ -68,19 +80,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         )
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [
+    return [
         {"params": group, "weight_decay": wd}
-        for group, wd in ((decay, config.weight_decay), (no_decay, 0.0))
+        for group, wd in ((decay, weight_decay), (no_decay, 0.0))
         if group
     ]
-    return make_optimizer(
-        config.optimizer,
-        groups,
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        eps=config.eps,
-        **config.optimizer_options,
-    )
 
 
 def _count_tokens(batch: Batch) -> int:
@@ -103,7 +107,14 @@ class _Run:
         if config.gradient_checkpointing:
             set_gradient_checkpointing(model)
         self.forward_model = torch.compile(model) if config.compile else model
-        self.optimizer = build_optimizer(model, config)
+        self.optimizer = build_optimizer(
+            config.optimizer,
+            param_groups(model, config.weight_decay),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            eps=config.eps,
+            **config.optimizer_options,
+        )
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.history: list[dict[str, Any]] = []
         self.state = TrainState(
@@ -120,19 +131,14 @@ class _Run:
 
     # ------------------------------------------------------------ start
 
-    def start(self, resume: bool) -> None:
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if ckpt is None:
+    def start(self) -> None:
+        found = self.resume()
+        if found is None:
             seed_everything(self.config.seed)
             self.metrics.truncate_after(0)
             return
-        loaded = load_checkpoint(ckpt, self.model, self.optimizer)
+        ckpt, loaded = found
         extra = loaded["extra"]
-        if "data" not in extra or "loop" not in extra:
-            raise CheckpointError(
-                f"{ckpt} was not written by the training loop (no data position); "
-                "move it out of the run directory or pass resume=False"
-            )
         self.data.load_state_dict(extra["data"])
         loop = extra["loop"]
         s = self.state
@@ -143,6 +149,43 @@ class _Run:
         self.elapsed_before = loop["elapsed"]
         self.history = self.metrics.truncate_after(s.step)
         restore_rng(loaded["rng"])  # last: nothing above may draw from the restored streams
+
+    def resume(self) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint train.resume_from names, loaded; an unreadable newest one falls back
+        to the one before it, with a warning naming both."""
+        chosen = self.config.resume_from
+        candidates = resume_candidates(self.run_dir, chosen)
+        if chosen == "none" and list_checkpoints(self.run_dir):
+            raise CheckpointError(
+                f"{self.run_dir} already holds checkpoints (newest: "
+                f"{list_checkpoints(self.run_dir)[-1].name}) and train.resume_from is none",
+                fix="resume them with {resume_from=latest}, or start over in a new {run_dir}",
+            )
+        failed: list[tuple[Path, CheckpointError]] = []
+        for ckpt in candidates:
+            try:
+                loaded = load_checkpoint(ckpt, self.model, self.optimizer)
+            except CheckpointError as e:
+                if chosen != "latest":
+                    raise
+                failed.append((ckpt, e))
+                continue
+            if "data" not in loaded["extra"] or "loop" not in loaded["extra"]:
+                raise CheckpointError(
+                    f"{ckpt} was not written by the training loop (no data position); move it "
+                    "out of the run directory or start a new --run_dir"
+                )
+            for bad, error in failed:
+                warnings.warn(
+                    f"{bad} is unreadable ({error}); resuming from {ckpt} instead",
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+            return ckpt, loaded
+        if failed:
+            names = ", ".join(str(bad) for bad, _ in failed)
+            raise CheckpointError(f"no checkpoint of {self.run_dir} is readable ({names})")
+        return None
 
     # ------------------------------------------------------------ one update
 
@@ -219,7 +262,7 @@ class _Run:
 
     def eval(self) -> None:
         s = self.state
-        s.val_loss, s.val_ppl = evaluate(
+        s.val_loss, s.val_ppl = validation_loss(
             self.forward_model,
             self.val_data,
             self.objective,
@@ -251,6 +294,28 @@ class _Run:
         self.plot()
         self.notify("on_save")
 
+    def after_step(self, bar: tqdm) -> None:
+        cfg, step = self.config, self.state.step
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            self.log(bar)
+        if self.val_data is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            self.eval()
+        if cfg.save_every and step % cfg.save_every == 0:
+            self.save()
+        self.notify("on_step_end")
+
+    def interrupted(self, signals: GracefulStop) -> None:
+        """Save the step just finished (nothing is lost) and stop with a message."""
+        if self.last_save != self.state.step:
+            self.save()
+        self.plot()
+        raise RunInterrupted(
+            f"stopped by {signals.name} after step {self.state.step}; checkpoint "
+            f"{self.state.checkpoint} holds it. Run the same command again to resume.",
+            signals.received,
+        )
+
     def plot(self) -> None:
         plot_losses(self.history, self.run_dir / "loss.png", title=self.run_dir.name)
 
@@ -262,11 +327,11 @@ class _Run:
 
     # ------------------------------------------------------------ the run
 
-    def run(self, resume: bool, progress: bool) -> TrainResult:
+    def run(self, progress: bool) -> TrainResult:
         cfg, s = self.config, self.state
         self.t0 = time.perf_counter()
         self.step_time = self.mark_time = 0.0  # seconds spent inside step() in this call
-        self.start(resume)
+        self.start()
         start_tokens = self.mark_tokens = s.tokens_seen
         bar = tqdm(
             total=cfg.max_steps,
@@ -277,16 +342,12 @@ class _Run:
             dynamic_ncols=True,
         )
         try:
-            while s.step < cfg.max_steps and not s.stop:
-                self.step()
-                bar.update(1)
-                if s.step % cfg.log_every == 0:
-                    self.log(bar)
-                if self.val_data is not None and cfg.eval_every and s.step % cfg.eval_every == 0:
-                    self.eval()
-                if cfg.save_every and s.step % cfg.save_every == 0:
-                    self.save()
-                self.notify("on_step_end")
+            with GracefulStop() as signals:
+                while s.step < cfg.max_steps and not s.stop and not signals.received:
+                    self.step()
+                    self.after_step(bar)
+                if signals.received:
+                    self.interrupted(signals)
             self.log(bar)
             if self.val_data is not None and self.last_eval != s.step:
                 self.eval()
@@ -321,20 +382,19 @@ def train(
     val_data: Iterable[Batch] | None = None,
     objective: Objective | None = None,
     callbacks: Sequence[object] = (),
-    resume: bool = True,
     progress: bool = True,
 ) -> TrainResult:
     """Train `model` on `data` for `config.max_steps` updates, writing into `run_dir`.
 
-    resume=True continues from the newest checkpoint in run_dir when there is one;
-    resume=False starts over, deleting the run's earlier checkpoints and metrics.
+    config.resume_from: `latest` continues from the newest readable checkpoint in run_dir
+    when there is one, `step-N` from that one, `none` starts afresh (refused where
+    checkpoints exist: earlier checkpoints are never deleted). SIGTERM or SIGINT save a
+    checkpoint at the next step boundary and raise RunInterrupted.
     """
     config.validate()
     if not isinstance(data, BatchSource):
         raise TypeError("data must have next_batch(), state_dict() and load_state_dict()")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     run = _Run(model, data, config, run_dir, val_data, objective, callbacks)
-    return run.run(resume=resume, progress=progress)
+    return run.run(progress=progress)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import models, pre_tokenizers
+from tokenizers import models, pre_tokenizers, processors
 from torch import nn
 
 from lmforge.errors import DataError
@@ -93,6 +93,17 @@ def test_empty_continuation_and_empty_context():
     )
     with pytest.raises(DataError, match="more than the 2"):
         encode_request(tok, Request("ctx", " B1 B2 B3"), 2)
+
+
+def test_a_checkpoint_that_adds_bos_gets_it_before_every_context():
+    tok = word_tokenizer()
+    tok.hf.post_processor = processors.TemplateProcessing(
+        single="<eos>:0 $A:0", special_tokens=[("<eos>", ID["<eos>"])]
+    )  # as a Llama tokenizer.json puts <s> before every input
+    assert tok.input_specials == ([ID["<eos>"]], [])
+    assert encode_request(tok, Request("ctx", " A"), 16) == ([0, ID["ctx"], ID["A"]], 2)
+    assert encode_request(tok, Request("", "ctx A"), 16) == ([0, ID["ctx"], ID["A"]], 1)
+    assert token_stream(tok, ["ctx A", "A"]) == [0, ID["ctx"], ID["A"], 0, 0, ID["A"]]
 
 
 def test_bpe_boundary_takes_the_tail_of_the_whole_encoding():

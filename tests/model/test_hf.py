@@ -31,6 +31,7 @@ from lmforge.errors import AssetError, CheckpointError, ConfigError
 from lmforge.model import CausalLM, preset
 from lmforge.model.hf import config_from_hf, from_hf, load_hf_dir, save_hf_dir, to_hf_config
 from lmforge.registry import Registry
+from lmforge.tokenizer import Tokenizer as LmTokenizer
 
 VOCAB = 101
 TOL = 1e-4
@@ -290,7 +291,7 @@ def test_export_writes_the_tokenizer(tmp_path):
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}</s>{% endfor %}"
     tokenizer.save_pretrained(tmp_path / "tok")
     native = CausalLM(preset("tiny", vocab_size=VOCAB))
-    save_hf_dir(native, tmp_path / "out", tokenizer_dir=tmp_path / "tok")
+    save_hf_dir(native, tmp_path / "out", tokenizer=tmp_path / "tok")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -308,6 +309,33 @@ def test_export_refuses_extra_tensors(tmp_path):
     with pytest.raises(CheckpointError, match="lora_A.*merge or remove adapters"):
         save_hf_dir(native, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_export_takes_the_place_of_an_earlier_export_whole(tmp_path):
+    out = tmp_path / "out"
+    save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), out)
+    before = (out / "model.safetensors").read_bytes()
+    tokenizer = LmTokenizer.train(["hello world"] * 20, vocab_size=270)
+
+    class Broken(LmTokenizer):
+        def save(self, path):
+            raise OSError("disk full")
+
+    broken = Broken(tokenizer.hf)
+    with pytest.raises(OSError, match="disk full"):
+        save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), out, tokenizer=broken)
+    assert (out / "model.safetensors").read_bytes() == before  # the earlier export stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
+    save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), out, tokenizer=tokenizer)
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == tokenizer.eos_id and (out / "tokenizer.json").is_file()
+
+
+def test_export_refuses_a_directory_of_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not an exported model; export to another"):
+        save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 # ---------------------------------------------------------------------------- hub
@@ -330,6 +358,34 @@ def test_load_model_errors(tmp_path):
         hub.ensure_converted("no-such-model")
 
 
+def test_the_hf_backend_refuses_pickled_weights_like_the_native_one(tmp_path):
+    tiny_hf("llama", tied=True).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")  # never unpickled
+    for backend in ("native", "hf"):
+        with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model.bin\)"):
+            hub.load_model(tmp_path, backend=backend)
+
+
+def test_generation_defaults_read_as_transformers_reads_them(tmp_path):
+    tiny_hf("llama", tied=True).save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").unlink(missing_ok=True)
+    assert hub.generation_defaults(tmp_path) == hub.GenerationDefaults({}, [], "")
+    file = tmp_path / "generation_config.json"
+    file.write_text(json.dumps({"temperature": 0.6, "eos_token_id": [2, 7]}))
+    assert hub.generation_defaults(tmp_path).settings == {"temperature": 0.0}  # no do_sample
+    file.write_text(
+        json.dumps({"do_sample": True, "top_p": 0.9, "repetition_penalty": 1.1, "eos_token_id": 2})
+    )
+    found = hub.generation_defaults(tmp_path)
+    assert found.settings == {
+        "temperature": 1.0, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.1
+    }  # fmt: skip
+    assert found.eos_token_ids == [2] and found.source == str(file)
+    file.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="generation_config.json: expected a JSON object"):
+        hub.generation_defaults(tmp_path)
+
+
 def test_lmforge_home(monkeypatch, tmp_path):
     monkeypatch.delenv("LMFORGE_HOME", raising=False)
     assert hub.lmforge_home() == Path.home() / ".cache" / "lmforge"
@@ -347,7 +403,7 @@ class FakeConversion:
         self.home = tmp_path / "home"
         monkeypatch.setenv("LMFORGE_HOME", str(self.home))
         registry = Registry("embedded model")
-        registry.add("fake", hub.Embedded(lambda: self.source, self.convert))
+        registry.add("fake", hub.Embedded(lambda: self.source, self.convert, {"do_sample": True}))
         monkeypatch.setattr(hub, "EMBEDDED", registry)
 
     def convert(self, source: Path, out: Path) -> None:
@@ -365,6 +421,7 @@ def test_conversion_runs_once_and_is_reused(tmp_path, monkeypatch):
     fake = FakeConversion(tmp_path, monkeypatch)
     cache = hub.ensure_converted("fake")
     assert cache == fake.home / "models" / "fake" and (cache / hub.MARKER).is_file()
+    assert json.loads((cache / hub.GENERATION_FILE).read_text())["do_sample"] is True
     assert hub.ensure_converted("fake") == cache and fake.calls == 1
     assert_parity(hub.load_model("fake"), hub.load_model("fake", backend="hf"))
     os.utime(fake.source, ns=(1, 1))  # the same package installed elsewhere: reused
@@ -373,6 +430,9 @@ def test_conversion_runs_once_and_is_reused(tmp_path, monkeypatch):
     assert hub.ensure_converted("fake") == cache and fake.calls == 2
     fake.source.write_bytes(b"v2 is longer")  # and of another size
     assert hub.ensure_converted("fake") == cache and fake.calls == 3
+    marker = json.loads((cache / hub.MARKER).read_text())
+    (cache / hub.MARKER).write_text(json.dumps({**marker, "conversion": hub.CONVERSION - 1}))
+    assert hub.ensure_converted("fake") == cache and fake.calls == 4  # an older conversion
     assert fake.leftovers() == []
 
 

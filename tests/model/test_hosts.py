@@ -1,12 +1,14 @@
-"""One API, two backends: a transformers model and its native import generate the same text."""
+"""One API, two kinds of model: a transformers model and its native import generate the same
+text, and their hosts answer every question about them the same way."""
 
 import pytest
 import torch
 
 from lmforge.assets import Asset
-from lmforge.errors import AssetError
+from lmforge.errors import AssetError, ConfigError
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.model.hf import from_hf
+from lmforge.model.host import Geometry, find_host, float_placement, host_for
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,3 +57,55 @@ def test_missing_asset_package_names_the_install_command():
         asset.path()
     ok, why = asset.verify()
     assert not ok and "ghost-pkg" in why
+
+
+def test_both_hosts_answer_the_same_about_one_model():
+    """The native import of a transformers model has the same geometry, context, modules."""
+    hf = tiny_llama()
+    native = from_hf(hf)
+    a, b = host_for(native), host_for(hf)
+    assert type(a).__name__ == "NativeHost" and type(b).__name__ == "TransformersHost"
+    assert a.geometry() == b.geometry() == Geometry(2, 4, 2, 16, 64, 128)
+    assert a.geometry().kv_width == 2 * 2 * 2 * 16
+    assert a.max_length() == b.max_length() == 128
+    assert a.with_context(8).max_seq_len == 120
+    assert (
+        b.with_context(8).max_position_embeddings == 120
+        and hf.config.max_position_embeddings == 128
+    )
+    for host, model in ((a, native), (b, hf)):
+        assert host.final_norm() is model.model.norm
+        assert host.blocks() is model.model.layers
+        assert host.embeddings() is model.get_input_embeddings()
+        assert host.slices_logits and host.cache_length(None) == 0
+
+
+def test_prefilled_caches_hold_the_same_prefix_on_both_hosts():
+    hf = tiny_llama()
+    native = from_hf(hf)
+    keys, values = torch.randn(2, 2, 3, 2, 5, 16).unbind(1)  # (L, B, n_kv, P, hd) each
+    for host in (host_for(native), host_for(hf)):
+        cache = host.prefilled_cache(None, keys, values, capacity=9)
+        assert host.cache_length(cache) == 5
+
+
+def test_a_wrapper_is_driven_as_its_base_and_other_models_have_no_host():
+    class Wrapper(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base_model = base
+
+    native = from_hf(tiny_llama())
+    host = host_for(Wrapper(native))
+    assert host.plain is native and not host.slices_logits  # a wrapper may move its columns
+    assert find_host(torch.nn.Linear(2, 2)) is None
+    with pytest.raises(ConfigError, match="neither an lmforge CausalLM"):
+        host_for(torch.nn.Linear(2, 2))
+
+
+def test_float_placement_counts_compute_dtype_not_storage():
+    layer = torch.nn.Embedding(4, 3).to(torch.bfloat16)
+    layer.compute_dtype = torch.float32  # as a 16-bit stored embedding says
+    model = torch.nn.Sequential(layer, torch.nn.Linear(3, 3))
+    assert float_placement(model) == (torch.device("cpu"), torch.float32)
+    assert float_placement(torch.nn.Linear(2, 2).double())[1] == torch.float64

@@ -106,8 +106,12 @@ def test_a_delta_for_another_shape_is_refused(name, config, backend, tmp_path) -
     method.save(tmp_path)
     with pytest.raises(CheckpointError, match="another shape"):
         load_delta(tmp_path, make(backend, width=32))
-    with pytest.raises(CheckpointError, match="unexpected"):
+    with pytest.raises(CheckpointError, match="another shape"):
         load_delta(tmp_path, make(backend, layers=1))
+    with pytest.raises(CheckpointError, match="has shape"):  # forced past the base check
+        load_delta(tmp_path, make(backend, width=32), force=True)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_delta(tmp_path, make(backend, layers=1), force=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from lmforge import peft
+from lmforge import knowledge, peft  # noqa: F401  (knowledge registers its module)
+from lmforge.errors import CheckpointError
 from lmforge.model import CausalLM, preset
 
 transformers = pytest.importorskip("transformers")
@@ -22,6 +23,7 @@ CASES = {  # method → config; every registered method must appear here
     "ptuning": {"num_virtual_tokens": 4},
     "ptuning2": {"num_virtual_tokens": 4},
     "qlora": {"r": 4},
+    "knowledge": {"width": 16},
 }
 
 
@@ -126,6 +128,26 @@ class TestContract:
             opt.step()
             opt.zero_grad()
         assert losses[-1] < losses[0]
+
+    def test_the_same_seed_gives_the_same_delta_bit_for_bit(self, method, backend):
+        def initial_state(noise: int) -> dict:
+            torch.manual_seed(noise)  # the global generator is left wherever it happens to be
+            delta = peft.apply(BACKENDS[backend](), method, CASES[method], seed=7)
+            return {n: t.clone() for n, t in delta.state_dict().items()}
+
+        first, second = initial_state(1), initial_state(2)
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[n], second[n]) for n in first)
+
+    def test_a_delta_is_refused_on_another_base_unless_forced(self, method, backend, tmp_path):
+        delta = peft.apply(BACKENDS[backend](), method, CASES[method])
+        delta.save(tmp_path / "delta")
+        other = BACKENDS[backend]()
+        with torch.no_grad():
+            other.get_input_embeddings().weight.add_(0.01)  # same shape, other weights
+        with pytest.raises(CheckpointError, match="other weights.*force=True"):
+            peft.load_delta(tmp_path / "delta", other)
+        peft.load_delta(tmp_path / "delta", other, force=True)
 
 
 def test_delta_state_holds_only_the_method_weights():

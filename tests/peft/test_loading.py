@@ -22,7 +22,7 @@ def _trained_lora(model_dir, run_dir):
 
 
 def test_run_dir_delta_dir_and_peft_dir_all_load(tiny_model_dir, tmp_path):
-    from lmforge.peft.hf_format import save_peft_lora
+    from lmforge.peft.interop.lora import save_peft_lora
 
     delta = _trained_lora(tiny_model_dir, tmp_path / "run")
     ids = torch.tensor([[5, 9, 2, 7]])

@@ -13,7 +13,7 @@ from torch import nn
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.model.hf import from_hf
 from lmforge.peft import build, count_parameters, load_delta
-from lmforge.peft.hf_format import load_peft_lora, save_peft_lora
+from lmforge.peft.interop.lora import load_peft_lora, save_peft_lora
 from lmforge.peft.lora import Lora, LoraConfig, LoraLinear
 from tests.models import BACKENDS, VOCAB, T, ids, logits, make  # noqa: F401
 
@@ -133,8 +133,13 @@ def test_a_delta_for_another_shape_is_refused(backend: str, tmp_path) -> None:
     method.save(tmp_path)
     with pytest.raises(CheckpointError, match="another shape"):
         load_delta(tmp_path, make(backend, width=32))
-    with pytest.raises(CheckpointError, match="unexpected"):
+    with pytest.raises(CheckpointError, match="another shape"):
         load_delta(tmp_path, make(backend, layers=1))
+    # forced past the base check, the weights themselves still do not fit
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_delta(tmp_path, make(backend, width=32), force=True)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_delta(tmp_path, make(backend, layers=1), force=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

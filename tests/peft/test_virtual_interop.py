@@ -11,8 +11,8 @@ from lmforge.peft import (
     build,
     ptuning_v2,  # noqa: F401  (registers "ptuning2")
 )
-from lmforge.peft.hf_format import save_peft_lora
-from lmforge.peft.hf_virtual import load_peft_virtual, save_peft_virtual
+from lmforge.peft.interop.lora import save_peft_lora
+from lmforge.peft.interop.virtual import load_peft_virtual, save_peft_virtual
 from lmforge.peft.prefix import PrefixTuning
 from lmforge.peft.prompt_tuning import PromptTuning
 from lmforge.peft.ptuning import PTuning

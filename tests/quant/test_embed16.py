@@ -118,7 +118,7 @@ def test_the_head_keeps_only_its_stored_weight_for_backward() -> None:
 @pytest.mark.parametrize("backend", ["native", "hf"])
 def test_generation_computes_in_the_model_dtype(backend) -> None:
     from lmforge.model.generate import SamplingConfig, generate
-    from lmforge.peft.inject import float_placement
+    from lmforge.model.host import float_placement
 
     model = make(backend)
     original = copy.deepcopy(model)

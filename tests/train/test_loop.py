@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmforge.errors import ConfigError, TrainingDivergedError
+from lmforge.errors import CheckpointError, CheckpointWarning, ConfigError, TrainingDivergedError
 from lmforge.model import CausalLM, preset
 from lmforge.train import BatchSource, TrainConfig, lr_at, train
 from lmforge.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -271,13 +271,54 @@ def test_resume_drops_metrics_after_the_checkpoint(tmp_path):
     assert steps == [1, 2, 3, 4, 5] == [r["step"] for r in result.history]
 
 
-def test_resume_false_starts_over(tmp_path):
+def test_a_fresh_start_never_deletes_earlier_checkpoints(tmp_path):
     train(make_model(), RandomTokens(), config(max_steps=4, save_every=2), tmp_path, progress=False)
-    result = train(
-        make_model(), RandomTokens(), config(max_steps=2), tmp_path, resume=False, progress=False
+    before = [p.name for p in list_checkpoints(tmp_path)]
+    with pytest.raises(CheckpointError, match="resume_from=latest, or start over in a new run_dir"):
+        train(make_model(), RandomTokens(), config(resume_from="none"), tmp_path, progress=False)
+    assert (
+        [p.name for p in list_checkpoints(tmp_path)] == before == ["step-00000002", "step-00000004"]
     )
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002"]
+    result = train(
+        make_model(), RandomTokens(), config(max_steps=2, resume_from="none"), tmp_path / "new"
+    )
     assert [r["step"] for r in result.history] == [1, 2]
+
+
+def test_resume_from_a_chosen_step_and_fall_back_from_a_corrupt_latest(tmp_path):
+    cfg = config(max_steps=6, save_every=2, keep_last=0)
+    full = train(make_model(), RandomTokens(), cfg, tmp_path / "full", progress=False)
+    train(make_model(), RandomTokens(), cfg, tmp_path / "run", progress=False)
+    # rerun from step 2: the same steps 3..6 as the uninterrupted run
+    again = train(
+        make_model(),
+        RandomTokens(),
+        config(**{**vars(cfg), "resume_from": "step-2"}),
+        tmp_path / "run",
+        progress=False,
+    )
+    assert [r["loss"] for r in again.history if "loss" in r] == [
+        r["loss"] for r in full.history if "loss" in r
+    ]
+    with pytest.raises(CheckpointError, match="no such checkpoint.*have: step-00000002"):
+        train(
+            make_model(),
+            RandomTokens(),
+            config(**{**vars(cfg), "resume_from": "step-3"}),
+            tmp_path / "run",
+            progress=False,
+        )
+    latest = list_checkpoints(tmp_path / "run")[-1]
+    (latest / "model.safetensors").write_bytes(b"torn")
+    with pytest.warns(CheckpointWarning, match=f"{latest.name}.*resuming from .*step-00000004"):
+        result = train(
+            make_model(),
+            RandomTokens(),
+            config(**{**vars(cfg), "max_steps": 8}),
+            tmp_path / "run",
+            progress=False,
+        )
+    assert result.step == 8
 
 
 # ---------------------------------------------------------------- divergence

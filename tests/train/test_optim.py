@@ -1,4 +1,4 @@
-"""8-bit and paged AdamW: the dynamic map, parity with torch.optim.AdamW, state, page files.
+"""8-bit and paged AdamW: parity with torch.optim.AdamW, state, page files.
 
 Tolerances (8-bit against fp32 AdamW, a 2-layer MLP regression, 200 seeded steps, lr 3e-3):
 every step's loss within 10% of fp32 AdamW's, the final full-batch loss within 5%, each
@@ -9,7 +9,6 @@ tensors and PagedAdamW are compared with torch.equal, state sizes and page count
 
 import gc
 import inspect
-import math
 import os
 import re
 
@@ -18,18 +17,18 @@ import torch
 from torch import nn
 
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.quant.optim import (
+from lmforge.quant.blockwise import dynamic_tree_map, quantize_blockwise
+from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.train.optim import (
     OPTIMIZERS,
     AdamW8bit,
     PagedAdamW,
+    adamw8bit,
     build_optimizer,
-    dequantize_blockwise,
-    dynamic_tree_map,
-    quantize_blockwise,
     state_bytes,
 )
-from lmforge.quant.pages import Layout, Segment
-from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.train.optim.adamw import Hyper, adamw_update_
+from lmforge.train.optim.page_store import Layout, Segment
 
 PAGE = 4096  # bytes: 1024 fp32, the smallest page the OS page size allows
 
@@ -68,101 +67,6 @@ def full_loss(model: nn.Module) -> float:
 
 def same_params(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-
-
-# ---------------------------------------------------------------- the dynamic map
-
-
-@pytest.mark.parametrize("signed, smallest, per_decade", [(True, 1e-6, 64), (False, 1e-7, 128)])
-def test_dynamic_map_has_the_dynamic_tree_structure(signed, smallest, per_decade):
-    q = dynamic_tree_map(signed)
-    assert q.shape == (256,) and torch.all(q[1:] >= q[:-1])
-    assert q.max() == 1.0 and q.min() == (-1.0 if signed else 0.0)
-    assert len(set(q.tolist())) == (255 if signed else 256)  # signed: +0 and -0 coincide
-    positive = q[q > 0].double()
-    assert positive.min().item() == pytest.approx(smallest, rel=1e-6)
-    # Each decade (10^-(E+1), 10^-E] has half the codes of the one above it.
-    for e in range(7 if signed else 8):
-        in_decade = (positive > 10 ** -(e + 1) * (1 + 1e-6)) & (positive <= 10**-e * (1 + 1e-6))
-        assert int(in_decade.sum()) == per_decade >> e
-
-
-@pytest.mark.parametrize("signed", [True, False])
-def test_map_values_round_trip_exactly(signed):
-    q = dynamic_tree_map(signed)
-    x = torch.cat([q * 3.5, q * 0.02])  # two blocks of 256 with absmax 3.5 and 0.02
-    codes, absmax = quantize_blockwise(x, q)
-    assert codes.dtype == torch.uint8 and torch.equal(absmax, torch.tensor([3.5, 0.02]))
-    assert torch.equal(dequantize_blockwise(codes, absmax, q), x)
-
-
-def half_gap(normed: torch.Tensor, signed: bool) -> torch.Tensor:
-    """Worst nearest-rounding error of |x| ≤ 1: half the code spacing of x's decade."""
-    bits = 7 if signed else 8
-    mag = normed.abs().double().clamp_min(1e-30)
-    e = torch.floor(-torch.log10(mag)).clamp(0, bits - 2)  # decade (10^-(e+1), 10^-e]
-    bound = 0.45 * 10.0**-e / 2.0 ** (bits - 1 - e)
-    smallest = 10.0 ** -(bits - 1)
-    below = mag <= smallest  # between 0 and the smallest code (rounded up for unsigned)
-    return torch.where(below, torch.full_like(mag, smallest * (0.5 if signed else 1.0)), bound)
-
-
-@pytest.mark.parametrize("signed", [True, False])
-def test_blockwise_error_is_within_half_a_code_step(signed):
-    g = torch.Generator().manual_seed(0)
-    n = 256 * 40 + 77  # a ragged last block
-    mags = 10 ** (-9 * torch.rand(n, generator=g))  # log-uniform over 1e-9 .. 1
-    signs = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if signed else 1.0
-    scale = 10 ** (4 * torch.rand(n // 256 + 1, generator=g) - 2).repeat_interleave(256)[:n]
-    x = (mags * signs * scale).float()
-    q = dynamic_tree_map(signed)
-    codes, absmax = quantize_blockwise(x, q, round_up_tiny=not signed)
-    assert codes.shape == (n,) and absmax.shape == (math.ceil(n / 256),)
-    y = dequantize_blockwise(codes, absmax, q)
-    a = absmax.repeat_interleave(256)[:n].double()
-    bound = a * half_gap(x / a, signed) * (1 + 1e-5) + a * 1e-7
-    assert torch.all((y.double() - x.double()).abs() <= bound)
-    if not signed:  # a positive second moment never decodes to 0
-        assert torch.all(y[x > 0] > 0)
-
-
-@pytest.mark.parametrize("signed", [True, False])
-def test_nearest_code_equals_bucketize_on_every_edge(signed):
-    from lmforge.quant.optim8bit import NearestCode
-
-    qmap = dynamic_tree_map(signed)
-    mids = (qmap[1:] + qmap[:-1]) / 2
-    up, down = torch.tensor(2.0), torch.tensor(-2.0)
-    x = torch.cat(
-        [
-            torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 2 - int(signed),
-            torch.rand(10_000, generator=torch.Generator().manual_seed(1)) * 1e-6,
-            mids,  # ties go to the lower code
-            torch.nextafter(mids, up),
-            torch.nextafter(mids, down),
-            qmap,
-            torch.tensor([0.0, -0.0, 1.0, -1.0]),
-        ]
-    )
-    coder = NearestCode(qmap)
-    assert coder.exact
-    assert torch.equal(coder(x), torch.bucketize(x, mids).to(torch.uint8))
-
-
-def test_nearest_code_falls_back_for_a_map_finer_than_its_buckets():
-    from lmforge.quant.optim8bit import NearestCode
-
-    qmap = torch.linspace(0.5, 0.5001, 256)  # 256 codes inside one bucket
-    coder = NearestCode(qmap)
-    x = torch.linspace(0.49, 0.51, 1001)
-    assert not coder.exact
-    assert torch.equal(coder(x), torch.bucketize(x, (qmap[1:] + qmap[:-1]) / 2).to(torch.uint8))
-
-
-def test_an_all_zero_block_stays_zero():
-    q = dynamic_tree_map(True)
-    codes, absmax = quantize_blockwise(torch.zeros(300), q)
-    assert torch.equal(dequantize_blockwise(codes, absmax, q), torch.zeros(300))
 
 
 # ---------------------------------------------------------------- 8-bit AdamW
@@ -217,13 +121,30 @@ def test_adamw8bit_small_tensors_update_exactly_like_adamw():
     assert same_params(ref, model)
 
 
+def test_adamw8bit_stores_its_moments_with_the_blockwise_codec():
+    """m on the signed tree map, v on the unsigned one (never code 0 when positive), nearest
+    rounding; θ moves with the fp32 moments (the codec's exact codes: tests/quant)."""
+    torch.manual_seed(0)
+    param = nn.Parameter(torch.randn(5000))
+    param.grad = torch.randn(5000)
+    ref, m, v = param.detach().clone(), torch.zeros(5000), torch.zeros(5000)
+    opt = AdamW8bit([param], lr=1e-2)
+    opt.step()
+    adamw_update_(ref, param.grad, m, v, 1.0, Hyper(1e-2, 0.9, 0.999, 1e-8, 1e-2))
+    assert torch.equal(param.detach(), ref)
+    for key, moment, signed in (("exp_avg", m, True), ("exp_avg_sq", v, False)):
+        qmap = dynamic_tree_map(signed)
+        codes, absmax = quantize_blockwise(moment, qmap, 256, round_up_tiny=not signed)
+        assert torch.equal(opt.state[param][f"{key}_code"], codes)
+        assert torch.equal(opt.state[param][f"{key}_absmax"], absmax)
+
+
 def test_adamw8bit_in_chunks_equals_one_piece(monkeypatch):
     """The update runs CHUNK elements at a time; chunk edges change no bit (odd sizes, a
     partial last block, a non-contiguous parameter)."""
-    from lmforge.quant import optim8bit
 
     def train(chunk: int) -> tuple[list[torch.Tensor], list[dict]]:
-        monkeypatch.setattr(optim8bit, "CHUNK", chunk)
+        monkeypatch.setattr(adamw8bit, "CHUNK", chunk)
         torch.manual_seed(0)
         params = [nn.Parameter(torch.randn(5000)), nn.Parameter(torch.randn(90, 70).t())]
         opt = AdamW8bit(params, lr=1e-2, weight_decay=0.1)
