@@ -38,12 +38,12 @@ from lmforge.eval.arithmetic import Problem, generate_big_problems
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.lab.base import experiment
 from lmforge.lab.peft_compare import finetune_child
-from lmforge.lab.report import Report
 from lmforge.lab.tools_data import build_sft, demonstration
 from lmforge.model.generate import SamplingConfig, generate
-from lmforge.peft.loading import load_adapter
+from lmforge.peft import load_adapter
 from lmforge.plots import plot_bars
 from lmforge.recipes.finetune import FinetuneConfig
+from lmforge.report import Report
 from lmforge.tokenizer import Tokenizer
 from lmforge.tools import Toolbox, ToolCall, calculator
 

@@ -4,14 +4,16 @@ load model (+ adapter) ─► LocalChatModel (its chat template, constrained cal
                       ─► Toolbox of the named built-in tools (tools/builtin.py)
                       ─► react | plan-and-execute, each event printed as it happens
                       ─► the answer (and the transcript as JSON with --transcript)
+
+Sampling follows generate and chat: an unset setting is the checkpoint's
+generation_config.json's, else greedy.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TextIO
+from typing import Any, ClassVar, TextIO
 
 from lmforge.agents import (
     Event,
@@ -23,81 +25,75 @@ from lmforge.agents import (
 )
 from lmforge.agents.model import TOOL_CHOICES
 from lmforge.agents.react import REACT_SYSTEM
-from lmforge.config import apply_overrides, from_dict, read_yaml
+from lmforge.config import arg
 from lmforge.errors import ConfigError
-from lmforge.hub import load_model, load_tokenizer
-from lmforge.model.generate import SamplingConfig
-from lmforge.peft.loading import load_adapter
-from lmforge.tools.builtin import ToolsConfig, make_toolbox
+from lmforge.hub import GenerationDefaults, generation_defaults
+from lmforge.recipes.source import ModelSource, SamplingFlags, describe_sampling, load_source
+from lmforge.tools.builtin import BUILTIN_TOOLS, ToolsConfig, make_toolbox
 
 MODES = ("react", "plan")
 
 
 @dataclass
-class AgentConfig:
-    question: str = ""  # the task (the verb's positional argument sets it too)
-    model: str = "smollm2-135m-instruct"  # embedded model name or transformers directory
-    backend: str = "native"  # native | hf
-    adapter: str = ""  # a finetune run directory, its delta/ or a peft adapter directory
-    tools: str = "calculator"  # comma-separated built-in tools: calculator, python, read_file
-    mode: str = "react"  # react | plan (plan-and-execute)
+class AgentConfig(SamplingFlags, ModelSource):  # fields (and flags): model first
+    question: str = arg("", positional=True, aliases=("--question",))  # the task
+    tools: str = arg("calculator", choices=BUILTIN_TOOLS.names)  # comma-separated built-in tools
+    mode: str = arg("react", choices=lambda: MODES)  # react | plan (plan-and-execute)
     max_steps: int = 6  # most model replies (per plan step in plan mode)
     constrain: bool = True  # generate every call under its JSON Schema (it always parses)
-    tool_choice: str = "auto"  # the first reply: auto | required (it must call a tool) | none
+    tool_choice: str = arg("auto", choices=lambda: TOOL_CHOICES)  # the first reply's choice
     system: str = ""  # system prompt; empty = the ReAct default
     max_new_tokens: int = 160  # most tokens per reply
-    temperature: float = 0.0  # 0 = greedy
-    seed: int = 0  # sampling seed (when temperature > 0)
+    temperature: float | None = None  # 0 = greedy; default: the checkpoint's, else 0
     files_root: str = "."  # read_file reads beneath this directory only
     sandbox_seconds: float = 5.0  # python: wall-clock limit per program
     sandbox_memory_mb: int = 512  # python: address-space limit per program
+    index: str = ""  # search: a knowledge index directory (`lmforge rag index --out DIR`)
+    search_mode: str = "hybrid"  # search: bm25 | dense | hybrid
+    search_k: int = 3  # search: passages per query
     transcript: str = ""  # write the transcript as JSON to this file (empty: do not)
 
+    defaults: ClassVar[dict[str, Any]] = {**SamplingFlags.defaults, "temperature": 0.0}
+
     def validate(self) -> None:
+        ModelSource.validate(self)
+        self.sampling(GenerationDefaults({}, [], ""))  # the flags' own ranges
         if self.tool_choice not in TOOL_CHOICES:
             raise ConfigError(
-                f"tool_choice {self.tool_choice!r}: choose from {', '.join(TOOL_CHOICES)}"
+                f"tool_choice {self.tool_choice!r} is unknown",
+                fix="choose {tool_choice} from " + ", ".join(TOOL_CHOICES),
             )
         if self.mode not in MODES:
-            raise ConfigError(f"mode {self.mode!r} is unknown; choose from {', '.join(MODES)}")
+            raise ConfigError(
+                f"mode {self.mode!r} is unknown", fix="choose {mode} from " + ", ".join(MODES)
+            )
 
     def toolbox_config(self) -> ToolsConfig:
         names = [n.strip() for n in self.tools.split(",") if n.strip()]
-        return ToolsConfig(names, self.files_root, self.sandbox_seconds, self.sandbox_memory_mb)
+        return ToolsConfig(
+            names, self.files_root, self.sandbox_seconds, self.sandbox_memory_mb,
+            index=self.index, search_mode=self.search_mode, search_k=self.search_k,
+        )  # fmt: skip
 
 
-def load_config(path: str | Path | None, overrides: list[str]) -> AgentConfig:
-    raw = apply_overrides(read_yaml(path) if path else {}, overrides)
-    try:
-        return from_dict(AgentConfig, raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
-
-
-def chat_model(cfg: AgentConfig) -> LocalChatModel:
-    """The model (with its adapter merged where the method allows) as a chat model."""
-    model = load_model(cfg.model, backend=cfg.backend)
-    if cfg.adapter:
-        delta = load_adapter(cfg.adapter, model)
-        if delta.mergeable:
-            delta.merge()
-        model = delta.model
-    sampling = SamplingConfig(
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
-    )
-    return LocalChatModel(
-        model.eval(), load_tokenizer(cfg.model), sampling, constrain=cfg.constrain
-    )
+def chat_model(cfg: AgentConfig, log: TextIO) -> LocalChatModel:
+    """The model (its adapter merged where the method allows) as a chat model."""
+    model, tokenizer = load_source(cfg, merge=True)
+    sampling, origin = cfg.sampling(generation_defaults(cfg.model))
+    log.write(describe_sampling(sampling, origin) + "\n")
+    return LocalChatModel(model, tokenizer, sampling, constrain=cfg.constrain)
 
 
 def run_agent(cfg: AgentConfig, out: TextIO | None = None) -> Transcript:
     """Run the agent on cfg.question, printing the transcript as it runs."""
     cfg.validate()
     if not cfg.question.strip():
-        raise ConfigError('give the question: lmforge agent --tools calculator "What is 17 * 23?"')
+        raise ConfigError(
+            "no question given", fix='give one: lmforge agent --tools calculator "What is 6 * 7?"'
+        )
     out = out or sys.stdout
     box = make_toolbox(cfg.toolbox_config())
-    chat = chat_model(cfg)
+    chat = chat_model(cfg, sys.stderr)
 
     def show(event: Event) -> None:
         out.write(format_event(event) + "\n")

@@ -1,4 +1,4 @@
-"""A file reader confined to one directory, and a retrieval tool over a knowledge index.
+"""A file reader confined to one directory.
 
 Confinement is enforced while opening, not by comparing strings: the path is split into
 its parts and opened one directory at a time from the root's own file descriptor, each
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
 
 from lmforge.errors import ConfigError
 from lmforge.tools.registry import Tool, ToolError
@@ -90,36 +88,3 @@ def file_reader(root: str | Path, max_chars: int = 20000, name: str = "read_file
         return text if len(text) <= max_chars else text[:max_chars] + "\n[truncated]"
 
     return Tool.from_function(read_file, name)
-
-
-class Retriever(Protocol):
-    """What a knowledge index offers the retrieval tool."""
-
-    def search(self, query: str, k: int) -> Sequence[Any]: ...
-
-
-def _passage(hit: Any) -> str:
-    text = hit if isinstance(hit, str) else getattr(hit, "text", None) or str(hit)
-    source = getattr(hit, "source", None)
-    return f"[{source}] {text}" if source else text
-
-
-def retrieval_tool(index: Retriever, k: int = 3, name: str = "search") -> Tool:
-    """A tool that returns the `k` passages of `index` most relevant to a query.
-
-    `index` is any object with `search(query, k)` returning strings or objects with a
-    `text` (and optionally a `source`) attribute, as a knowledge index does."""
-
-    def search(query: str) -> str:
-        """Search the knowledge base for passages relevant to a question.
-
-        Args:
-            query: what to look for, in a few words
-        """
-        hits: Iterable[Any] = index.search(query, k)
-        passages = [_passage(h) for h in hits]
-        if not passages:
-            return "no passage found"
-        return "\n\n".join(f"{i + 1}. {p}" for i, p in enumerate(passages))
-
-    return Tool.from_function(search, name)

@@ -67,15 +67,17 @@ def test_required_calls_through_real_templates(family, eos, bos, opening, result
 
 def bigram_model(vocab: int, chain: list[int]) -> CausalLM:
     """Greedy decoding follows `chain` (token → next token); every block writes nothing, so
-    the last hidden state is the current token's one-hot embedding (as in test_generate)."""
-    model = CausalLM(preset("tiny", vocab_size=vocab, d_model=vocab, tie_embeddings=False,
-                            max_seq_len=2048)).eval()  # fmt: skip
+    the last hidden state is the current token's one-hot embedding (as in test_generate);
+    the width is the vocabulary rounded up to whole heads, the extra dimensions unused."""
+    width = -(-vocab // 8) * 8  # 4 heads of an even width (RoPE)
+    model = CausalLM(preset("tiny", vocab_size=vocab, d_model=width, n_head=4,
+                            tie_embeddings=False, max_seq_len=2048)).eval()  # fmt: skip
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.zero_()
-        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
-        head = torch.zeros(vocab, vocab)
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, width))
+        head = torch.zeros(vocab, width)
         for a, b in zip(chain, chain[1:]):
             head[b, a] = 10.0
         model.lm_head.weight.copy_(head)

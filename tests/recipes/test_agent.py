@@ -26,13 +26,18 @@ def test_agent_prints_the_transcript_and_saves_it(tiny_model_dir, tmp_path, caps
 
 def test_agent_errors_name_the_fix(tiny_model_dir, capsys):
     assert main(["agent", "--model", str(tiny_model_dir), "--tools", "calculator,shell", "x"]) == 2
-    assert (
-        "unknown tool 'shell'; choose from calculator, python, read_file" in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "unknown tool 'shell'; choose from calculator, python, read_file, search" in err
+    assert "name them with commas: --tools=calculator,python" in err
     assert main(["agent", "--model", str(tiny_model_dir)]) == 2
-    assert 'give the question: lmforge agent --tools calculator "' in capsys.readouterr().err
+    assert 'no question given; give one: lmforge agent --tools calculator "' in (
+        capsys.readouterr().err
+    )
     assert main(["agent", "--tool_choice", "always", "x"]) == 2
-    assert "tool_choice 'always': choose from auto, required, none" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "tool_choice 'always' is unknown; choose --tool_choice from auto, required" in err
+    assert main(["agent", "--tools", "search", "x"]) == 2
+    assert "pass --index=runs/index" in capsys.readouterr().err
 
 
 def test_agent_plan_mode_runs_planner_steps_and_solver(tiny_model_dir, capsys):

@@ -1,14 +1,13 @@
-"""The confined file reader and the retrieval tool."""
+"""The confined file reader."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import pytest
 
 from lmforge.errors import ConfigError
-from lmforge.tools import Toolbox, ToolCall, file_reader, retrieval_tool
+from lmforge.tools import Toolbox, ToolCall, file_reader
 
 
 @pytest.fixture
@@ -58,25 +57,3 @@ def test_everything_else_is_refused(box, path, message):
 def test_missing_root_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist; create it"):
         file_reader(tmp_path / "nope")
-
-
-@dataclass
-class Hit:
-    text: str
-    source: str
-
-
-class Index:
-    def search(self, query: str, k: int) -> list[Hit]:
-        docs = [
-            Hit("Paris is the capital of France.", "geo.txt"),
-            Hit("北京是中国的首都。", "zh.txt"),
-        ]
-        return [d for d in docs if any(w in d.text for w in query.split())][:k]
-
-
-def test_retrieval_tool_lists_passages_with_sources():
-    box = Toolbox([retrieval_tool(Index(), k=2)])
-    hits = box.call(ToolCall("search", {"query": "Paris 北京是中国的首都。"})).content
-    assert hits == "1. [geo.txt] Paris is the capital of France.\n\n2. [zh.txt] 北京是中国的首都。"
-    assert box.call(ToolCall("search", {"query": "Berlin"})).content == "no passage found"
