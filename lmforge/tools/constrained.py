@@ -171,7 +171,8 @@ class GrammarConstraint:
         if need is None or need > max_new_tokens:
             raise ConfigError(
                 f"a tool call needs at least {need} tokens here but max_new_tokens is "
-                f"{max_new_tokens}; raise it"
+                f"{max_new_tokens}",
+                fix=f"raise it: {{max_new_tokens={need}}}" if need else "",
             )
         self.grammar, self.max_new = grammar, max_new_tokens
         self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)

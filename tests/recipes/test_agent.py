@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from lmforge.cli import main
+from lmforge.knowledge.index import KnowledgeIndex
+from tests.knowledge.helpers import CountingEmbedder, write_corpus
 
 
 def test_agent_prints_the_transcript_and_saves_it(tiny_model_dir, tmp_path, capsys):
@@ -48,3 +50,17 @@ def test_agent_plan_mode_runs_planner_steps_and_solver(tiny_model_dir, capsys):
     assert lines[0] == "question: Add 2 and 2." and lines[1].startswith("plan: ")
     assert any(line.startswith("[1] result: ") for line in lines)
     assert lines[-2].startswith("answer: ") and lines[-1].startswith("answer: ")
+
+
+def test_agent_searches_a_knowledge_index(tiny_model_dir, tmp_path, capsys):
+    index = KnowledgeIndex.create(tmp_path / "index", embedder=CountingEmbedder())
+    index.add([write_corpus(tmp_path / "docs")])
+    args = ["agent", "--model", str(tiny_model_dir), "--tools", "search", "--index",
+            str(tmp_path / "index"), "--search_mode", "bm25", "--tool_choice", "required",
+            "--max_steps", "1", "--max_new_tokens", "100", "--temperature", "0",
+            "--transcript", str(tmp_path / "t.json"), "长城在哪里?"]  # fmt: skip
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("[1] action: search(")
+    events = json.loads((tmp_path / "t.json").read_text())["events"]
+    seen = [e["text"] for e in events if e["kind"] in ("observation", "error")][0]
+    assert seen == "no passage found" or seen.startswith("[1] ")
