@@ -199,7 +199,7 @@ def _chat() -> Command:
     return Command("", ChatConfig, run_chat)
 
 
-@verb("agent", "answer with tools (calculator, python, read_file) step by step (ReAct)")
+@verb("agent", "answer with tools (calculator, python, read_file, search) step by step (ReAct)")
 def _agent() -> Command:
     from lmforge.recipes.agent import AgentConfig, run_agent
 

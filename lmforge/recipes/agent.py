@@ -38,10 +38,10 @@ MODES = ("react", "plan")
 class AgentConfig(SamplingFlags, ModelSource):  # fields (and flags): model first
     question: str = arg("", positional=True, aliases=("--question",))  # the task
     tools: str = arg("calculator", choices=BUILTIN_TOOLS.names)  # comma-separated built-in tools
-    mode: str = arg("react", choices=lambda: MODES)  # react | plan (plan-and-execute)
+    mode: str = arg("react", choices=lambda: MODES)  # the loop; plan = plan-and-execute
     max_steps: int = 6  # most model replies (per plan step in plan mode)
     constrain: bool = True  # generate every call under its JSON Schema (it always parses)
-    tool_choice: str = arg("auto", choices=lambda: TOOL_CHOICES)  # the first reply's choice
+    tool_choice: str = arg("auto", choices=lambda: TOOL_CHOICES)  # first reply (required: a call)
     system: str = ""  # system prompt; empty = the ReAct default
     max_new_tokens: int = 160  # most tokens per reply
     temperature: float | None = None  # 0 = greedy; default: the checkpoint's, else 0
