@@ -164,7 +164,8 @@ def _finetune() -> Command:
 
     def run(cfg: FinetuneConfig) -> None:
         results = finetune(cfg)
-        shown = {k: v for k, v in results.items() if k in ("test_accuracy", "val_loss")}
+        wanted = ("test_accuracy", "val_loss")  # val_loss is None without held-out data
+        shown = {k: v for k, v in results.items() if k in wanted and v is not None}
         print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
     return Command("", FinetuneConfig, run)
