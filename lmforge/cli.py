@@ -166,7 +166,8 @@ def _finetune() -> Command:
         results = finetune(cfg)
         wanted = ("test_accuracy", "val_loss")  # val_loss is None without held-out data
         shown = {k: v for k, v in results.items() if k in wanted and v is not None}
-        print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        text = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        print(f"results: {text or 'no metric'} ({cfg.run_dir}/results.json)")
 
     return Command("", FinetuneConfig, run)
 
