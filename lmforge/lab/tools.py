@@ -288,8 +288,10 @@ def _write(report: Report, p: dict, rows: list, data: dict, ft: dict, out: Path)
     if "error" in ft:
         report.text(f"Fine-tuning failed: {ft['error']}")
     else:
+        loss = ft.get("val_loss")  # None when too few conversations to hold any out
+        held = f"validation loss {loss:.3f}" if loss is not None else "no held-out set"
         report.text(f"LoRA r={p['rank']} (all linear layers), {p['ft_steps']} steps of "
-                    f"{p['ft_batch']}: validation loss {ft.get('val_loss', float('nan')):.3f}, "
+                    f"{p['ft_batch']}: {held}, "
                     f"{ft.get('train_examples', 0)} training conversations.")  # fmt: skip
     for r in rows:
         if r["example"]:
