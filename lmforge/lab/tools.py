@@ -253,6 +253,18 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def tuning_sentence(p: dict[str, Any], ft: dict[str, Any]) -> str:
+    """What the fine-tuning run did, or why it failed."""
+    if "error" in ft:
+        return f"Fine-tuning failed: {ft['error']}"
+    loss = ft.get("val_loss")  # None when too few conversations to hold any out
+    held = f"validation loss {loss:.3f}" if loss is not None else "no held-out set"
+    return (
+        f"LoRA r={p['rank']} (all linear layers), {p['ft_steps']} steps of {p['ft_batch']}: "
+        f"{held}, {ft.get('train_examples', 0)} training conversations."
+    )
+
+
 def _write(report: Report, p: dict, rows: list, data: dict, ft: dict, out: Path) -> None:
     digits = list(p["digits"])
     report.table(
@@ -285,14 +297,7 @@ def _write(report: Report, p: dict, rows: list, data: dict, ft: dict, out: Path)
         f"Toolformer filter on {data['problems']} training rationales (τ = {p['threshold']}): "
         f"{data['covered']} problems had a kept call at every step and became SFT examples",
     )  # fmt: skip
-    if "error" in ft:
-        report.text(f"Fine-tuning failed: {ft['error']}")
-    else:
-        loss = ft.get("val_loss")  # None when too few conversations to hold any out
-        held = f"validation loss {loss:.3f}" if loss is not None else "no held-out set"
-        report.text(f"LoRA r={p['rank']} (all linear layers), {p['ft_steps']} steps of "
-                    f"{p['ft_batch']}: {held}, "
-                    f"{ft.get('train_examples', 0)} training conversations.")  # fmt: skip
+    report.text(tuning_sentence(p, ft))
     for r in rows:
         if r["example"]:
             report.text(f"**{r['name']}**, first problem:\n\n```\n{r['example']}\n```")

@@ -88,6 +88,19 @@ def test_tools_quick_on_smollm2(tmp_path):
     assert (tmp_path / "lab" / "accuracy.png").stat().st_size > 1000
 
 
+def test_the_tuning_sentence_with_and_without_held_out_data():
+    p = lab.plan(quick=True)
+    assert lab.tuning_sentence(p, {"val_loss": None, "train_examples": 2}) == (
+        "LoRA r=8 (all linear layers), 2 steps of 2: no held-out set, 2 training conversations."
+    )
+    full = lab.tuning_sentence(lab.plan(quick=False), {"val_loss": 0.41234, "train_examples": 40})
+    assert full == (
+        "LoRA r=16 (all linear layers), 40 steps of 4: validation loss 0.412, "
+        "40 training conversations."
+    )
+    assert lab.tuning_sentence(p, {"error": "boom"}) == "Fine-tuning failed: boom"
+
+
 def test_conditions_are_saved_as_they_finish_and_reused(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(lab, "run_condition", lambda c, *a: ran.append(c.name) or {"name": c.name})
