@@ -27,6 +27,8 @@ TYPOS = {
     "quickstart": (["quickstart", "--step", "3"], "did you mean --steps?"),
     "lab": (["lab", "list", "--quik"], "did you mean --quick?"),
     "rag": (["rag", "ask", "--qustion", "x"], "unknown flag --qustion; `lmforge rag ask --help`"),
+    "export": (["export", "runs/ft", "--formt", "gguf"], "did you mean --format?"),
+    "serve": (["serve", "--adaptr", "sql=runs/ft"], "did you mean --adapter?"),
 }
 
 
