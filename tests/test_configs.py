@@ -9,6 +9,7 @@ import lmforge
 from lmforge import peft
 from lmforge.config import load
 from lmforge.recipes import finetune, pretrain
+from lmforge.recipes.agent import AgentConfig
 from lmforge.recipes.chat import ChatConfig
 from lmforge.recipes.data import builders
 from lmforge.recipes.eval import EvalConfig
@@ -46,7 +47,7 @@ def check_rag(path):
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": check_finetune}
 KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
 KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
-KINDS |= {"rag": check_rag}
+KINDS |= {"rag": check_rag, "agent": lambda p: load(AgentConfig, p).validate()}
 KINDS |= {"serve": lambda p: load(ServeConfig, p), "export": lambda p: load(ExportConfig, p)}
 
 

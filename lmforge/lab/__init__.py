@@ -1,6 +1,6 @@
 """Built-in experiments; importing this package registers all of them."""
 
-from lmforge.lab import instruct, knowledge, peft_compare, prompting, qlora, warmup  # noqa: F401
+from lmforge.lab import instruct, knowledge, peft_compare, prompting, qlora, tools, warmup  # noqa: F401
 from lmforge.lab.base import (
     LABS,
     Experiment,
