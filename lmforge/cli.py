@@ -13,6 +13,7 @@ torch. An error a user can cause exits with code 2 and its fix spelt as this ver
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -108,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command: Command = args._command
     try:
-        code = command.run(_load(command, args))
+        config = _load(command, args)
+        if getattr(config, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+            # the same command in N ranks under torchrun, which sets WORLD_SIZE in each
+            from lmforge.train.launch import launch, without_flag
+
+            return launch(without_flag(argv, "--nproc"), config.nproc)
+        code = command.run(config)
         return code if isinstance(code, int) else 0
     except RunInterrupted as e:  # a checkpoint was saved; the same command resumes
         print(f"lmforge {path}: {e}", file=sys.stderr)
@@ -164,8 +171,10 @@ def _finetune() -> Command:
 
     def run(cfg: FinetuneConfig) -> None:
         results = finetune(cfg)
-        shown = {k: v for k, v in results.items() if k in ("test_accuracy", "val_loss")}
-        print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        wanted = ("test_accuracy", "val_loss")  # val_loss is None without held-out data
+        shown = {k: v for k, v in results.items() if k in wanted and v is not None}
+        text = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        print(f"results: {text or 'no metric'} ({cfg.run_dir}/results.json)")
 
     return Command("", FinetuneConfig, run)
 
@@ -197,6 +206,18 @@ def _chat() -> Command:
     from lmforge.recipes.chat import ChatConfig, run_chat
 
     return Command("", ChatConfig, run_chat)
+
+
+@verb("agent", "answer with tools (calculator, python, read_file, search) step by step (ReAct)")
+def _agent() -> Command:
+    from lmforge.recipes.agent import AgentConfig, run_agent
+
+    def run(cfg: AgentConfig) -> None:
+        log = run_agent(cfg)
+        done = log.stop_reason == "answer"
+        print(f"answer: {log.answer}" if done else f"no answer ({log.stop_reason})")
+
+    return Command("", AgentConfig, run)
 
 
 @verb("tokenizer", "tokenizer tools: `lmforge tokenizer train ...`")

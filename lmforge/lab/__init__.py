@@ -9,6 +9,7 @@ from lmforge.lab import (  # noqa: F401
     prompting,
     qlora,
     retnet,
+    tools,
     warmup,
 )
 from lmforge.lab.base import (

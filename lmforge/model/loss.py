@@ -85,10 +85,16 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return _CrossEntropy.apply(logits.float(), targets)
 
 
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token loss: position t predicts labels[t+1]; -100 is ignored. logits (B, T, V)."""
+def shift_labels(labels: Tensor, shift: int = 1) -> Tensor:
+    """The target of each position: labels[:, t + shift], IGNORE_INDEX past the end. (B, T)."""
+    return F.pad(labels[:, shift:], (0, shift), value=IGNORE_INDEX)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, shift: int = 1) -> Tensor:
+    """Next-token loss: position t predicts labels[t+shift] (1: the next token; a multi-token
+    head j uses j); -100 is ignored. logits (B, T, V)."""
     V = logits.shape[-1]
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    targets = shift_labels(labels, shift)  # (B, T)
     return cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
 
 
@@ -100,6 +106,7 @@ class LossPlan:
     compute_dtype: torch.dtype  # dtype of the products h·Wᵀ, z·W and zᵀ·h
     chunk_rows: int = 256  # rows per piece of a trained head
     budget: int = 1 << 20  # logits per vocabulary slice of a frozen head
+    traced: bool = False  # under torch.compile: h·Wᵀ then cross-entropy, fused by the compiler
 
 
 # Chunk sizes per device type: small pieces stay in a CPU's caches; a GPU wants big products.
@@ -110,11 +117,16 @@ BUDGETS: dict[str, int] = {"cpu": 1 << 20, "cuda": 1 << 26}
 def loss_plan(hidden: Tensor) -> LossPlan:
     """The one place where the head-and-loss path depends on the device: under autocast the
     products run in the autocast dtype (bf16 on CUDA: tensor cores, fp32 accumulation),
-    otherwise in the hidden state's dtype (fp32 on a CPU, as fast there as anything)."""
+    otherwise in the hidden state's dtype (fp32 on a CPU, as fast there as anything).
+
+    Under torch.compile the chunked autograd Functions would break the graph (their loops
+    pick rows by value), so the compiled step takes the plain product and cross-entropy,
+    which the compiler fuses into the graph; eager runs keep the chunks."""
     kind = hidden.device.type
     autocast = torch.is_autocast_enabled(kind)
     dtype = torch.get_autocast_dtype(kind) if autocast else hidden.dtype
-    return LossPlan(dtype, CHUNK_ROWS.get(kind, 256), BUDGETS.get(kind, 1 << 20))
+    traced = torch.compiler.is_compiling()
+    return LossPlan(dtype, CHUNK_ROWS.get(kind, 256), BUDGETS.get(kind, 1 << 20), traced)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -211,7 +223,7 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, labels: Tensor, plan: LossPlan | None = None
+    hidden: Tensor, weight: Tensor, labels: Tensor, plan: LossPlan | None = None, shift: int = 1
 ) -> Tensor:
     """Next-token loss of `hidden @ weight.T` without materialising the (B, T, V) logits.
 
@@ -219,10 +231,15 @@ def linear_cross_entropy(
     in value and gradients up to float rounding. A trained weight goes by `plan.chunk_rows`
     rows at a time; a frozen one (no gradient) by vocabulary slices of at most `plan.budget`
     logits, and may be stored in another float dtype than `hidden` (see the module
-    docstring). The plan defaults to `loss_plan(hidden)`: the device's and autocast's."""
+    docstring). The plan defaults to `loss_plan(hidden)`: the device's, autocast's and
+    torch.compile's. `shift` is the distance to the predicted token, as for `causal_lm_loss`."""
     plan = plan or loss_plan(hidden)
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    targets = shift_labels(labels, shift)  # (B, T)
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
+    if plan.traced:
+        cd = plan.compute_dtype
+        logits = F.linear(h.to(cd), weight.to(cd)).float()  # (N, V)
+        return F.cross_entropy(logits, targets.reshape(-1), ignore_index=IGNORE_INDEX)
     if not weight.requires_grad:
         return _FrozenHeadCrossEntropy.apply(h, weight, targets.reshape(-1), plan)
     return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), plan)

@@ -183,23 +183,26 @@ async def chat(state: ServerState, body: ChatRequest, http: HttpRequest) -> Any:
 
 
 def _stream(sub: Submission, kind: str, rid: str, model: str, choice: Chunk) -> Any:
-    from sse_starlette.sse import EventSourceResponse
+    """Server-sent events, `data: {json}` per chunk and `data: [DONE]` at the end. A plain
+    streaming response: a shutdown lets it run to its end (uvicorn drains open responses)."""
+    from starlette.responses import StreamingResponse
 
-    async def events() -> AsyncIterator[dict[str, str]]:
+    async def events() -> AsyncIterator[str]:
         started: set[int] = set()
         try:
             async for index, out in sub.events():
                 if out.finish_reason == "error":
                     err = {"error": {"message": out.error, "type": "server_error"}}
-                    yield {"data": json.dumps(err)}
+                    yield f"data: {json.dumps(err)}\n\n"
                     continue
                 first = index not in started
                 started.add(index)
                 if out.text or out.finish_reason or first:
                     body = envelope(kind, rid, model, [choice(index, out, first)])
-                    yield {"data": json.dumps(body, ensure_ascii=False)}
-            yield {"data": "[DONE]"}
+                    yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
         finally:  # also when the client disconnects (the task is cancelled)
             sub.close()
 
-    return EventSourceResponse(events(), ping=15)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
