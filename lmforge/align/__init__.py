@@ -1,0 +1,1 @@
+"""Alignment: reward models, DPO, PPO-RLHF and GRPO on the one loop and the one engine."""
