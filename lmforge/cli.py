@@ -209,6 +209,26 @@ def _data(args: argparse.Namespace) -> None:
     run_data(args)
 
 
+def _align_args(p: argparse.ArgumentParser) -> None:
+    from lmforge.recipes.align import AlignConfig
+
+    add_config_flags(p, AlignConfig, {"method": "reward | dpo | ppo | grpo | build-preferences"})
+
+
+@verb("align", "align a model: --method reward|dpo|ppo|grpo|build-preferences", _align_args)
+def _align(args: argparse.Namespace) -> None:
+    from lmforge.recipes.align import align, load_config
+
+    cfg = load_config(args.config, config_overrides(args))
+    results = align(cfg)
+    if cfg.method == "build-preferences":
+        print(f"{results['pairs']} pairs from {results['prompts']} prompts: {results['out']}")
+        return
+    held = results.get("held_out", {})
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in held.items() if isinstance(v, float))
+    print(f"{cfg.method}: held out {shown or 'nothing'}; saved in {cfg.run_dir}")
+
+
 @verb("assets", "list the embedded models and corpora and whether they verify", lambda p: None)
 def _assets(args: argparse.Namespace) -> int:
     from lmforge.assets import ASSETS
