@@ -9,7 +9,11 @@ The policy then takes clipped importance-weighted steps with a per-token KL pena
 reference, estimated by k3 = e^{log π_ref − log π} − (log π_ref − log π) − 1 ≥ 0 (Schulman):
 
     ρ_t = π(y_t) / π_old(y_t)
-    ℓ_t = −min(ρ_t A, clip(ρ_t, 1−ε, 1+ε) A) + β k3_t
+    ℓ_t = −min(ρ_t A, clip(ρ_t, 1−ε, 1+ε) A) + β ρ_t k3_t
+
+The ρ_t on the KL term (DeepSeek-V3.2; trl's default) is 1 in value on-policy but not in
+gradient: it makes the KL gradient the unbiased reverse-KL gradient; `unbiased_kl: false`
+drops it (the original GRPO).
 
     loss  grpo     mean over replies of the mean over their tokens
           bnpo     mean over every token of the batch
@@ -59,6 +63,7 @@ class GRPOSettings:
     epsilon: float = 0.2  # ε: the ratio is clipped to [1−ε, 1+ε]
     loss: str = "grpo"  # grpo (per-reply mean) | bnpo (per-token mean) | dr_grpo
     scale_rewards: bool = True  # divide by the group's std (false: Dr. GRPO's centring only)
+    unbiased_kl: bool = True  # weight the KL term by ρ_t: the unbiased reverse-KL gradient
 
     def validate(self) -> None:
         if self.beta < 0 or not self.epsilon > 0:
@@ -100,7 +105,8 @@ def grpo_token_loss(
     clipped_ratio = ratio.clamp(1 - eps, 1 + eps)
     loss = -torch.min(ratio * a, clipped_ratio * a)
     if settings.beta and ref_logps is not None:
-        loss = loss + settings.beta * k3(logps, ref_logps)
+        kl = k3(logps, ref_logps) * (ratio if settings.unbiased_kl else 1.0)
+        loss = loss + settings.beta * kl
     return loss, (ratio * a) > (clipped_ratio * a)
 
 
@@ -117,8 +123,6 @@ class GRPOObjective:
         updates_per_rollout: int = 1,
     ) -> None:
         settings.validate()
-        if settings.beta and reference is None:
-            raise ConfigError("grpo.beta > 0 needs the reference policy")
         self.settings, self.group, self.reference = settings, group, reference
         self.temperature, self.max_new = temperature, max_new_tokens
         self.keep_old = updates_per_rollout > 1  # else π_old = π: ρ = 1, nothing to store
@@ -134,6 +138,8 @@ class GRPOObjective:
         if self.keep_old:
             out["old_logps"] = self._logps(model, rollout)
         if self.settings.beta:
+            if self.reference is None:
+                raise ConfigError("grpo.beta > 0 needs the reference policy (a Reference)")
             with self.reference.active():
                 out["ref_logps"] = self._logps(model, rollout)
         return out

@@ -23,8 +23,9 @@ import torch
 
 from lmforge.align.reward import RewardModel
 from lmforge.align.store import load_reward_model
+from lmforge.chat import chat_format
 from lmforge.data.preferences import PromptRecord
-from lmforge.data.sft import collate_padded, encode_conversation
+from lmforge.data.sft import EncodedExample, collate_padded
 from lmforge.errors import ConfigError, DataError
 from lmforge.registry import Registry
 from lmforge.tokenizer import Tokenizer
@@ -77,7 +78,8 @@ class RuleJudge:
 
 
 class RewardJudge:
-    """A reward model's score of prompt + reply, rendered with the chat template."""
+    """A reward model's score of prompt + reply, rendered with the chat template as in its
+    training (an empty reply is scored too); too long: the last max_length tokens."""
 
     def __init__(
         self,
@@ -91,14 +93,17 @@ class RewardJudge:
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[PromptRecord], replies: Sequence[str]) -> list[float]:
-        examples = [
-            encode_conversation(
-                [*p.messages, {"role": "assistant", "content": r or " "}],
+        texts = [
+            chat_format(
+                [*p.messages, {"role": "assistant", "content": r}],
                 self.tokenizer,
-                max_length=self.max_length,
+                add_generation_prompt=False,
             )
             for p, r in zip(prompts, replies)
         ]
+        rows = [ids[-self.max_length :] if self.max_length else ids
+                for ids in self.tokenizer.encode_batch(texts)]  # fmt: skip
+        examples = [EncodedExample(ids, ids) for ids in rows]
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_id or 0
         scores: list[float] = []

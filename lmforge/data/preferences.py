@@ -135,7 +135,7 @@ def _split_implicit(obj: Mapping[str, Any]) -> tuple[list[Message], str, str]:
             "chosen/rejected: without a 'prompt' field both must be the same conversation up "
             "to one final assistant reply each"
         )
-    prompt = _prompt({"prompt": chosen[:shared]}, "chosen")
+    prompt = _prompt({"chosen": chosen[:shared]}, "chosen")
     return prompt, _reply(chosen[-1:], "chosen"), _reply(rejected[-1:], "rejected")
 
 

@@ -153,7 +153,7 @@ def _pairs(cfg: AlignConfig, tokenizer, results: dict[str, Any]):
     train_pairs, held = _split(records.items, cfg)
     encode = [encode_pair(p, tokenizer, max_length=cfg.data.max_length) for p in train_pairs]
     held_encoded = [encode_pair(p, tokenizer, max_length=cfg.data.max_length) for p in held]
-    results.update(pairs=len(records), skipped=len(records.skipped), held_out=len(held))
+    results.update(pairs=len(records), skipped=len(records.skipped), held_out_records=len(held))
     pad = tokenizer.pad_id or 0
     data = PairBatches(encode, cfg.train.batch_size, pad, seed=cfg.train.seed)
     val = fixed_pair_batches(held_encoded, cfg.train.batch_size, pad) or None
@@ -245,7 +245,7 @@ def _grpo(cfg: AlignConfig, lm: nn.Module, tokenizer, results: dict[str, Any]) -
         cfg.grpo, r.samples, reference, r.temperature, r.max_new_tokens, updates
     )
     data = _rollouts(cfg, lm, lm, objective, tokenizer, prompts)
-    results.update(prompts=len(prompts), held_out=len(held))
+    results.update(prompts=len(prompts), held_out_records=len(held))
     measure = (lambda: held_out_score(lm, tokenizer, cfg.judge, held, cfg)) if held else None
     return Plan(lm, data, objective, measure=measure)
 
@@ -262,7 +262,7 @@ def _ppo(cfg: AlignConfig, lm: nn.Module, tokenizer, results: dict[str, Any]) ->
         tokens = load_shards(shards)[0]
         ptx = PackedBatches(tokens, cfg.data.ptx_length, cfg.train.batch_size, seed=cfg.train.seed)
     data = _rollouts(cfg, model, lm, objective, tokenizer, prompts, ptx)
-    results.update(prompts=len(prompts), held_out=len(held))
+    results.update(prompts=len(prompts), held_out_records=len(held))
     measure = (lambda: held_out_score(lm, tokenizer, cfg.judge, held, cfg)) if held else None
     return Plan(model, data, objective, heads={"value": model.value}, measure=measure)
 
