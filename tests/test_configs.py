@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 import lmforge
+from lmforge.recipes import align, finetune, pretrain
 from lmforge.recipes import eval as eval_recipe
-from lmforge.recipes import finetune, pretrain
 from lmforge.recipes.quickstart import QUICKSTART
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -32,8 +32,20 @@ def check_eval(path):
     eval_recipe.load_config(path, []).validate()
 
 
+def check_align(path):
+    from lmforge import peft
+
+    cfg = align.load_config(path, [])
+    cfg.validate()
+    cfg.train.validate()
+    if cfg.delta_method != "full":
+        peft.build(cfg.delta_method, cfg.delta)
+    if cfg.method in ("ppo", "grpo"):
+        assert cfg.rollout.steps_per_rollout(cfg.train.batch_size, cfg.train.grad_accum) >= 1
+
+
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain}
-KINDS |= {"finetune": check_finetune, "eval": check_eval}
+KINDS |= {"finetune": check_finetune, "eval": check_eval, "align": check_align}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

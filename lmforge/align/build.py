@@ -6,6 +6,10 @@
                (kept when their scores differ by more than min_gap and their texts differ)
             ─► a preference file, each pair's meta holding both scores and the prompt's origin
 
+A prompt record may carry a `reference` reply (a demonstration): it is judged with the
+samples and competes for the chosen side only, so a policy that never produces the wanted
+behaviour still gets pairs that show it (demonstration ≻ the policy's worst reply).
+
 This is how preference data is made without human raters when a program can judge the
 behaviour (an exact answer, a requested format), and how a reward model labels new data.
 """
@@ -21,8 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmforge.align.judges import Judge, make_judge
+from lmforge.align.prompts import load_prompts
 from lmforge.align.rollout import sample_replies
-from lmforge.data.preferences import PreferencePair, PromptRecord, read_prompts, write_preferences
+from lmforge.data.preferences import PreferencePair, PromptRecord, write_preferences
 from lmforge.errors import ConfigError
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.model.generate import SamplingConfig
@@ -32,7 +37,7 @@ from lmforge.tokenizer import Tokenizer
 
 @dataclass
 class BuildPreferencesConfig:
-    prompts: str = ""  # prompt file(s), comma-separated: prompt or messages + the judge's fields
+    prompts: str = ""  # prompt files or sets (bbc-topic, arithmetic-1), comma-separated
     out: str = "runs/preferences.jsonl"  # the pairs (.jsonl or .json)
     model: str = "smollm2-135m-instruct"  # the policy that answers: embedded name or directory
     backend: str = "native"  # native | hf
@@ -58,18 +63,23 @@ class BuildPreferencesConfig:
 
 
 def best_and_worst(
-    prompt: PromptRecord, replies: list[str], scores: list[float], min_gap: float
+    prompt: PromptRecord,
+    replies: list[str],
+    scores: list[float],
+    min_gap: float,
+    sampled: int | None = None,
 ) -> PreferencePair | None:
     """The pair (best reply, worst reply) of one prompt, or None if they do not differ enough.
-    Ties go to the earlier reply, so the result depends on nothing but the inputs."""
+    Only the first `sampled` replies (default all) may be the worst; those after them are
+    references. Ties go to the earlier reply, so the result depends only on the inputs."""
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+    worst = min(range(sampled or len(scores)), key=lambda i: (scores[i], i))
     if scores[best] - scores[worst] <= min_gap or replies[best] == replies[worst]:
         return None
     if not replies[best].strip() or not replies[worst].strip():
         return None
     meta = {
-        **{k: v for k, v in prompt.meta.items() if k != "origin"},
+        **{k: v for k, v in prompt.meta.items() if k not in ("origin", "reference")},
         "prompt_origin": prompt.meta.get("origin", ""),
         "chosen_score": scores[best],
         "rejected_score": scores[worst],
@@ -95,9 +105,14 @@ def build_pairs(
         sampled = sample_replies(model, tokenizer, chunk, k, sampling, cfg.max_prompt_length)
         scores = judge([s.prompt for s in sampled], [s.text for s in sampled])
         all_scores += scores
+        refs = [p for p in chunk if "reference" in p.meta]
+        ref_scores = iter(judge(refs, [str(p.meta["reference"]) for p in refs]))
         for j, prompt in enumerate(chunk):
             texts = [s.text for s in sampled[j * k : (j + 1) * k]]
-            pair = best_and_worst(prompt, texts, scores[j * k : (j + 1) * k], cfg.min_gap)
+            marks = scores[j * k : (j + 1) * k]
+            if "reference" in prompt.meta:
+                texts, marks = texts + [str(prompt.meta["reference"])], marks + [next(ref_scores)]
+            pair = best_and_worst(prompt, texts, marks, cfg.min_gap, sampled=k)
             if pair is not None:
                 pairs.append(pair)
     counts = {
@@ -113,8 +128,7 @@ def build_preferences(cfg: BuildPreferencesConfig, progress: bool = True) -> dic
     """Read the prompts, load the policy (and adapter), build and write the pairs."""
     cfg.validate()
     cfg.sampling.validate()
-    records = read_prompts(cfg.prompts.split(","), skip_bad=cfg.skip_bad)
-    prompts = records.items[: cfg.max_prompts or None]
+    prompts = load_prompts(cfg.prompts, skip_bad=cfg.skip_bad)[: cfg.max_prompts or None]
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, backend=cfg.backend)
     if cfg.adapter:
@@ -127,4 +141,4 @@ def build_preferences(cfg: BuildPreferencesConfig, progress: bool = True) -> dic
             "sample more replies (--samples), raise --sampling.temperature or lower --min_gap"
         )
     write_preferences(pairs, Path(cfg.out))
-    return {**counts, "skipped": len(records.skipped), "out": cfg.out}
+    return {**counts, "out": cfg.out}

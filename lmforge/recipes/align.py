@@ -29,6 +29,7 @@ from lmforge.align.grpo import GRPOObjective, GRPOSettings
 from lmforge.align.judges import make_judge
 from lmforge.align.logprobs import Reference
 from lmforge.align.ppo import PolicyWithValue, PPOObjective, PPOSettings
+from lmforge.align.prompts import load_prompts
 from lmforge.align.reward import RewardModel, RewardObjective, RewardSettings, pairwise_accuracy
 from lmforge.align.rollout import RolloutSettings, RolloutSource, sample_replies
 from lmforge.align.store import save_head, save_trained
@@ -40,7 +41,6 @@ from lmforge.data.preferences import (
     encode_pair,
     fixed_pair_batches,
     read_preferences,
-    read_prompts,
 )
 from lmforge.errors import ConfigError
 from lmforge.hub import load_model, load_tokenizer
@@ -57,7 +57,7 @@ CURVES = ("reward", "reward_chosen", "reward_rejected", "margin", "accuracy", "k
 @dataclass
 class AlignDataConfig:
     preferences: str = ""  # reward, dpo: preference file(s), comma-separated
-    prompts: str = ""  # ppo, grpo: prompt file(s) (prompt + the judge's fields, e.g. answer)
+    prompts: str = ""  # ppo, grpo: prompt files or sets (arithmetic-1, bbc-topic), comma-separated
     max_length: int = 512  # tokens of prompt + reply; the prompt side is cut
     holdout: int = 10  # every n-th pair or prompt is held out for evaluation (0 = none)
     max_records: int = 0  # use at most this many pairs or prompts (0 = all)
@@ -204,8 +204,7 @@ def _held_out_metrics(model: nn.Module, objective, batches: list) -> dict[str, f
 
 
 def _prompts(cfg: AlignConfig):
-    records = read_prompts(cfg.data.prompts.split(","), skip_bad=cfg.data.skip_bad)
-    return _split(records.items, cfg)
+    return _split(load_prompts(cfg.data.prompts, skip_bad=cfg.data.skip_bad), cfg)
 
 
 def _rollouts(cfg: AlignConfig, model, generator, method, tokenizer, prompts, ptx=None):
