@@ -64,15 +64,27 @@ def trl_step(args: argparse.Namespace):
 
     path = str(ensure_converted(MODEL))
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    config = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
-                             target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")  # fmt: skip
+    config = peft.LoraConfig(
+        r=args.rank,
+        lora_alpha=2 * args.rank,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+    )
     model = peft.get_peft_model(base, config)
-    dpo = trl.DPOConfig(output_dir="/tmp/lmforge-dpo-bench", report_to=[], use_cpu=True,
-                        bf16=False, beta=0.1, save_strategy="no")  # fmt: skip
+    dpo = trl.DPOConfig(
+        output_dir="/tmp/lmforge-dpo-bench",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        beta=0.1,
+        save_strategy="no",
+    )
     trainer = trl.DPOTrainer(
-        model=model, args=dpo, processing_class=AutoTokenizer.from_pretrained(path),
+        model=model,
+        args=dpo,
+        processing_class=AutoTokenizer.from_pretrained(path),
         train_dataset=Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}]),
-    )  # fmt: skip
+    )
     model.train()
     b = batch(args)
     return model, lambda: trainer.compute_loss(model, dict(b))
@@ -99,8 +111,16 @@ def child(side: str, args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - start)
         losses.append(loss.item())
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "first_loss": losses[0], "rss_mb": rss_mb,
-                      "trainable": sum(p.numel() for p in params)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "times": times,
+                "first_loss": losses[0],
+                "rss_mb": rss_mb,
+                "trainable": sum(p.numel() for p in params),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -110,9 +130,22 @@ def main() -> None:
         return
     from common import child_result, pair_ratio, update_section
 
-    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
-             str(args.threads), "--pairs", str(args.pairs), "--prompt-len",
-             str(args.prompt_len), "--reply-len", str(args.reply_len), "--rank", str(args.rank)]  # fmt: skip
+    flags = [
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--pairs",
+        str(args.pairs),
+        "--prompt-len",
+        str(args.prompt_len),
+        "--reply-len",
+        str(args.reply_len),
+        "--rank",
+        str(args.rank),
+    ]
     runs: dict[str, list[dict]] = {"lmforge": [], "trl": []}
     for i in range(args.rounds):
         for side in ("lmforge", "trl") if i % 2 == 0 else ("trl", "lmforge"):

@@ -101,8 +101,10 @@ class RewardJudge:
             )
             for p, r in zip(prompts, replies)
         ]
-        rows = [ids[-self.max_length :] if self.max_length else ids
-                for ids in self.tokenizer.encode_batch(texts)]  # fmt: skip
+        rows = [
+            ids[-self.max_length :] if self.max_length else ids
+            for ids in self.tokenizer.encode_batch(texts)
+        ]
         examples = [EncodedExample(ids, ids) for ids in rows]
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_id or 0

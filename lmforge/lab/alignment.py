@@ -47,12 +47,38 @@ METHODS = ("dpo", "grpo", "ppo", "ppo-ptx")
 def settings(quick: bool) -> dict[str, Any]:
     """Sizes of every stage; `quick` is a smoke run of seconds per stage."""
     if quick:
-        return dict(train=4, test=4, chars=120, k=2, new=4, steps=1, pairs_batch=1,
-                    rollout_prompts=2, lr=5e-4, bbc=4, arithmetic=2, ppl_tokens=64,
-                    ptx_docs=1, ptx_length=32)  # fmt: skip
-    return dict(train=96, test=48, chars=300, k=4, new=24, steps=24, pairs_batch=4,
-                rollout_prompts=4, lr=5e-4, bbc=100, arithmetic=40, ppl_tokens=2048,
-                ptx_docs=6, ptx_length=128)  # fmt: skip
+        return dict(
+            train=4,
+            test=4,
+            chars=120,
+            k=2,
+            new=4,
+            steps=1,
+            pairs_batch=1,
+            rollout_prompts=2,
+            lr=5e-4,
+            bbc=4,
+            arithmetic=2,
+            ppl_tokens=64,
+            ptx_docs=1,
+            ptx_length=32,
+        )
+    return dict(
+        train=96,
+        test=48,
+        chars=300,
+        k=4,
+        new=24,
+        steps=24,
+        pairs_batch=4,
+        rollout_prompts=4,
+        lr=5e-4,
+        bbc=100,
+        arithmetic=40,
+        ppl_tokens=2048,
+        ptx_docs=6,
+        ptx_length=128,
+    )
 
 
 def write_prompts(out_dir: Path, s: dict[str, Any]) -> tuple[Path, Path]:
@@ -92,10 +118,17 @@ def _config(out_dir: Path, name: str, s: dict[str, Any], fields: dict[str, Any])
         "delta": {"r": 8, "alpha": 16, "targets": "all-linear"},
         "data": {"holdout": 0, "max_length": 384},
         "rollout": {"max_new_tokens": s["new"], "samples": s["k"], "temperature": 1.0},
-        "train": {"max_steps": steps, "batch_size": s["pairs_batch"], "lr": s["lr"],
-                  "warmup_steps": max(1, steps // 8), "weight_decay": 0.0, "log_every": 1,
-                  "save_every": steps, "eval_every": 0},
-    }  # fmt: skip
+        "train": {
+            "max_steps": steps,
+            "batch_size": s["pairs_batch"],
+            "lr": s["lr"],
+            "warmup_steps": max(1, steps // 8),
+            "weight_decay": 0.0,
+            "log_every": 1,
+            "save_every": steps,
+            "eval_every": 0,
+        },
+    }
     for key, value in fields.items():
         if isinstance(value, dict):
             base[key] = {**base.get(key, {}), **value}
@@ -110,27 +143,57 @@ def stage_configs(out_dir: Path, s: dict[str, Any], train_prompts: Path, ptx: Pa
     reward = out_dir / "reward"
     rollouts = s["rollout_prompts"]
     grpo_rows = rollouts * s["k"]
-    ppo = {"method": "ppo", "judge": f"reward:{reward}",
-           "data": {"prompts": str(train_prompts)},
-           "rollout": {"prompts": 2 * rollouts, "samples": 1, "epochs": 2},
-           "train": {"batch_size": 2 * rollouts}}  # fmt: skip
+    ppo = {
+        "method": "ppo",
+        "judge": f"reward:{reward}",
+        "data": {"prompts": str(train_prompts)},
+        "rollout": {"prompts": 2 * rollouts, "samples": 1, "epochs": 2},
+        "train": {"batch_size": 2 * rollouts},
+    }
     return {
-        "preferences": _config(out_dir, "preferences", s, {
-            "method": "build-preferences", "data": {"prompts": str(train_prompts)},
-            "rollout": {"prompts": 8}}),
-        "reward": _config(out_dir, "reward", s, {
-            "method": "reward", "data": {"preferences": str(prefs)}}),
-        "dpo": _config(out_dir, "dpo", s, {
-            "method": "dpo", "data": {"preferences": str(prefs)}, "dpo": {"beta": 0.1}}),
-        "grpo": _config(out_dir, "grpo", s, {
-            "method": "grpo", "data": {"prompts": str(train_prompts)},
-            "rollout": {"prompts": rollouts}, "grpo": {"beta": 0.04},
-            "train": {"batch_size": grpo_rows // 2, "grad_accum": 2}}),
+        "preferences": _config(
+            out_dir,
+            "preferences",
+            s,
+            {
+                "method": "build-preferences",
+                "data": {"prompts": str(train_prompts)},
+                "rollout": {"prompts": 8},
+            },
+        ),
+        "reward": _config(
+            out_dir, "reward", s, {"method": "reward", "data": {"preferences": str(prefs)}}
+        ),
+        "dpo": _config(
+            out_dir,
+            "dpo",
+            s,
+            {"method": "dpo", "data": {"preferences": str(prefs)}, "dpo": {"beta": 0.1}},
+        ),
+        "grpo": _config(
+            out_dir,
+            "grpo",
+            s,
+            {
+                "method": "grpo",
+                "data": {"prompts": str(train_prompts)},
+                "rollout": {"prompts": rollouts},
+                "grpo": {"beta": 0.04},
+                "train": {"batch_size": grpo_rows // 2, "grad_accum": 2},
+            },
+        ),
         "ppo": _config(out_dir, "ppo", s, ppo),
-        "ppo-ptx": _config(out_dir, "ppo-ptx", s, {
-            **ppo, "data": {**ppo["data"], "ptx": str(ptx), "ptx_length": s["ptx_length"]},
-            "ppo": {"ptx_coef": 1.0}}),
-    }  # fmt: skip
+        "ppo-ptx": _config(
+            out_dir,
+            "ppo-ptx",
+            s,
+            {
+                **ppo,
+                "data": {**ppo["data"], "ptx": str(ptx), "ptx_length": s["ptx_length"]},
+                "ppo": {"ptx_coef": 1.0},
+            },
+        ),
+    }
 
 
 @experiment(

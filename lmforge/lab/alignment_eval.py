@@ -41,8 +41,9 @@ def kl_to(model: nn.Module, sft: nn.Module, tokenizer: Tokenizer, prompts, new: 
     sampled = replies(model, tokenizer, prompts, config)
     total = 0.0
     for i in range(0, len(sampled), BATCH):
-        batch = rollout_batch(sampled[i : i + BATCH], [0.0] * len(sampled[i : i + BATCH]),
-                              tokenizer.pad_id or 0)  # fmt: skip
+        batch = rollout_batch(
+            sampled[i : i + BATCH], [0.0] * len(sampled[i : i + BATCH]), tokenizer.pad_id or 0
+        )
         args = batch["input_ids"], batch["attention_mask"], batch["labels"]
         total += float((token_logprobs(model, *args) - token_logprobs(sft, *args)).sum())
     return total / max(1, len(sampled))
@@ -54,11 +55,17 @@ def tax(model: nn.Module, tokenizer: Tokenizer, s: dict[str, Any]) -> dict[str, 
     runs = {
         "bbc_accuracy": ("bbc-news", EvalSettings(limit=s["bbc"]), "accuracy"),
         "arithmetic": ("arithmetic-1", EvalSettings(shots=3, limit=s["arithmetic"]), "accuracy"),
-        "ppl_shakespeare": ("ppl-shakespeare", EvalSettings(max_tokens=s["ppl_tokens"]),
-                            "perplexity"),
-        "ppl_peoples_daily": ("ppl-peoples-daily", EvalSettings(max_tokens=s["ppl_tokens"]),
-                              "perplexity"),
-    }  # fmt: skip
+        "ppl_shakespeare": (
+            "ppl-shakespeare",
+            EvalSettings(max_tokens=s["ppl_tokens"]),
+            "perplexity",
+        ),
+        "ppl_peoples_daily": (
+            "ppl-peoples-daily",
+            EvalSettings(max_tokens=s["ppl_tokens"]),
+            "perplexity",
+        ),
+    }
     return {
         name: evaluate(model, tokenizer, task, settings).metrics[metric]
         for name, (task, settings, metric) in runs.items()
@@ -69,8 +76,12 @@ def _wins(scores: list[float], baseline: list[float]) -> dict[str, Any]:
     wins = sum(a > b for a, b in zip(scores, baseline))
     ties = sum(a == b for a, b in zip(scores, baseline))
     losses = len(scores) - wins - ties
-    return {"wins": wins, "ties": ties, "losses": losses,
-            "win_rate": (wins + ties / 2) / max(1, len(scores))}  # fmt: skip
+    return {
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "win_rate": (wins + ties / 2) / max(1, len(scores)),
+    }
 
 
 def evaluate_models(
@@ -108,7 +119,7 @@ def evaluate_models(
             "examples": [
                 [p.meta["answer"], " ".join(t.split())[:70]]
                 for p, t in list(zip(prompts, texts))[:3]
-            ],  # fmt: skip
+            ],
         }
         out[name] = row
     return out
@@ -131,15 +142,12 @@ def verdict(evaluation: dict[str, dict[str, Any]]) -> str:
     sft = evaluation["SFT"]
     aligned = {k: v for k, v in evaluation.items() if k != "SFT"}
     raised = [k for k, v in aligned.items() if v["score"] > sft["score"]]
+    missed = [k for k in aligned if k not in raised]
     best = max(aligned, key=lambda k: aligned[k]["win_rate"])
     lines = [
         f"Judged score over the SFT model's {sft['score']:.3f}: raised by "
         f"{', '.join(raised) or 'no method'}"
-        + (
-            f"; not by {', '.join(sorted(set(aligned) - set(raised)))}."
-            if set(aligned) - set(raised)
-            else "."
-        ),  # noqa: E501
+        + (f"; not by {', '.join(missed)}." if missed else "."),
         f"Best win rate against the SFT model: {best} with {100 * aligned[best]['win_rate']:.1f}% "
         f"(target ≥ 80%: {'met' if aligned[best]['win_rate'] >= 0.8 else 'not met'}).",
     ]
@@ -165,15 +173,35 @@ def report_results(
         f"build-preferences made {prefs['pairs']} pairs from {prefs['prompts']} prompts "
         f"(mean judged score of the samples {prefs['mean_score']:.3f})."
     )
-    heads = ["model", "judged score", "exact format", "win rate vs SFT", "W/T/L",
-             "reward-model score", "KL to SFT", "BBC acc.", "arithmetic", "ppl Shakespeare",
-             "ppl People's Daily"]  # fmt: skip
+    heads = [
+        "model",
+        "judged score",
+        "exact format",
+        "win rate vs SFT",
+        "W/T/L",
+        "reward-model score",
+        "KL to SFT",
+        "BBC acc.",
+        "arithmetic",
+        "ppl Shakespeare",
+        "ppl People's Daily",
+    ]
     rows = [
-        [name, r["score"], f"{100 * r['exact']:.0f}%", f"{100 * r['win_rate']:.1f}%",
-         f"{r['wins']}/{r['ties']}/{r['losses']}", r["reward"], r["kl"], r["bbc_accuracy"],
-         r["arithmetic"], r["ppl_shakespeare"], r["ppl_peoples_daily"]]
+        [
+            name,
+            r["score"],
+            f"{100 * r['exact']:.0f}%",
+            f"{100 * r['win_rate']:.1f}%",
+            f"{r['wins']}/{r['ties']}/{r['losses']}",
+            r["reward"],
+            r["kl"],
+            r["bbc_accuracy"],
+            r["arithmetic"],
+            r["ppl_shakespeare"],
+            r["ppl_peoples_daily"],
+        ]
         for name, r in evaluation.items()
-    ]  # fmt: skip
+    ]
     report.table(heads, rows, "Held-out test articles (greedy replies)")
     report.text(verdict(evaluation))
     held = rm.get("last_step", {})
@@ -182,11 +210,19 @@ def report_results(
         f"train loss {rm.get('train_loss', float('nan')):.4f}."
     )
     wins = {name: 100 * r["win_rate"] for name, r in evaluation.items() if name != "SFT"}
-    plot_bars(wins, report.figure("win_rate.png", "Win rate against the SFT model (%)"),
-              ylabel="%", reference=80, reference_label="target")  # fmt: skip
+    plot_bars(
+        wins,
+        report.figure("win_rate.png", "Win rate against the SFT model (%)"),
+        ylabel="%",
+        reference=80,
+        reference_label="target",
+    )
     curves = _curves(report.out_dir, ["grpo", "ppo", "ppo-ptx"])
     if curves:
-        plot_curves(curves, report.figure("rewards.png", "Rollout reward during training"),
-                    ylabel="mean reward")  # fmt: skip
+        plot_curves(
+            curves,
+            report.figure("rewards.png", "Rollout reward during training"),
+            ylabel="mean reward",
+        )
     samples = [[name, *x] for name, r in evaluation.items() for x in r["examples"][:2]]
     report.table(["model", "topic", "reply"], samples, "Replies to the first test articles")

@@ -321,9 +321,14 @@ def align(cfg: AlignConfig, *, progress: bool = True) -> dict[str, Any]:
     trainable, total = peft.count_parameters(plan.model)
     results.update(trainable=trainable, total=total)
     result = train(
-        plan.model, plan.data, cfg.train, run_dir, val_data=plan.val, objective=plan.objective,
+        plan.model,
+        plan.data,
+        cfg.train,
+        run_dir,
+        val_data=plan.val,
+        objective=plan.objective,
         progress=progress,
-    )  # fmt: skip
+    )
     results.update(train_loss=result.train_loss, val_loss=result.val_loss)
     results["seconds"] = result.seconds
     last = next((r for r in reversed(result.history) if "loss" in r), {})

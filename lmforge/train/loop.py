@@ -43,7 +43,6 @@ from tqdm.auto import tqdm
 from lmforge.errors import (
     CheckpointError,
     CheckpointWarning,
-    ConfigError,
     RunInterrupted,
     TrainingDivergedError,
 )
@@ -58,7 +57,7 @@ from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
 from lmforge.train.config import TrainConfig, autocast, resolve_device
 from lmforge.train.evaluate import default_objective, evaluate, to_device
 from lmforge.train.metrics import MetricsLog, plot_losses
-from lmforge.train.optim import build_optimizer
+from lmforge.train.optim import build_optimizer, param_groups
 from lmforge.train.schedule import lr_at
 from lmforge.train.signals import GracefulStop
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
@@ -69,24 +68,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """The trainable parameters in two groups: weight decay on matrices, none on norms and
-    biases (dim < 2)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError(
-            "the model has no trainable parameters (requires_grad is False everywhere); "
-            "unfreeze some or apply a delta-tuning method before training"
-        )
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [
-        {"params": group, "weight_decay": wd}
-        for group, wd in ((decay, weight_decay), (no_decay, 0.0))
-        if group
-    ]
 
 
 def _count_tokens(batch: Batch) -> int:

@@ -85,8 +85,12 @@ def rollout(vocab: int = 61):
     mask = (ids != 0).long()
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :3] = -100
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "rewards": torch.tensor([1.0, -1.0])}  # fmt: skip
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "rewards": torch.tensor([1.0, -1.0]),
+    }
 
 
 @pytest.mark.parametrize("backend", ["native", "hf"])
@@ -95,8 +99,11 @@ def test_value_head_shares_the_forward_and_prepare_fills_the_rollout(backend):
     model = PolicyWithValue(lm)
     batch = rollout()
     logps, values = model.logps_and_values(batch)
-    assert torch.allclose(logps, token_logprobs(lm, batch["input_ids"], batch["attention_mask"],
-                                                batch["labels"]), atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        logps,
+        token_logprobs(lm, batch["input_ids"], batch["attention_mask"], batch["labels"]),
+        atol=1e-6,
+    )
     assert float(values.abs().sum()) == 0.0  # a zero-initialised head
     objective = PPOObjective(PPOSettings(kl_coef=0.1), Reference(model))
     nudge(model)

@@ -32,10 +32,16 @@ def length_judge(prompts, replies):
 
 def source(model, tokenizer, epochs=2):
     settings = RolloutSettings(prompts=2, samples=2, epochs=epochs, max_new_tokens=6)
-    objective = GRPOObjective(GRPOSettings(beta=0.1), 2, Reference(model), max_new_tokens=6,
-                              updates_per_rollout=epochs * 2)  # fmt: skip
-    return RolloutSource(model, objective, PROMPTS, tokenizer, length_judge, settings,
-                         batch_size=2, seed=7)  # fmt: skip
+    objective = GRPOObjective(
+        GRPOSettings(beta=0.1),
+        2,
+        Reference(model),
+        max_new_tokens=6,
+        updates_per_rollout=epochs * 2,
+    )
+    return RolloutSource(
+        model, objective, PROMPTS, tokenizer, length_judge, settings, batch_size=2, seed=7
+    )
 
 
 @pytest.mark.parametrize("backend", ["native", "hf"])
@@ -73,11 +79,25 @@ def test_rollout_sizes_are_checked():
     tok = chat_tokenizer()
     model = make("native", vocab=tok.vocab_size)
     with pytest.raises(ConfigError, match="multiple of train.batch_size"):
-        RolloutSource(model, None, PROMPTS, tok, length_judge,
-                      RolloutSettings(prompts=3, samples=1), batch_size=2)  # fmt: skip
+        RolloutSource(
+            model,
+            None,
+            PROMPTS,
+            tok,
+            length_judge,
+            RolloutSettings(prompts=3, samples=1),
+            batch_size=2,
+        )
     with pytest.raises(DataError, match="cannot fill one rollout"):
-        RolloutSource(model, None, PROMPTS[:1], tok, length_judge,
-                      RolloutSettings(prompts=2, samples=1), batch_size=2)  # fmt: skip
+        RolloutSource(
+            model,
+            None,
+            PROMPTS[:1],
+            tok,
+            length_judge,
+            RolloutSettings(prompts=2, samples=1),
+            batch_size=2,
+        )
     with pytest.raises(ConfigError, match="train.grad_accum=3"):
         RolloutSettings(prompts=2, samples=2).steps_per_rollout(2, 3)
 
@@ -112,9 +132,18 @@ def test_best_and_worst_pairs():
     record = PromptRecord([{"role": "user", "content": "q"}], {"answer": "a", "origin": "f:1"})
     pair = best_and_worst(record, ["x", "a", "y", "a!"], [0.0, 1.0, 0.0, 1.0], 0.0)
     assert (pair.chosen, pair.rejected) == ("a", "x")  # ties: the earlier reply
-    assert pair.meta == {"answer": "a", "prompt_origin": "f:1", "chosen_score": 1.0,
-                         "rejected_score": 0.0}  # fmt: skip
+    assert pair.meta == {
+        "answer": "a",
+        "prompt_origin": "f:1",
+        "chosen_score": 1.0,
+        "rejected_score": 0.0,
+    }
     assert best_and_worst(record, ["x", "y"], [0.5, 0.5], 0.0) is None
+    # a reference reply (after the `sampled` ones) competes for the chosen side only
+    pair = best_and_worst(record, ["x", "y", "a"], [0.0, 0.5, 1.0], 0.0, sampled=2)
+    assert (pair.chosen, pair.rejected) == ("a", "x")
+    pair = best_and_worst(record, ["x", "y", "zz"], [0.5, 1.0, 0.0], 0.0, sampled=2)
+    assert (pair.chosen, pair.rejected) == ("y", "x")
     assert best_and_worst(record, ["x", "y"], [0.6, 0.5], 0.2) is None
 
 
@@ -122,9 +151,11 @@ def test_build_pairs_from_a_policys_own_replies():
     tok = chat_tokenizer()
     model = make("native", vocab=tok.vocab_size)
     cfg = BuildPreferencesConfig(
-        prompts="unused", samples=3, batch_size=4,
+        prompts="unused",
+        samples=3,
+        batch_size=4,
         sampling=SamplingConfig(max_new_tokens=8, temperature=1.0, seed=3),
-    )  # fmt: skip
+    )
     pairs, counts = build_pairs(model, tok, PROMPTS, RuleJudge(_length), cfg, progress=False)
     assert counts["prompts"] == 7 and counts["replies"] == 21
     assert counts["pairs"] == len(pairs) > 0
@@ -132,6 +163,11 @@ def test_build_pairs_from_a_policys_own_replies():
         assert len(p.chosen) > len(p.rejected) and p.meta["chosen_score"] > p.meta["rejected_score"]
     again, _ = build_pairs(model, tok, PROMPTS, RuleJudge(_length), cfg, progress=False)
     assert [(p.chosen, p.rejected) for p in again] == [(p.chosen, p.rejected) for p in pairs]
+    long = "一个很长的参考答案 — a demonstration longer than any eight-token reply"
+    shown = [PromptRecord(PROMPTS[0].messages, {"reference": long}), *PROMPTS[1:]]
+    with_ref, _ = build_pairs(model, tok, shown, RuleJudge(_length), cfg, progress=False)
+    assert with_ref[0].chosen == long and "reference" not in with_ref[0].meta
+    assert len(with_ref) >= len(pairs) and with_ref[0].rejected != long
 
 
 def _length(prompt: PromptRecord, reply: str) -> float:

@@ -88,8 +88,10 @@ def test_json_parquet_and_csv_files(tmp_path):
     import pyarrow.parquet as pq
 
     (tmp_path / "p.json").write_text(json.dumps([STANDARD, CONVERSATIONAL], ensure_ascii=False))
-    pq.write_table(pa.Table.from_pylist([{"prompt": "q", "chosen": "a", "rejected": "b"}]),
-                   tmp_path / "p.parquet")  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pylist([{"prompt": "q", "chosen": "a", "rejected": "b"}]),
+        tmp_path / "p.parquet",
+    )
     (tmp_path / "p.csv").write_text("prompt,chosen,rejected\nq,a,b\n")
     got = read_preferences([tmp_path / "p.json", tmp_path / "p.parquet", tmp_path / "p.csv"])
     assert [p.chosen for p in got.items] == ["4", "很好，谢谢。", "a", "a"]

@@ -438,8 +438,9 @@ class Measuring:
 
 def test_objective_step_metrics_are_averaged_per_log_line_and_resume_exactly(tmp_path):
     cfg = config(max_steps=6, log_every=3, grad_accum=2, save_every=2)
-    result = train(make_model(), RandomTokens(), cfg, tmp_path / "a", objective=Measuring(),
-                   progress=False)  # fmt: skip
+    result = train(
+        make_model(), RandomTokens(), cfg, tmp_path / "a", objective=Measuring(), progress=False
+    )
     lines = [r for r in result.history if "loss" in r]
     assert [r["step"] for r in lines] == [3, 6]
     for r in lines:
@@ -447,12 +448,20 @@ def test_objective_step_metrics_are_averaged_per_log_line_and_resume_exactly(tmp
     # calls 1..6 (steps 1-3), each micro-batch weighted 1/grad_accum, averaged over 3 steps
     assert lines[0]["call"] == pytest.approx(sum(range(1, 7)) / 6)
     with pytest.raises(KeyboardInterrupt):  # stop after step 4: a log line is half summed
-        train(make_model(), RandomTokens(), cfg, tmp_path / "b", objective=Measuring(),
-              callbacks=[Recorder(fail_at=5)], progress=False)  # fmt: skip
+        train(
+            make_model(),
+            RandomTokens(),
+            cfg,
+            tmp_path / "b",
+            objective=Measuring(),
+            callbacks=[Recorder(fail_at=5)],
+            progress=False,
+        )
     resumed = Measuring()
     resumed.calls = 8  # the calls of steps 1-4, as an uninterrupted objective would count
-    again = train(make_model(), RandomTokens(), cfg, tmp_path / "b", objective=resumed,
-                  progress=False)  # fmt: skip
+    again = train(
+        make_model(), RandomTokens(), cfg, tmp_path / "b", objective=resumed, progress=False
+    )
     resumed_lines = [r for r in again.history if "loss" in r]
     for key in ("step", "loss", "double", "call"):
         assert [r[key] for r in resumed_lines] == [r[key] for r in lines], key

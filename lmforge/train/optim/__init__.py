@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
 from lmforge.registry import Registry
@@ -39,6 +39,7 @@ __all__ = [
     "PagingStats",
     "adamw_update_",
     "build_optimizer",
+    "param_groups",
     "state_bytes",
 ]
 
@@ -47,6 +48,24 @@ OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.add("adamw", torch.optim.AdamW)
 OPTIMIZERS.add("adamw8bit", AdamW8bit)
 OPTIMIZERS.add("paged_adamw", PagedAdamW)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters in two groups: weight decay on matrices, none on norms and
+    biases (dim < 2)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(
+            "the model has no trainable parameters (requires_grad is False everywhere); "
+            "unfreeze some or apply a delta-tuning method before training"
+        )
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [
+        {"params": group, "weight_decay": wd}
+        for group, wd in ((decay, weight_decay), (no_decay, 0.0))
+        if group
+    ]
 
 
 def build_optimizer(name: str, params: Params, **kwargs: Any) -> torch.optim.Optimizer:
