@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
-import time
 
 import torch
 
@@ -99,28 +97,9 @@ def child(side: str, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model, loss_fn = BUILDERS[side](args)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    times, losses = [], []
-    for i in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        loss = loss_fn()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-        losses.append(loss.item())
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "times": times,
-                "first_loss": losses[0],
-                "rss_mb": rss_mb,
-                "trainable": sum(p.numel() for p in params),
-            }
-        )
-    )
+    from common import training_steps
+
+    print(json.dumps(training_steps(loss_fn, params, args.warmup, args.steps)))
 
 
 def main() -> None:
@@ -128,7 +107,7 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    from common import child_result, pair_ratio, update_section
+    from common import alternating, child_result, pair_ratio, update_section
 
     flags = [
         "--steps",
@@ -146,11 +125,11 @@ def main() -> None:
         "--rank",
         str(args.rank),
     ]
-    runs: dict[str, list[dict]] = {"lmforge": [], "trl": []}
-    for i in range(args.rounds):
-        for side in ("lmforge", "trl") if i % 2 == 0 else ("trl", "lmforge"):
-            runs[side].append(child_result([sys.executable, __file__, "--child", side, *flags]))
-            print(f"round {i + 1}: {side} done", file=sys.stderr)
+    runs = alternating(
+        ("lmforge", "trl"),
+        args.rounds,
+        lambda side: child_result([sys.executable, __file__, "--child", side, *flags]),
+    )
     first = {s: r[0]["first_loss"] for s, r in runs.items()}
     if abs(first["lmforge"] - first["trl"]) > 1e-4:
         raise SystemExit(f"the two sides disagree: first losses {first}")

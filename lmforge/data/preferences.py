@@ -35,8 +35,7 @@ import numpy as np
 import torch
 
 from lmforge.atomic import atomic_write_text
-from lmforge.data.instruct import SKIP_HINT, BadRecord, Message, validate_conversation
-from lmforge.data.instruct_files import reader_for
+from lmforge.data.instruct import BadRecord, Message, parse_files, validate_conversation
 from lmforge.data.loader import Batch
 from lmforge.data.sft import EncodedExample, collate_padded, encode_conversation
 from lmforge.data.text import Skipped
@@ -186,25 +185,13 @@ class Records:
 
 
 def _read(paths: str | Path | Iterable[str | Path], parse, skip_bad: bool, what: str) -> Records:
-    paths = [paths] if isinstance(paths, str | Path) else list(paths)
     out = Records()
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"{what} file {path} does not exist")
-        for raw in reader_for(path)(path):
-            try:
-                if raw.error is not None:
-                    raise BadRecord(raw.error)
-                item = parse(raw.value)
-            except BadRecord as e:
-                if not skip_bad:
-                    raise DataError(f"{raw.where}: {e}; {SKIP_HINT}") from None
-                out.skipped.append(Skipped(raw.where, str(e)))
-                continue
-            item.meta.setdefault("origin", raw.where)
-            out.items.append(item)
+    for where, item in parse_files(paths, parse, out.skipped, skip_bad=skip_bad, what=what):
+        item.meta.setdefault("origin", where)
+        out.items.append(item)
     if not out.items:
-        raise DataError(f"no {what} records in {', '.join(map(str, paths))}")
+        names = [paths] if isinstance(paths, str | Path) else list(paths)
+        raise DataError(f"no {what} records in {', '.join(map(str, names))}")
     return out
 
 

@@ -3,14 +3,13 @@ chat tokenizer, and trl's view of the same tokenizer."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from lmforge.model.hf import from_hf
 from lmforge.tokenizer import Tokenizer
+from tests import models
 
 VOCAB = 61
 TEXT = (
@@ -19,29 +18,13 @@ TEXT = (
 )
 
 
-def llama(vocab: int = VOCAB, seed: int = 0) -> LlamaForCausalLM:
-    """A 2 × 64 transformers Llama with random weights (no download)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def pair_of_models(vocab: int = VOCAB) -> dict[str, nn.Module]:
-    """The same weights as a transformers model and as a native CausalLM."""
-    hf = llama(vocab)
-    return {"hf": hf, "native": from_hf(hf).eval()}
+def llama(vocab: int = VOCAB) -> LlamaForCausalLM:
+    """A 2 × 64 transformers Llama with random weights (no download), seeded."""
+    return models.make("hf", vocab=vocab)
 
 
 def make(backend: str, vocab: int = VOCAB) -> nn.Module:
+    """The same weights as a transformers Llama or as the native CausalLM built from it."""
     hf = llama(vocab)
     return hf if backend == "hf" else from_hf(hf).eval()
 
@@ -53,10 +36,6 @@ def nudge(model: nn.Module, scale: float = 0.05, seed: int = 1) -> None:
         for _, p in sorted(model.named_parameters()):
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
-def clone(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
 
 
 def chat_tokenizer() -> Tokenizer:

@@ -57,7 +57,7 @@ def trl_reward(tmp_path, center):
 
     causal = llama()
     config = causal.config
-    config.num_labels = 1
+    config.num_labels, config.pad_token_id = 1, 0  # pools at the last token before padding
     classifier = LlamaForSequenceClassification(config)
     classifier.model.load_state_dict(causal.model.state_dict())
     with torch.no_grad():

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge.cli import main
+from lmforge.cli import build_parser, main
 from lmforge.data.preferences import PromptRecord
+from lmforge.recipes import chat
 
 STEPS = ["--train.warmup_steps=0", "--train.schedule=constant", "--train.log_every=1"]
 
@@ -41,7 +42,9 @@ def data(tmp_path_factory):
     return root
 
 
-def run(args: list[str]) -> int:
+def run(method: str, model, run_dir, flags: str) -> int:
+    """`lmforge align --method M --model D --run_dir R` plus space-separated flags."""
+    args = [f"--method={method}", f"--model={model}", f"--run_dir={run_dir}", *flags.split()]
     return main(["align", *args, *STEPS])
 
 
@@ -52,22 +55,9 @@ def metrics(run_dir) -> list[dict]:
 
 def test_reward_model_then_ppo_with_it_as_the_judge(tiny_model_dir, data, tmp_path):
     reward = tmp_path / "reward"
-    assert (
-        run(
-            [
-                "--method=reward",
-                f"--model={tiny_model_dir}",
-                f"--run_dir={reward}",
-                f"--data.preferences={data / 'pairs.jsonl'}",
-                "--data.holdout=4",
-                "--delta.r=4",
-                "--train.max_steps=3",
-                "--train.batch_size=3",
-                "--train.lr=1e-2",
-            ]
-        )
-        == 0
-    )
+    flags = f"--data.preferences={data / 'pairs.jsonl'} --data.holdout=4 --delta.r=4"
+    flags += " --train.max_steps=3 --train.batch_size=3 --train.lr=1e-2"
+    assert run("reward", tiny_model_dir, reward, flags) == 0
     results = json.loads((reward / "results.json").read_text())
     assert results["held_out"]["pairs"] == 3 and 0 <= results["held_out"]["accuracy"] <= 1
     assert {"reward_chosen", "margin", "accuracy"} <= set(metrics(reward)[-1])
@@ -75,27 +65,12 @@ def test_reward_model_then_ppo_with_it_as_the_judge(tiny_model_dir, data, tmp_pa
     assert (reward / "align.png").read_bytes()[:4] == b"\x89PNG"
 
     ppo = tmp_path / "ppo"
-    assert (
-        run(
-            [
-                "--method=ppo",
-                f"--model={tiny_model_dir}",
-                f"--run_dir={ppo}",
-                f"--data.prompts={data / 'prompts.jsonl'}",
-                f"--judge=reward:{reward}",
-                "--rollout.prompts=2",
-                "--rollout.samples=1",
-                "--rollout.max_new_tokens=6",
-                "--ppo.ptx_coef=0.5",
-                "--data.ptx=" + str(tiny_model_dir.parent.parent / "corpus.txt"),
-                "--data.ptx_length=16",
-                "--delta.r=4",
-                "--train.max_steps=2",
-                "--train.batch_size=2",
-            ]
-        )
-        == 0
-    )
+    corpus = tiny_model_dir.parent.parent / "corpus.txt"
+    flags = f"--data.prompts={data / 'prompts.jsonl'} --judge=reward:{reward}"
+    flags += " --rollout.prompts=2 --rollout.samples=1 --rollout.max_new_tokens=6"
+    flags += f" --ppo.ptx_coef=0.5 --data.ptx={corpus} --data.ptx_length=16 --delta.r=4"
+    flags += " --train.max_steps=2 --train.batch_size=2"
+    assert run("ppo", tiny_model_dir, ppo, flags) == 0
     last = metrics(ppo)[-1]
     assert {"reward", "kl", "value_loss", "ptx_loss", "response_length"} <= set(last)
     assert last["reward"] != 0  # the reward model's score
@@ -105,26 +80,10 @@ def test_reward_model_then_ppo_with_it_as_the_judge(tiny_model_dir, data, tmp_pa
 @pytest.mark.parametrize("backend, tuning", [("native", "lora"), ("hf", "full")])
 def test_dpo_and_chat_with_the_result(tiny_model_dir, data, tmp_path, backend, tuning):
     out = tmp_path / "dpo"
-    assert (
-        run(
-            [
-                "--method=dpo",
-                f"--model={tiny_model_dir}",
-                f"--run_dir={out}",
-                f"--backend={backend}",
-                f"--delta_method={tuning}",
-                "--delta.r=4",
-                f"--data.preferences={data / 'pairs.jsonl'}",
-                "--data.holdout=4",
-                "--dpo.beta=0.5",
-                "--dpo.reference=precomputed",
-                "--train.max_steps=3",
-                "--train.batch_size=3",
-                "--train.lr=1e-3",
-            ]
-        )
-        == 0
-    )
+    flags = f"--backend={backend} --delta_method={tuning} --delta.r=4 --data.holdout=4"
+    flags += f" --data.preferences={data / 'pairs.jsonl'} --dpo.beta=0.5"
+    flags += " --dpo.reference=precomputed --train.max_steps=3 --train.batch_size=3"
+    assert run("dpo", tiny_model_dir, out, flags + " --train.lr=1e-3") == 0
     lines = metrics(out)
     assert lines[0]["margin"] == pytest.approx(0.0, abs=1e-5)  # π = π_ref at the first step
     assert lines[-1]["margin"] > 0 and lines[-1]["accuracy"] > 0
@@ -136,42 +95,24 @@ def test_dpo_and_chat_with_the_result(tiny_model_dir, data, tmp_path, backend, t
         if tuning == "full"
         else [f"--model={tiny_model_dir}", f"--adapter={out}"]
     )
-    from lmforge.recipes import chat
-
-    parsed = __import__("lmforge.cli", fromlist=["build_parser"]).build_parser().parse_args(args)
+    parsed = build_parser().parse_args(args)
     stdout = io.StringIO()
     history = chat.run_chat(parsed, stdin=io.StringIO("To be?\n/exit\n"), stdout=stdout)
     assert history[-1]["role"] == "assistant" and "assistant>" in stdout.getvalue()
 
 
-def grpo_args(tiny_model_dir, data, run_dir, steps):
-    return [
-        "--method=grpo",
-        f"--model={tiny_model_dir}",
-        f"--run_dir={run_dir}",
-        "--backend=hf",
-        f"--data.prompts={data / 'prompts.jsonl'}",
-        "--data.holdout=0",
-        "--judge=python:tests.recipes.test_align:reply_length",
-        "--rollout.prompts=2",
-        "--rollout.samples=2",
-        "--rollout.epochs=2",
-        "--rollout.max_new_tokens=6",
-        "--grpo.beta=0.1",
-        "--delta.r=4",
-        f"--train.max_steps={steps}",
-        "--train.batch_size=2",
-        "--train.save_every=1",
-        "--train.lr=1e-2",
-    ]
+JUDGE = "--judge=python:tests.recipes.test_align:reply_length"
 
 
 def test_grpo_resumes_mid_rollout_exactly(tiny_model_dir, data, tmp_path):
-    whole = tmp_path / "whole"
-    assert run(grpo_args(tiny_model_dir, data, whole, 6)) == 0  # 4 updates per rollout
-    parts = tmp_path / "parts"
-    assert run(grpo_args(tiny_model_dir, data, parts, 2)) == 0  # stops inside rollout 1
-    assert run(grpo_args(tiny_model_dir, data, parts, 6)) == 0  # resumes from step-2
+    flags = f"--backend=hf --data.prompts={data / 'prompts.jsonl'} --data.holdout=0 {JUDGE}"
+    flags += " --rollout.prompts=2 --rollout.samples=2 --rollout.epochs=2 --grpo.beta=0.1"
+    flags += " --rollout.max_new_tokens=6 --delta.r=4 --train.batch_size=2 --train.lr=1e-2"
+    flags += " --train.save_every=1 --train.max_steps="
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run("grpo", tiny_model_dir, whole, flags + "6") == 0  # 4 updates per rollout
+    assert run("grpo", tiny_model_dir, parts, flags + "2") == 0  # stops inside rollout 1
+    assert run("grpo", tiny_model_dir, parts, flags + "6") == 0  # resumes from step-2
     a, b = metrics(whole), metrics(parts)
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert [r["reward"] for r in a] == [r["reward"] for r in b]
@@ -183,39 +124,14 @@ def test_grpo_resumes_mid_rollout_exactly(tiny_model_dir, data, tmp_path):
 
 def test_build_preferences_then_dpo_on_them(tiny_model_dir, data, tmp_path):
     built = tmp_path / "built"
-    assert (
-        run(
-            [
-                "--method=build-preferences",
-                f"--model={tiny_model_dir}",
-                f"--run_dir={built}",
-                f"--data.prompts={data / 'prompts.jsonl'}",
-                "--judge=python:tests.recipes.test_align:reply_length",
-                "--rollout.samples=3",
-                "--rollout.max_new_tokens=8",
-            ]
-        )
-        == 0
-    )
+    flags = f"--data.prompts={data / 'prompts.jsonl'} {JUDGE} --rollout.samples=3"
+    flags += " --rollout.max_new_tokens=8"
+    assert run("build-preferences", tiny_model_dir, built, flags) == 0
     path = built / "preferences.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert records and all(r["meta"]["chosen_score"] > r["meta"]["rejected_score"] for r in records)
-    out = tmp_path / "dpo"
-    assert (
-        run(
-            [
-                "--method=dpo",
-                f"--model={tiny_model_dir}",
-                f"--run_dir={out}",
-                f"--data.preferences={path}",
-                "--data.holdout=0",
-                "--delta.r=4",
-                "--train.max_steps=1",
-                "--train.batch_size=1",
-            ]
-        )
-        == 0
-    )
+    flags = f"--data.preferences={path} --data.holdout=0 --delta.r=4 --train.max_steps=1"
+    assert run("dpo", tiny_model_dir, tmp_path / "dpo", flags + " --train.batch_size=1") == 0
 
 
 def test_config_errors_name_the_flag(tiny_model_dir, capsys):
