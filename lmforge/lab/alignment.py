@@ -35,50 +35,42 @@ from typing import Any
 from tqdm import tqdm
 
 from lmforge.align.prompts import topic_prompts
+from lmforge.config import from_dict
+from lmforge.data import load_corpus
 from lmforge.lab.alignment_eval import evaluate_models, report_results
 from lmforge.lab.base import experiment
 from lmforge.lab.peft_compare import verb_child
 from lmforge.lab.report import Report
+from lmforge.recipes.align import AlignConfig
 
 MODEL = "smollm2-135m-instruct"
 METHODS = ("dpo", "grpo", "ppo", "ppo-ptx")
 
 
+SIZES = {  # name: (quick, full)
+    "train": (4, 96),  # training articles (prompts of build-preferences, GRPO and PPO)
+    "test": (4, 40),  # held-out test articles every model answers
+    "chars": (120, 300),  # characters of each article in the prompt
+    "k": (2, 4),  # replies sampled per prompt (build-preferences, GRPO)
+    "new": (4, 24),  # longest reply, in tokens
+    "steps": (1, 24),  # updates of the reward model and of DPO
+    "grpo_steps": (1, 16),  # GRPO updates (one rollout each)
+    "ppo_steps": (2, 24),  # PPO updates (two per rollout)
+    "pairs_batch": (1, 4),  # preference pairs per batch
+    "rollout_prompts": (2, 4),  # prompts per GRPO rollout (PPO: twice as many, one reply each)
+    "lr": (5e-4, 5e-4),  # LoRA learning rate
+    "bbc": (4, 60),  # BBC test articles in the tax's topic accuracy
+    "arithmetic": (2, 24),  # problems in the tax's 3-shot arithmetic
+    "ppl_tokens": (64, 1024),  # tokens of each corpus in the tax's perplexity
+    "kl_prompts": (2, 24),  # test prompts sampled for the KL estimate
+    "ptx_docs": (1, 6),  # Shakespeare works (and 40× as many People's Daily lines) for ptx
+    "ptx_length": (32, 128),  # tokens per PPO-ptx window
+}
+
+
 def settings(quick: bool) -> dict[str, Any]:
-    """Sizes of every stage; `quick` is a smoke run of seconds per stage."""
-    if quick:
-        return dict(
-            train=4,
-            test=4,
-            chars=120,
-            k=2,
-            new=4,
-            steps=1,
-            pairs_batch=1,
-            rollout_prompts=2,
-            lr=5e-4,
-            bbc=4,
-            arithmetic=2,
-            ppl_tokens=64,
-            ptx_docs=1,
-            ptx_length=32,
-        )
-    return dict(
-        train=96,
-        test=48,
-        chars=300,
-        k=4,
-        new=24,
-        steps=24,
-        pairs_batch=4,
-        rollout_prompts=4,
-        lr=5e-4,
-        bbc=100,
-        arithmetic=40,
-        ppl_tokens=2048,
-        ptx_docs=6,
-        ptx_length=128,
-    )
+    """Sizes of every stage (SIZES); `quick` is a smoke run."""
+    return {name: sizes[0 if quick else 1] for name, sizes in SIZES.items()}
 
 
 def write_prompts(out_dir: Path, s: dict[str, Any]) -> tuple[Path, Path]:
@@ -96,8 +88,6 @@ def write_prompts(out_dir: Path, s: dict[str, Any]) -> tuple[Path, Path]:
 def write_ptx(out_dir: Path, s: dict[str, Any]) -> Path:
     """PPO-ptx's text: the last Shakespeare works and the last People's Daily lines, so the
     perplexity measured on the first tokens of each corpus stays held out."""
-    from lmforge.data import load_corpus
-
     folder = out_dir / "ptx"
     folder.mkdir(parents=True, exist_ok=True)
     works = list(load_corpus("shakespeare").texts())[-s["ptx_docs"] :]
@@ -107,11 +97,8 @@ def write_ptx(out_dir: Path, s: dict[str, Any]) -> Path:
     return folder
 
 
-def _config(out_dir: Path, name: str, s: dict[str, Any], fields: dict[str, Any]):
-    from lmforge.config import from_dict
-    from lmforge.recipes.align import AlignConfig
-
-    steps = s["steps"]
+def _config(out_dir: Path, name: str, s: dict[str, Any], fields: dict[str, Any]) -> AlignConfig:
+    steps = fields.get("train", {}).get("max_steps", s["steps"])
     base = {
         "run_dir": str(out_dir / name),
         "model": MODEL,
@@ -137,63 +124,38 @@ def _config(out_dir: Path, name: str, s: dict[str, Any], fields: dict[str, Any])
     return from_dict(AlignConfig, base)
 
 
-def stage_configs(out_dir: Path, s: dict[str, Any], train_prompts: Path, ptx: Path) -> dict:
+def stage_configs(
+    out_dir: Path, s: dict[str, Any], train_prompts: Path, ptx: Path
+) -> dict[str, AlignConfig]:
     """Every stage's AlignConfig, in the order they run."""
-    prefs = out_dir / "preferences" / "preferences.jsonl"
-    reward = out_dir / "reward"
-    rollouts = s["rollout_prompts"]
-    grpo_rows = rollouts * s["k"]
+    prefs = str(out_dir / "preferences" / "preferences.jsonl")
+    prompts, n = {"prompts": str(train_prompts)}, s["rollout_prompts"]
     ppo = {
         "method": "ppo",
-        "judge": f"reward:{reward}",
-        "data": {"prompts": str(train_prompts)},
-        "rollout": {"prompts": 2 * rollouts, "samples": 1, "epochs": 2},
-        "train": {"batch_size": 2 * rollouts},
+        "judge": f"reward:{out_dir / 'reward'}",
+        "data": prompts,
+        "rollout": {"prompts": 2 * n, "samples": 1, "epochs": 2},
+        "train": {"batch_size": 2 * n, "max_steps": s["ppo_steps"]},
     }
-    return {
-        "preferences": _config(
-            out_dir,
-            "preferences",
-            s,
-            {
-                "method": "build-preferences",
-                "data": {"prompts": str(train_prompts)},
-                "rollout": {"prompts": 8},
-            },
-        ),
-        "reward": _config(
-            out_dir, "reward", s, {"method": "reward", "data": {"preferences": str(prefs)}}
-        ),
-        "dpo": _config(
-            out_dir,
-            "dpo",
-            s,
-            {"method": "dpo", "data": {"preferences": str(prefs)}, "dpo": {"beta": 0.1}},
-        ),
-        "grpo": _config(
-            out_dir,
-            "grpo",
-            s,
-            {
-                "method": "grpo",
-                "data": {"prompts": str(train_prompts)},
-                "rollout": {"prompts": rollouts},
-                "grpo": {"beta": 0.04},
-                "train": {"batch_size": grpo_rows // 2, "grad_accum": 2},
-            },
-        ),
-        "ppo": _config(out_dir, "ppo", s, ppo),
-        "ppo-ptx": _config(
-            out_dir,
-            "ppo-ptx",
-            s,
-            {
-                **ppo,
-                "data": {**ppo["data"], "ptx": str(ptx), "ptx_length": s["ptx_length"]},
-                "ppo": {"ptx_coef": 1.0},
-            },
-        ),
+    stages = {
+        "preferences": {"method": "build-preferences", "data": prompts, "rollout": {"prompts": 8}},
+        "reward": {"method": "reward", "data": {"preferences": prefs}},
+        "dpo": {"method": "dpo", "data": {"preferences": prefs}, "dpo": {"beta": 0.1}},
+        "grpo": {
+            "method": "grpo",
+            "data": prompts,
+            "rollout": {"prompts": n},
+            "grpo": {"beta": 0.04},
+            "train": {"batch_size": n * s["k"] // 2, "grad_accum": 2, "max_steps": s["grpo_steps"]},
+        },
+        "ppo": ppo,
+        "ppo-ptx": {
+            **ppo,
+            "data": {**prompts, "ptx": str(ptx), "ptx_length": s["ptx_length"]},
+            "ppo": {"ptx_coef": 1.0},
+        },
     }
+    return {name: _config(out_dir, name, s, fields) for name, fields in stages.items()}
 
 
 @experiment(

@@ -3,6 +3,7 @@ reward-model score, KL to the SFT model, and the alignment tax (see lab/alignmen
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def evaluate_models(
     judge = make_judge("exact", tokenizer)
     reward = RewardJudge(load_reward_model(reward_dir), tokenizer)
     greedy = SamplingConfig(max_new_tokens=s["new"], temperature=0.0)
+    sampled = prompts[: s["kl_prompts"]]  # the KL estimate's prompts
     out: dict[str, dict[str, Any]] = {}
     baseline: list[float] = []
     for name, adapter in tqdm(adapters.items(), desc="evaluate", unit="model"):
@@ -113,7 +115,7 @@ def evaluate_models(
             "score": sum(scores) / len(scores),
             "exact": sum(x == 1.0 for x in scores) / len(scores),
             "reward": sum(reward(prompts, texts)) / len(texts),
-            "kl": 0.0 if adapter is None else kl_to(model, sft, tokenizer, prompts, s["new"]),
+            "kl": 0.0 if adapter is None else kl_to(model, sft, tokenizer, sampled, s["new"]),
             **_wins(scores, baseline),
             **tax(model, tokenizer, s),
             "examples": [
@@ -126,8 +128,6 @@ def evaluate_models(
 
 
 def _curves(stages_dir: Path, names: list[str]) -> dict[str, tuple[list, list]]:
-    import json
-
     series = {}
     for name in names:
         path = stages_dir / name / "metrics.jsonl"

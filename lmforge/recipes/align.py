@@ -238,7 +238,7 @@ def held_out_score(lm, tokenizer, judge_spec: str, prompts, cfg: AlignConfig) ->
 def _grpo(cfg: AlignConfig, lm: nn.Module, tokenizer, results: dict[str, Any]) -> Plan:
     prompts, held = _prompts(cfg)
     r, t = cfg.rollout, cfg.train
-    updates = r.steps_per_rollout(t.batch_size, t.grad_accum) * t.grad_accum
+    updates = r.steps_per_rollout(t.batch_size, t.grad_accum)  # optimizer steps per rollout
     reference = Reference(lm) if cfg.grpo.beta else None
     objective = GRPOObjective(
         cfg.grpo, r.samples, reference, r.temperature, r.max_new_tokens, updates
