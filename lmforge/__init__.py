@@ -32,6 +32,8 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "train":  # the package, which calls the loop (see lmforge/train/__init__.py)
+        return import_module("lmforge.train")
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")

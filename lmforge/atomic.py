@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+"""Atomic writes: a reader sees the old file (or directory) or the new one, never half of one.
 
 Write to a temporary name in the same directory, fsync, then rename over the
 target (rename is atomic on POSIX filesystems), then fsync the directory.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,31 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def atomic_directory(path: Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
+    """Build a directory in a temporary sibling; when the block ends without an error it takes
+    `path`'s place whole, so a reader sees the old directory or the new one, never half of
+    one. An existing non-empty `path` is replaced only if `replaceable(path)` (an earlier
+    output of the same kind); otherwise FileExistsError, before anything is written."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not replaceable(path):
+        raise FileExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = tmp.with_name(tmp.name + "-old")
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        tmp.chmod(0o755)  # mkdtemp made it private; the result is an ordinary directory
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

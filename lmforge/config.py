@@ -10,10 +10,13 @@ and the fields that are valid there.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 import yaml
 
@@ -133,8 +136,16 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(obj)
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value, read as YAML: `3e-4` → 3e-4, `true` → True, `[a, b]` → list."""
+def parse_value(text: str, tp: Any = None) -> Any:
+    """A command-line value for a field of type `tp`.
+
+    Text fields (`str`, `str | None`) take the text as typed, with the escapes `\\n`, `\\t`
+    and `\\\\` decoded (an empty value is None for `str | None`); every other value is read
+    as YAML: `3e-4` → 3e-4, `true` → True, `[a, b]` → list, `{r: 8}` → mapping."""
+    if _is_text(tp):
+        if text == "" and type(None) in typing.get_args(tp):
+            return None
+        return decode_escapes(text)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -146,6 +157,32 @@ def parse_value(text: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def decode_escapes(text: str) -> str:
+    """`\\n` → newline, `\\t` → tab, `\\\\` → one backslash; any other backslash stays."""
+    return re.sub(r"\\([nt\\])", lambda m: ESCAPES[m[1]], text)
+
+
+def _is_text(tp: Any) -> bool:
+    if tp is str:
+        return True
+    args = typing.get_args(tp)
+    union = typing.get_origin(tp) in (Union, types.UnionType)
+    return union and str in args and set(args) <= {str, type(None)}
+
+
+def field_type(cls: type | None, dotted: str) -> Any:
+    """The annotation of field `a.b.c` of nested dataclass `cls`; None where there is none."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp) or part not in _fields(tp):
+            return None
+        tp = _hints(tp)[part]
+    return tp
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -160,15 +197,41 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` strings (a leading `--` is allowed) to a nested mapping."""
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], cls: type | None = None
+) -> dict[str, Any]:
+    """Apply `key.sub=value` strings (a leading `--` is allowed) to a nested mapping.
+
+    With the config dataclass `cls`, each value is read for its field's type (parse_value).
+    A list field takes a YAML list or one item; the first override of a list replaces what
+    the mapping held, later ones extend it (`--stop a --stop b` → [a, b])."""
+    extended: set[str] = set()
     for item in overrides:
         item = item.removeprefix("--")
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.field=value")
         key, text = item.split("=", 1)
-        set_dotted(data, key.strip(), parse_value(text))
+        key = key.strip()
+        tp = field_type(cls, key)
+        if typing.get_origin(tp) is list:
+            items = parse_value(text)
+            if not isinstance(items, list):
+                inner = typing.get_args(tp)[0] if typing.get_args(tp) else None
+                items = [parse_value(text, inner)]
+            value = (get_dotted(data, key) if key in extended else []) + items
+            extended.add(key)
+        else:
+            value = parse_value(text, tp)
+        set_dotted(data, key, value)
     return data
+
+
+def get_dotted(data: dict[str, Any], key: str) -> Any:
+    """The value at `a.b.c` in a nested mapping (None where a level is missing)."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -187,7 +250,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Defaults ← YAML file ← dotted overrides, checked field by field."""
     data = read_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], cls)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
@@ -198,11 +261,28 @@ def save_yaml(obj: Any, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
+def arg(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    positional: bool = False,
+    aliases: tuple[str, ...] = (),
+    choices: Callable[[], Iterable[str]] | None = None,
+) -> Any:
+    """A config field with command-line settings: `prompt: str = arg("", positional=True)`.
+
+    positional  typed without a flag (`lmforge data stats FILE...`); a list takes one or more
+    aliases     more flags for the field (`--max` for `max_records`)
+    choices     the registered names, listed in --help (read when the help is built)
+    """
+    meta = {"flag": {"positional": positional, "aliases": aliases, "choices": choices}}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The one-line comment after each field of a config dataclass (`lr: float = 3e-4  # ...`)."""
-    import inspect
-    import re
-
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # a subclass's comment wins over its base's
         if not dataclasses.is_dataclass(klass):
@@ -216,8 +296,16 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """Every (dotted name, type, doc) of a nested config dataclass, for command-line flags."""
+class Leaf(NamedTuple):
+    name: str  # dotted path, e.g. train.lr
+    type: Any  # the annotation
+    doc: str  # the field's comment
+    meta: dict[str, Any]  # arg() settings (empty for an ordinary flag)
+    required: bool  # the field has no default
+
+
+def leaf_fields(cls: type, prefix: str = "") -> list[Leaf]:
+    """Every leaf field of a nested config dataclass, for command-line flags."""
     hints, docs = _hints(cls), field_docs(cls)
     out = []
     for f in dataclasses.fields(cls):
@@ -226,5 +314,12 @@ def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
         if dataclasses.is_dataclass(tp):
             out += leaf_fields(tp, name + ".")
         else:
-            out.append((name, tp, docs.get(f.name, "")))
+            meta = dict(f.metadata.get("flag", {}))
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            out.append(Leaf(name, tp, docs.get(f.name, ""), meta, required))
     return out
+
+
+def pick(cls: type[C], obj: Any) -> C:
+    """An instance of dataclass `cls` from the same-named fields of `obj` (a wider config)."""
+    return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls) if f.init})

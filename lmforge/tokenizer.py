@@ -94,23 +94,6 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def train_files(
-        cls,
-        paths: Iterable[str | Path],
-        vocab_size: int,
-        special_tokens: Sequence[str] = DEFAULT_SPECIALS,
-        min_frequency: int = 2,
-        show_progress: bool = False,
-    ) -> Tokenizer:
-        """Like `train`, reading UTF-8 text files (one document per file)."""
-        from lmforge.data.text import read_files  # data imports this module, not the reverse
-
-        docs = read_files([Path(p) for p in paths])
-        return cls.train(
-            (d.text for d in docs), vocab_size, special_tokens, min_frequency, show_progress
-        )
-
-    @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
         """Load a `tokenizer.json` (or a folder holding one).
 

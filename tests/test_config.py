@@ -99,7 +99,7 @@ def test_field_docs_and_leaf_fields():
         "steps": "how many steps",
         "name": "optional name",
     }
-    names = [name for name, _, _ in leaf_fields(Outer)]
+    names = [leaf.name for leaf in leaf_fields(Outer)]
     assert names == ["inner.lr", "inner.steps", "inner.name", "mode", "tags", "flag"]
 
 
@@ -112,3 +112,59 @@ def test_registry_lists_known_names_on_a_miss():
         reg.get("c")
     with pytest.raises(RegistryError, match="twice"):
         reg.add("a", 3)
+
+
+# ── command-line values are read for the field's type ──────────────────────────────────────
+
+
+@dataclass
+class Prompted:
+    template: str = "{text}"  # a prompt template
+    path: str | None = "default"  # an optional path
+    stop: list[str] = field(default_factory=list)  # stop strings
+    steps: int = 1  # a number
+    options: dict = field(default_factory=dict)  # a mapping
+
+
+AS_TYPED = [
+    "Review: {text}\nSentiment:",  # a real newline, a colon, braces
+    "{text}: yes or no?",
+    "{a: b}",
+    "\"double\" and 'single' quotes",
+    "- not a list item",
+    "[not, a, list]",
+    "true",
+    "3e-4",
+    "null",
+    "# not a comment",
+    "评论：{text}\n情感：",
+    "emoji 🙂 {text} 🚀",
+]
+
+
+@pytest.mark.parametrize("text", AS_TYPED)
+def test_a_text_field_takes_the_flag_as_typed(text):
+    assert load(Prompted, None, [f"template={text}"]).template == text
+
+
+def test_escapes_are_decoded_in_text_fields_only():
+    cfg = load(Prompted, None, ["template=Q: {text}\\nA:\\tyes", "path=C:\\data\\\\x"])
+    assert cfg.template == "Q: {text}\nA:\tyes" and cfg.path == "C:\\data\\x"
+    assert load(Prompted, None, ["path="]).path is None  # empty: None for `str | None`
+    assert load(Prompted, None, ["path=null"]).path == "null"
+    assert parse_value("a\\nb") == "a\\nb"  # a value of unknown type is read as YAML
+
+
+def test_numbers_lists_and_mappings_keep_their_yaml_reading():
+    cfg = load(Prompted, None, ["steps=7", "options={r: 8, alpha: 16}", "stop=[a, b]"])
+    assert cfg.steps == 7 and cfg.options == {"r": 8, "alpha": 16} and cfg.stop == ["a", "b"]
+    with pytest.raises(ConfigError, match="steps: expected an integer"):
+        load(Prompted, None, ["steps=many"])
+
+
+def test_a_list_flag_repeats_and_replaces_the_files_list(tmp_path):
+    (tmp_path / "c.yaml").write_text("stop: [x]\ntemplate: 'kept \\n as typed'\n")
+    cfg = load(Prompted, tmp_path / "c.yaml", ["stop=\\n\\n", "stop=Q:", "stop=[end]"])
+    assert cfg.stop == ["\n\n", "Q:", "end"]
+    assert cfg.template == "kept \\n as typed"  # YAML files are read as YAML, unchanged
+    assert load(Prompted, tmp_path / "c.yaml").stop == ["x"]

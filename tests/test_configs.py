@@ -6,9 +6,15 @@ import pytest
 import yaml
 
 import lmforge
+from lmforge import peft
+from lmforge.config import load
 from lmforge.recipes import align, finetune, pretrain
-from lmforge.recipes import eval as eval_recipe
+from lmforge.recipes.chat import ChatConfig
+from lmforge.recipes.data import builders
+from lmforge.recipes.eval import EvalConfig
+from lmforge.recipes.generate import GenerateConfig
 from lmforge.recipes.quickstart import QUICKSTART
+from lmforge.recipes.rag import ACTIONS as RAG_ACTIONS
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -20,22 +26,24 @@ def check_pretrain(path):
 
 
 def check_finetune(path):
-    from lmforge import peft
-
     cfg = finetune.load_config(path, [])
-    cfg.validate()
     cfg.train.validate()
     peft.build(cfg.method, cfg.delta)  # the delta fields are the method's own
 
 
-def check_eval(path):
-    eval_recipe.load_config(path, []).validate()
+def check_data(path):
+    builder = builders()[path.stem.removeprefix("data-build-")]  # data-build-NAME.yaml
+    load(builder.config, path, [f"{k}={v}" for k, v in builder.fixed.items()])
+
+
+def check_rag(path):
+    action = RAG_ACTIONS.get(path.stem.split("-")[1])  # rag-ACTION-....yaml
+    load(action.config, path)
 
 
 def check_align(path):
-    from lmforge import peft
-
-    cfg = align.load_config(path, [])
+    action = align.ACTIONS.get(path.stem.removeprefix("align-"))  # align-ACTION.yaml
+    cfg = load(action.config, path, [f"{k}={v}" for k, v in action.fixed.items()])
     cfg.validate()
     cfg.train.validate()
     if cfg.delta_method != "full":
@@ -44,8 +52,10 @@ def check_align(path):
         assert cfg.rollout.steps_per_rollout(cfg.train.batch_size, cfg.train.grad_accum) >= 1
 
 
-KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain}
-KINDS |= {"finetune": check_finetune, "eval": check_eval, "align": check_align}
+KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": check_finetune}
+KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
+KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
+KINDS |= {"rag": check_rag, "align": check_align}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

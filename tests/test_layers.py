@@ -13,8 +13,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lmforge"
 
@@ -24,9 +22,11 @@ LAYERS = [
     "registry",
     "atomic",
     "config",
+    "flags",
     "assets",
     "plots",
     "report",
+    "text_metrics",
     "tokenizer",
     "chat",
     "model",
@@ -49,7 +49,6 @@ LAYERS = [
     "__main__",
     "__init__",
 ]
-pytestmark = pytest.mark.xfail(reason="the re-cut moves the last upward imports", strict=False)
 LAZY_IMPORTS_ALLOWED = {"lmforge/cli.py", "lmforge/__init__.py"}
 
 
@@ -118,3 +117,22 @@ def test_architecture_page_lists_the_layers():
     assert [n for n in listed if n in LAYERS] == [n for n in LAYERS if n in listed]
     existing = {source_unit(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
     assert existing <= set(listed), f"not on the architecture page: {existing - set(listed)}"
+
+
+DATA_TABLES = {"lmforge/lab/peft_compare.py:runs"}  # a list of runs, one entry per line
+
+
+def test_files_and_functions_stay_small():
+    """A file past 400 lines or a function past 60 holds two ideas (DESIGN.md)."""
+    large = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 400:
+            large.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60 and f"{rel}:{node.name}" not in DATA_TABLES:
+                    large.append(f"{rel}:{node.lineno} {node.name}: {length} lines")
+    assert not large, "split by idea:\n" + "\n".join(large)

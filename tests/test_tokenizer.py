@@ -91,15 +91,6 @@ def test_fingerprint_differs_between_tokenizers(tok: Tokenizer) -> None:
     assert Tokenizer.train(TEXTS, vocab_size=400).fingerprint == tok.fingerprint  # deterministic
 
 
-def test_train_files(tmp_path: Path) -> None:
-    paths = []
-    for i, text in enumerate(TEXTS):
-        paths.append(tmp_path / f"{i}.txt")
-        paths[-1].write_text(text, encoding="utf-8")
-    from_files = Tokenizer.train_files(paths, vocab_size=400)
-    assert from_files.fingerprint == Tokenizer.train(TEXTS, vocab_size=400).fingerprint
-
-
 def test_missing_file_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.json does not exist"):
         Tokenizer.from_file(tmp_path / "nope.json")

@@ -32,7 +32,7 @@ from lmforge.align.logprobs import Reference, final_hidden, logprobs_from_hidden
 from lmforge.data.loader import Batch
 from lmforge.errors import ConfigError
 from lmforge.model.host import float_placement, host_for
-from lmforge.train.evaluate import default_objective
+from lmforge.train.validation import default_objective
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""Pretraining data: raw text → documents → token shards (memmap) → packed batches.
+"""Data: pretraining text, instruction data and labelled examples.
 
 read_documents / load_corpus ──► DocumentSet ──build_shards──► train.bin, val.bin
 load_shards ──► PackedBatches (training, resumable)  +  ValidationBatches (evaluation)
+
+Instruction data: instruct.py (formats, files), sft.py (chat template, loss mask, packing),
+flan.py and self_instruct.py (building it); labelled examples: labelled.py, examples.py.
 """
 
 from lmforge.data.corpora import CORPORA, load_corpus, strip_pos_tags

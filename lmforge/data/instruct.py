@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
-SKIP_HINT = "fix the record, or pass --skip-bad (skip_bad=True) to skip it and go on"
+SKIP_HINT = "fix the record, or pass {skip_bad=true} to skip it and go on"  # a fix
 
 Message = dict[str, str]
 FieldName = Callable[[int, str], str]  # (message index, "role"|"content") -> field in the source
@@ -165,7 +165,7 @@ def _parse_sharegpt(obj: Mapping[str, Any]) -> tuple[list[Message], FieldName]:
         if not isinstance(turn, Mapping):
             raise BadRecord(f"conversations[{i}]: must be an object with 'from' and 'value'")
         who = turn.get("from")
-        if who not in SHAREGPT_ROLES:
+        if not isinstance(who, str) or who not in SHAREGPT_ROLES:
             raise BadRecord(
                 f"conversations[{i}].from: {who!r} is not one of human, gpt, system "
                 "(user and assistant are accepted too)"
@@ -259,17 +259,21 @@ def parse_files(
     for path in map(Path, paths):
         if not path.is_file():
             raise DataError(f"{what} file {path} does not exist")
+        empty = True
         for raw in reader_for(path)(path):
+            empty = False
             try:
                 if raw.error is not None:
                     raise BadRecord(raw.error)
                 item = parse(raw.value)
             except BadRecord as e:
                 if not skip_bad:
-                    raise DataError(f"{raw.where}: {e}; {SKIP_HINT}") from None
-                skipped.append(Skipped(raw.where, str(e)))
+                    raise DataError(f"{raw.where}: {e}", fix=SKIP_HINT) from None
+                skipped.append(Skipped(raw.where, str(e), raw.value or raw.text or None))
                 continue
             yield raw.where, item
+        if empty:
+            raise DataError(f"{what} file {path} is empty: it holds no records")
 
 
 def read_instructions(

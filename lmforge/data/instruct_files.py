@@ -40,6 +40,7 @@ class RawRecord:
     where: str  # file:line (file:row N for Parquet)
     value: Any = None  # the decoded record
     error: str | None = None  # why it could not be decoded (then value is None)
+    text: str = ""  # the source text of a record that could not be decoded
 
 
 FileReader = Callable[[Path], Iterator[RawRecord]]
@@ -66,7 +67,8 @@ def read_jsonl(path: Path) -> Iterator[RawRecord]:
         try:
             yield RawRecord(f"{path}:{n}", json.loads(line))
         except json.JSONDecodeError as e:
-            yield RawRecord(f"{path}:{n}", error=f"malformed JSON ({e.msg} at column {e.colno})")
+            error = f"malformed JSON ({e.msg} at column {e.colno})"
+            yield RawRecord(f"{path}:{n}", error=error, text=line)
 
 
 @FILE_READERS.register(".json")

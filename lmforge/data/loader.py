@@ -59,8 +59,8 @@ class PackedBatches:
         if self.num_windows < batch_size:
             raise DataError(
                 f"too little data for one batch: {len(tokens):,} tokens exist, but "
-                f"batch_size {batch_size} × seq_len {seq_len} needs {batch_size * seq_len:,}; "
-                "use a larger corpus or lower the batch size / sequence length"
+                f"batch_size {batch_size} × seq_len {seq_len} needs {batch_size * seq_len:,}",
+                fix="use a larger corpus, or lower {batch_size} or {seq_len|max_length}",
             )
         self.batches_per_epoch = self.num_windows // batch_size
         self.epoch = 0

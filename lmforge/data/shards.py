@@ -14,7 +14,8 @@ leaks a prefix into validation while its remainder trains):
     val.bin:     tail(d0) eos tail(d1) eos ...
 
 Each piece ends with eos so that two unrelated texts never touch without a
-boundary marker. A one-token document goes to train only.
+boundary marker; a document starts with the BOS its tokenizer puts before every input,
+if any. A one-token document goes to train only.
 
 The shards are keyed by (tokenizer fingerprint, source fingerprint, val_fraction,
 version): a second build with the same inputs reuses the files without tokenizing.
@@ -78,8 +79,11 @@ def build_shards(
     *,
     val_fraction: float = 0.05,
     progress: bool = True,
+    must_reuse: bool = False,
 ) -> ShardInfo:
-    """Tokenize `documents` into out_dir/{train,val}.bin, or reuse an identical earlier build."""
+    """Tokenize `documents` into out_dir/{train,val}.bin, or reuse an identical earlier build.
+    `must_reuse` (a run resuming from its data position): an earlier build made from other
+    text or another tokenizer is an error, never rebuilt under the run's feet."""
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
     out = Path(out_dir)
@@ -102,6 +106,8 @@ def build_shards(
     if earlier is not None and all(getattr(earlier, k) == v for k, v in key.items()):
         earlier.reused = True
         return earlier
+    if must_reuse:
+        raise DataError(_mismatch(out, earlier, key), fix=RESUME_FIX)
 
     (out / META_FILE).unlink(missing_ok=True)
     train, val = _tokenize(texts, tokenizer, eos, val_fraction, progress)
@@ -120,6 +126,29 @@ def build_shards(
     )
     atomic_write_json(out / META_FILE, info.to_json())
     return info
+
+
+RESUME_FIX = "resume with the corpus and tokenizer the run started with, or start a new {run_dir}"
+WHAT = {
+    "source_fingerprint": "the corpus text",
+    "tokenizer_fingerprint": "the tokenizer",
+    "val_fraction": "data.val_fraction",
+    "version": "the shard format",
+}
+
+
+def _mismatch(out: Path, earlier: ShardInfo | None, key: dict) -> str:
+    if earlier is None:
+        return f"{out} holds no finished token shards; the run resumes from a position in them"
+    changed = [
+        f"{WHAT[k]} ({getattr(earlier, k)} → {v})"
+        for k, v in key.items()
+        if getattr(earlier, k) != v
+    ]
+    return (
+        f"{out}: the run's token shards were made from other inputs: {', '.join(changed)}; "
+        "resuming would continue from its data position in other data"
+    )
 
 
 def load_shards(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray, ShardInfo]:
@@ -179,11 +208,12 @@ def _tokenize(
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
     tail = np.array([eos], dtype=np.int64)
+    head = tokenizer.input_specials[0]  # a BOS the checkpoint puts before every input
     with tqdm(total=len(texts), unit="doc", desc="tokenizing", disable=not progress) as bar:
         for start in range(0, len(texts), _ENCODE_CHUNK):
             chunk = texts[start : start + _ENCODE_CHUNK]
             for ids in tokenizer.encode_batch(chunk):
-                doc = np.asarray(ids, dtype=np.int64)
+                doc = np.asarray(head + ids, dtype=np.int64)
                 i = split_point(len(doc), val_fraction)
                 train += [doc[:i], tail]
                 if i < len(doc):

@@ -17,11 +17,12 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmforge.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl")
-SKIP_HINT = "pass --data.skip_bad=true to skip it and go on"
+SKIP_HINT = "pass {skip_bad=true} to skip it and go on"  # a fix (lmforge.errors)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Document:
 class Skipped:
     origin: str  # file, or file:line
     reason: str
+    record: Any = None  # what was read there (the decoded record, or the line as text)
 
 
 @dataclass
@@ -136,8 +138,8 @@ def read_utf8(
                 skipped.append(Skipped(str(path), reason))
             return None
         raise DataError(
-            f"{path} is {reason}; convert it to UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`), "
-            f"or {SKIP_HINT}"
+            f"{path} is {reason}",
+            fix=f"convert it to UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`), or {SKIP_HINT}",
         ) from None
     return text.removeprefix("\ufeff")  # a byte-order mark is not text
 
@@ -156,7 +158,8 @@ def _parse_jsonl(text: str, path: Path, skip_bad: bool) -> DocumentSet:
                 continue
             raise DataError(
                 f"{path}:{lineno}: {e}; each line must be a JSON object with a string "
-                f'"text" field, e.g. {{"text": "..."}}; fix the line or {SKIP_HINT}'
+                f'"text" field, e.g. {{"text": "..."}}',
+                fix=f"fix the line or {SKIP_HINT}",
             ) from None
         if doc.strip():
             out.documents.append(Document(doc, str(path), lineno))

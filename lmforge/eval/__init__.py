@@ -1,7 +1,8 @@
 """The evaluation harness: tasks, metrics, log-likelihood scoring, generation, perplexity.
 
-base.py        Task, TASKS (registry), EvalSettings, TaskResult, RUNNERS (one per kind)
-metrics.py     accuracy, exact_match, token_f1, rouge_l (METRICS)
+base.py        Task and one class per kind, TASKS, EvalSettings (common + one part per
+               kind), TaskResult, KINDS (runner and description per kind)
+metrics.py     METRICS: accuracy, and exact_match, token_f1, rouge_l (lmforge/text_metrics.py)
 loglik.py      batched log-likelihood of continuations; choice scores (NORMALIZERS)
 choice.py      runner "choice": label words by log-likelihood, contextual calibration
 generation.py  runner "generate": direct, chain-of-thought, self-consistency
@@ -13,7 +14,23 @@ harness.py     evaluate(...), write_results(...)
 
 from lmforge.eval import choice, generation, ppl, tasks  # noqa: F401  (registers)
 from lmforge.eval.arithmetic import Problem, generate_problems
-from lmforge.eval.base import RUNNERS, TASKS, EvalSettings, Task, TaskResult, register_task
+from lmforge.eval.base import (
+    KINDS,
+    TASKS,
+    ChoiceSettings,
+    ChoiceTask,
+    CommonSettings,
+    EvalSettings,
+    ExampleTask,
+    GenerationSettings,
+    GenerationTask,
+    PerplexitySettings,
+    PerplexityTask,
+    Task,
+    TaskKind,
+    TaskResult,
+    register_task,
+)
 from lmforge.eval.harness import evaluate, get_task, results_table, write_results
 from lmforge.eval.loglik import (
     NORMALIZERS,
@@ -23,20 +40,30 @@ from lmforge.eval.loglik import (
     choose,
     loglikelihoods,
 )
-from lmforge.eval.metrics import METRICS, exact_match, mean_metric, rouge_l, token_f1
+from lmforge.eval.metrics import METRICS, mean_metric
 from lmforge.eval.ppl import Perplexity, perplexity
+from lmforge.text_metrics import exact_match, rouge_l, token_f1
 
 __all__ = [
+    "KINDS",
     "METRICS",
     "NORMALIZERS",
-    "RUNNERS",
     "TASKS",
+    "ChoiceSettings",
+    "ChoiceTask",
+    "CommonSettings",
     "EvalSettings",
+    "ExampleTask",
+    "GenerationSettings",
+    "GenerationTask",
     "LogLikelihood",
     "Perplexity",
+    "PerplexitySettings",
+    "PerplexityTask",
     "Problem",
     "Request",
     "Task",
+    "TaskKind",
     "TaskResult",
     "choice_scores",
     "choose",

@@ -13,7 +13,6 @@ renormalised over the labels, as in Zhao et al.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -21,7 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.eval.base import RUNNERS, EvalSettings, Task, TaskResult, select_demos, task_samples
+from lmforge.eval.base import (
+    KINDS,
+    ChoiceTask,
+    EvalSettings,
+    TaskKind,
+    TaskResult,
+    select_demos,
+    shots_phrase,
+    task_samples,
+)
 from lmforge.eval.loglik import choice_scores
 from lmforge.eval.metrics import mean_metric
 from lmforge.prompting.calibration import CONTENT_FREE, ContextualCalibration, content_free_fields
@@ -49,7 +57,7 @@ def class_scores(
         tokenizer,
         prompts,
         [[text for _, text in words]] * len(prompts),
-        normalize=s.normalize,
+        normalize=s.choice.normalize,
         batch_size=s.batch_size,
         max_length=s.max_length,
         progress=progress,
@@ -65,7 +73,7 @@ def calibrated(
     tokenizer: Tokenizer,
     scores: Tensor,
     shown: list[list],
-    task: Task,
+    task: ChoiceTask,
     s: EvalSettings,
 ) -> Tensor:
     """(N, C) calibrated probabilities; content-free prompts keep each example's demos."""
@@ -84,7 +92,7 @@ def calibrated(
 def run_choice(
     model: nn.Module,
     tokenizer: Tokenizer,
-    task: Task,
+    task: ChoiceTask,
     s: EvalSettings,
     *,
     embed: Callable | None = None,
@@ -104,7 +112,7 @@ def run_choice(
     prompts = [task.format.render(q.fields, sh) for q, sh in zip(test, shown)]
     scores = class_scores(model, tokenizer, prompts, task.format, task.verbalizer, s, progress)
     probs = scores.softmax(dim=-1)  # (N, C)
-    if s.calibrate:
+    if s.choice.calibrate:
         probs = calibrated(model, tokenizer, scores, shown, task, s)
     predicted = [labels[int(i)] for i in probs.argmax(dim=-1)]
     targets = [x.target for x in test]
@@ -123,10 +131,15 @@ def run_choice(
         metrics={m: mean_metric(m, predicted, targets) for m in task.metrics},
         n=len(test),
         seconds=time.time() - start,
-        settings=dataclasses.asdict(s),
+        settings=s.record(s.choice),
         predictions=records,
         example_prompt=prompts[0] if prompts else "",
     )
 
 
-RUNNERS.add("choice", run_choice)
+def describe_choice(settings: dict) -> str:
+    """'4-shot random, calibrated'."""
+    return shots_phrase(settings) + (", calibrated" if settings["calibrate"] else "")
+
+
+KINDS.add("choice", TaskKind(run_choice, describe_choice))

@@ -20,7 +20,16 @@ from collections.abc import Callable
 from torch import nn
 from tqdm import tqdm
 
-from lmforge.eval.base import RUNNERS, EvalSettings, Task, TaskResult, select_demos, task_samples
+from lmforge.eval.base import (
+    KINDS,
+    EvalSettings,
+    GenerationTask,
+    TaskKind,
+    TaskResult,
+    select_demos,
+    shots_phrase,
+    task_samples,
+)
 from lmforge.eval.metrics import mean_metric
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.prompting.cot import EXTRACTORS, REASONING, majority_vote
@@ -70,7 +79,7 @@ def generate_texts(
 def run_generation(
     model: nn.Module,
     tokenizer: Tokenizer,
-    task: Task,
+    task: GenerationTask,
     s: EvalSettings,
     *,
     embed: Callable | None = None,
@@ -78,7 +87,8 @@ def run_generation(
 ) -> TaskResult:
     """The task's metrics of the (majority-voted) extracted answers."""
     start = time.time()
-    style = REASONING.get(s.reasoning)
+    g = s.generate
+    style = REASONING.get(g.reasoning)
     test, pool = task_samples(task, tokenizer, s)
     demos = select_demos(task, test, pool, s, embed)
     prompts = [
@@ -90,7 +100,7 @@ def run_generation(
         prompts = [f"{p} {style.zero_shot_trigger}" for p in prompts]
     config = sampling_config(task, s, style.rationale)
     outputs = generate_texts(
-        model, tokenizer, prompts, config, n=s.samples, batch_size=s.batch_size, progress=progress
+        model, tokenizer, prompts, config, n=g.samples, batch_size=s.batch_size, progress=progress
     )
     read, extract = outputs, EXTRACTORS.get(style.extractor or task.extract)
     if zero_shot and style.answer_trigger:  # second stage: ask for the answer itself
@@ -106,19 +116,19 @@ def run_generation(
     return result
 
 
-def sampling_config(task: Task, s: EvalSettings, rationale: bool) -> SamplingConfig:
+def sampling_config(task: GenerationTask, s: EvalSettings, rationale: bool) -> SamplingConfig:
     """Greedy for one answer per question, sampling at the temperature for several."""
-    default = task.cot_new_tokens if rationale else task.max_new_tokens
+    g, default = s.generate, task.cot_new_tokens if rationale else task.max_new_tokens
     return SamplingConfig(
-        max_new_tokens=s.max_new_tokens or default,
-        temperature=s.temperature if s.samples > 1 else 0.0,
+        max_new_tokens=g.max_new_tokens or default,
+        temperature=g.temperature if g.samples > 1 else 0.0,
         seed=s.seed,
         stop=list(task.cot_stop if rationale else task.stop),
     )
 
 
 def scored(
-    task: Task,
+    task: GenerationTask,
     s: EvalSettings,
     test: list[Sample],
     answers: list[list[str | None]],
@@ -144,7 +154,7 @@ def scored(
         metrics={m: mean_metric(m, shown, [x.target for x in test]) for m in task.metrics},
         n=len(test),
         seconds=seconds,
-        settings=dataclasses.asdict(s),
+        settings=s.record(s.generate),
         predictions=records,
     )
 
@@ -155,7 +165,7 @@ def answer_stage(
     prompts: list[str],
     rationales: list[list[str]],
     trigger: str,
-    task: Task,
+    task: GenerationTask,
     s: EvalSettings,
 ) -> list[list[str]]:
     """Zero-shot CoT's second call: prompt + rationale + trigger → the answer text (greedy)."""
@@ -167,4 +177,10 @@ def answer_stage(
     return [[next(answers)[0] for _ in rs] for rs in rationales]
 
 
-RUNNERS.add("generate", run_generation)
+def describe_generation(settings: dict) -> str:
+    """'0-shot, cot, 5 samples'."""
+    text = f"{shots_phrase(settings)}, {settings['reasoning']}"
+    return text + (f", {settings['samples']} samples" if settings["samples"] > 1 else "")
+
+
+KINDS.add("generate", TaskKind(run_generation, describe_generation))

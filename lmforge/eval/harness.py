@@ -1,7 +1,7 @@
 """The evaluation harness: score a model on a registered task and write the results.
 
 evaluate(model, tokenizer, "bbc-news", EvalSettings(shots=4)) ─► TaskResult
-    TASKS[name] ─► RUNNERS[task.kind] ─► metrics, one record per example
+    TASKS[name] ─► KINDS[task.kind].run ─► metrics, one record per example
 write_results(results, out_dir, meta) ─► results.json   (metrics, settings, meta)
                                          results.md     (a markdown table)
                                          predictions.jsonl (one line per example)
@@ -18,12 +18,16 @@ from typing import Any
 from torch import nn
 
 from lmforge.atomic import atomic_write_json, atomic_write_text
-from lmforge.eval.base import RUNNERS, TASKS, EvalSettings, Task, TaskResult
+from lmforge.eval.base import KINDS, TASKS, EvalSettings, Task, TaskResult
+from lmforge.eval.task_files import is_task_file, load_task_file
 from lmforge.tokenizer import Tokenizer
 
 
 def get_task(name: str) -> Task:
-    """A registered task; RegistryError lists the registered ones."""
+    """A registered task, or the task a task file defines (eval/task_files.py); an unknown
+    name is a RegistryError listing the registered ones."""
+    if is_task_file(name):
+        return load_task_file(name)
     return TASKS.get(name)
 
 
@@ -40,26 +44,15 @@ def evaluate(
     task = get_task(task) if isinstance(task, str) else task
     settings = settings or EvalSettings()
     settings.validate()
-    run = RUNNERS.get(task.kind)
+    run = KINDS.get(task.kind).run
     result = run(model, tokenizer, task, settings, embed=embed, progress=progress)
     result.kind = task.kind
     return result
 
 
 def describe(settings: dict[str, Any], kind: str) -> str:
-    """One phrase for a table row: '4-shot random, calibrated', '0-shot cot, 5 samples'."""
-    if kind == "perplexity":
-        return f"window {settings.get('window')}, {settings.get('data')}"
-    text = f"{settings['shots']}-shot"
-    if settings["shots"]:
-        text += f" {settings['selection']}"
-    if kind == "generate":
-        text += f", {settings['reasoning']}"
-        if settings["samples"] > 1:
-            text += f", {settings['samples']} samples"
-    elif settings["calibrate"]:
-        text += ", calibrated"
-    return text
+    """One phrase for a table row: '4-shot random, calibrated', '0-shot, cot, 5 samples'."""
+    return KINDS.get(kind).describe(settings)
 
 
 def results_table(results: Sequence[TaskResult]) -> str:

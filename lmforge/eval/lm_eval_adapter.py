@@ -28,7 +28,9 @@ from tqdm import tqdm
 from lmforge.eval.generation import stop_ids
 from lmforge.eval.loglik import Request, loglikelihoods
 from lmforge.eval.ppl import perplexity
+from lmforge.hub import load_model, load_tokenizer
 from lmforge.model.generate import SamplingConfig, generate
+from lmforge.peft import load_adapter
 
 
 @register_model("lmforge")
@@ -47,9 +49,6 @@ class LmforgeLM(LM):
         tokenizer: Any = None,
     ) -> None:
         super().__init__()
-        from lmforge.hub import load_model, load_tokenizer
-        from lmforge.peft import load_adapter
-
         self.model = model if model is not None else load_model(pretrained, backend=backend)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(pretrained)
         if adapter:

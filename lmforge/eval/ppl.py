@@ -18,7 +18,6 @@ L defaults to the model's context, capped at 2048 tokens: a window's logits are 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lmforge.data.corpora import load_corpus
 from lmforge.errors import ConfigError, DataError
-from lmforge.eval.base import RUNNERS, EvalSettings, Task, TaskResult
+from lmforge.eval.base import KINDS, EvalSettings, PerplexityTask, TaskKind, TaskResult
 from lmforge.eval.loglik import context_length, eval_mode
 from lmforge.tokenizer import Tokenizer
 
@@ -104,18 +104,20 @@ def perplexity(
 def run_perplexity(
     model: nn.Module,
     tokenizer: Tokenizer,
-    task: Task,
+    task: PerplexityTask,
     s: EvalSettings,
     *,
     embed: Callable | None = None,
     progress: bool = False,
 ) -> TaskResult:
     """Perplexity, NLL and bits per byte on the task's corpus (or settings.data)."""
-    from lmforge.data.corpora import load_corpus
-
-    source = s.data or task.corpus
+    p = s.perplexity
+    source = p.data or task.corpus
     if not source:
-        raise ConfigError(f"task {task.name!r} needs data=CORPUS, FILE or FOLDER to score")
+        raise ConfigError(
+            f"task {task.name!r} needs a corpus to score",
+            fix="give {data=CORPUS}, a file or a folder",
+        )
     start = time.time()
     window = s.max_length or min(context_length(model), WINDOW_CAP)
     result = perplexity(
@@ -123,7 +125,7 @@ def run_perplexity(
         tokenizer,
         load_corpus(source).texts(),
         max_length=window,
-        max_tokens=s.max_tokens,
+        max_tokens=p.max_tokens,
         batch_size=max(1, min(s.batch_size, 4096 // window)),  # bounds the (B, L, V) logits
         progress=progress,
     )
@@ -136,8 +138,13 @@ def run_perplexity(
         },
         n=result.tokens,
         seconds=time.time() - start,
-        settings={**dataclasses.asdict(s), "data": source, "window": window},
+        settings={**s.record(p), "data": source, "window": window},
     )
 
 
-RUNNERS.add("perplexity", run_perplexity)
+def describe_perplexity(settings: dict) -> str:
+    """'window 2048, shakespeare'."""
+    return f"window {settings.get('window')}, {settings.get('data')}"
+
+
+KINDS.add("perplexity", TaskKind(run_perplexity, describe_perplexity))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from functools import cache
 
+from lmforge.data.labelled import load_labelled
 from lmforge.eval.arithmetic import LEVELS, problem_samples
-from lmforge.eval.base import Task, register_task
+from lmforge.eval.base import ChoiceTask, GenerationTask, PerplexityTask, register_task
 from lmforge.prompting.template import PromptFormat, Sample, Template, Verbalizer
 
 BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
@@ -31,17 +32,14 @@ PER_LEVEL = 100
 
 
 def _bbc(split: str) -> list[Sample]:
-    from lmforge.data.labelled import load_labelled
-
     return [
         Sample({"text": e.text}, e.label, origin=e.origin) for e in load_labelled("bbc-news", split)
     ]
 
 
 register_task(
-    Task(
+    ChoiceTask(
         name="bbc-news",
-        kind="choice",
         description="BBC News topic of an article (5 labels), scored by label-word likelihood",
         test=lambda: _bbc("test"),
         pool=lambda: _bbc("train"),
@@ -63,10 +61,9 @@ def _arithmetic(levels: tuple[int, ...], split: str) -> tuple[Sample, ...]:
     return tuple(problem_samples(PER_LEVEL, levels, seed=1, exclude=asked))
 
 
-def _arithmetic_task(name: str, levels: tuple[int, ...], what: str) -> Task:
-    return Task(
+def _arithmetic_task(name: str, levels: tuple[int, ...], what: str) -> GenerationTask:
+    return GenerationTask(
         name=name,
-        kind="generate",
         description=f"arithmetic word problems, {what}; exact numeric answer",
         test=lambda: list(_arithmetic(levels, "test")),
         pool=lambda: list(_arithmetic(levels, "pool")),
@@ -85,5 +82,5 @@ for _level in LEVELS:
 register_task(_arithmetic_task("arithmetic", LEVELS, "levels 1-3 mixed"))
 
 for _name, _corpus in [("ppl-shakespeare", "shakespeare"), ("ppl-peoples-daily", "peoples-daily")]:
-    register_task(Task(_name, "perplexity", f"perplexity on the {_corpus} corpus", corpus=_corpus))
-register_task(Task("perplexity", "perplexity", "perplexity on `data`: a corpus, file or folder"))
+    register_task(PerplexityTask(_name, f"perplexity on the {_corpus} corpus", corpus=_corpus))
+register_task(PerplexityTask("perplexity", "perplexity on `data`: a corpus, file or folder"))

@@ -3,12 +3,28 @@
 from lmforge.lab import (  # noqa: F401
     alignment,
     instruct,
+    knowledge,
     peft_compare,
     prompting,
     qlora,
     warmup,
 )
-from lmforge.lab.base import LABS, Experiment, experiment, run_experiment
-from lmforge.lab.report import Report
+from lmforge.lab.base import (
+    LABS,
+    Experiment,
+    LabConfig,
+    experiment,
+    lab_listing,
+    run_experiment,
+    run_lab,
+)
 
-__all__ = ["LABS", "Experiment", "Report", "experiment", "run_experiment"]
+__all__ = [
+    "LABS",
+    "Experiment",
+    "LabConfig",
+    "experiment",
+    "lab_listing",
+    "run_experiment",
+    "run_lab",
+]

@@ -35,12 +35,13 @@ from typing import Any
 from tqdm import tqdm
 
 from lmforge.align.prompts import topic_prompts
+from lmforge.atomic import atomic_write_json
 from lmforge.config import from_dict
 from lmforge.data import load_corpus
 from lmforge.lab.alignment_eval import evaluate_models, report_results
 from lmforge.lab.base import experiment
 from lmforge.lab.peft_compare import verb_child
-from lmforge.lab.report import Report
+from lmforge.report import Report
 from lmforge.recipes.align import AlignConfig
 
 MODEL = "smollm2-135m-instruct"
@@ -172,12 +173,12 @@ def run(out_dir: Path, quick: bool) -> Report:
     configs = stage_configs(out_dir, s, train_prompts, write_ptx(out_dir, s))
     stages: dict[str, dict[str, Any]] = {}
     for name, cfg in tqdm(configs.items(), desc="alignment", unit="stage"):
-        stages[name] = verb_child("align", cfg, Path(cfg.run_dir))
+        stages[name] = verb_child(["align", cfg.method], cfg, Path(cfg.run_dir))
         if "error" in stages[name]:
             raise RuntimeError(f"stage {name} failed: {stages[name]['error']} (see its log.txt)")
     adapters = {"SFT": None, **{m.upper(): out_dir / m for m in METHODS}}
     evaluation = evaluate_models(adapters, test_prompts, out_dir / "reward", s, MODEL)
     report_results(report, s, stages, evaluation)
     results = {"settings": s, "stages": stages, "evaluation": evaluation}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    atomic_write_json(out_dir / "results.json", results)
     return report

@@ -18,7 +18,7 @@ from lmforge.align.store import load_reward_model
 from lmforge.data.preferences import PromptRecord, read_prompts
 from lmforge.eval import EvalSettings, evaluate
 from lmforge.hub import load_model, load_tokenizer
-from lmforge.lab.report import Report
+from lmforge.report import Report
 from lmforge.model.generate import SamplingConfig
 from lmforge.peft import load_adapter
 from lmforge.plots import plot_bars, plot_curves
@@ -162,6 +162,38 @@ def verdict(evaluation: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(lines)
 
 
+HEADS = [
+    "model",
+    "judged score",
+    "exact format",
+    "win rate vs SFT",
+    "W/T/L",
+    "reward-model score",
+    "KL to SFT",
+    "BBC acc.",
+    "arithmetic",
+    "ppl Shakespeare",
+    "ppl People's Daily",
+]
+
+
+def table_row(name: str, r: dict[str, Any]) -> list[Any]:
+    """One model's row under HEADS."""
+    return [
+        name,
+        r["score"],
+        f"{100 * r['exact']:.0f}%",
+        f"{100 * r['win_rate']:.1f}%",
+        f"{r['wins']}/{r['ties']}/{r['losses']}",
+        r["reward"],
+        r["kl"],
+        r["bbc_accuracy"],
+        r["arithmetic"],
+        r["ppl_shakespeare"],
+        r["ppl_peoples_daily"],
+    ]
+
+
 def report_results(
     report: Report, s: dict[str, Any], stages: dict[str, Any], evaluation: dict[str, Any]
 ) -> None:
@@ -173,36 +205,8 @@ def report_results(
         f"build-preferences made {prefs['pairs']} pairs from {prefs['prompts']} prompts "
         f"(mean judged score of the samples {prefs['mean_score']:.3f})."
     )
-    heads = [
-        "model",
-        "judged score",
-        "exact format",
-        "win rate vs SFT",
-        "W/T/L",
-        "reward-model score",
-        "KL to SFT",
-        "BBC acc.",
-        "arithmetic",
-        "ppl Shakespeare",
-        "ppl People's Daily",
-    ]
-    rows = [
-        [
-            name,
-            r["score"],
-            f"{100 * r['exact']:.0f}%",
-            f"{100 * r['win_rate']:.1f}%",
-            f"{r['wins']}/{r['ties']}/{r['losses']}",
-            r["reward"],
-            r["kl"],
-            r["bbc_accuracy"],
-            r["arithmetic"],
-            r["ppl_shakespeare"],
-            r["ppl_peoples_daily"],
-        ]
-        for name, r in evaluation.items()
-    ]
-    report.table(heads, rows, "Held-out test articles (greedy replies)")
+    rows = [table_row(name, r) for name, r in evaluation.items()]
+    report.table(HEADS, rows, "Held-out test articles (greedy replies)")
     report.text(verdict(evaluation))
     held = rm.get("last_step", {})
     report.text(

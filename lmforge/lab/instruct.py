@@ -16,16 +16,25 @@ phrasing is ever trained on.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from lmforge.atomic import atomic_write_json
+from lmforge.chat import chat_format, chat_stop_strings, chat_stop_tokens
+from lmforge.config import from_dict
+from lmforge.data.flan import FlanConfig, build_flan
+from lmforge.data.instruct import write_instructions
+from lmforge.hub import load_model, load_tokenizer
 from lmforge.lab.base import experiment
 from lmforge.lab.peft_compare import finetune_child
-from lmforge.lab.report import Report
+from lmforge.model.generate import SamplingConfig, generate
+from lmforge.peft import load_adapter
+from lmforge.plots import plot_bars
+from lmforge.recipes.finetune import FinetuneConfig
+from lmforge.report import Report
 
 MODEL = "smollm2-135m-instruct"
 LABELS = ("business", "entertainment", "politics", "sport", "tech")
@@ -46,9 +55,6 @@ def parse_label(answer: str) -> str | None:
 
 def score(model, tokenizer, records: list, s: dict[str, Any]) -> dict[str, Any]:
     """Accuracy of the parsed answers to the records' prompts, and a few examples."""
-    from lmforge.chat import chat_format, chat_stop_strings, chat_stop_tokens
-    from lmforge.model.generate import SamplingConfig, generate
-
     config = SamplingConfig(
         max_new_tokens=s["new"], temperature=0.0, stop=chat_stop_strings(tokenizer)
     )
@@ -75,9 +81,6 @@ def score(model, tokenizer, records: list, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_data(out_dir: Path, s: dict[str, Any]) -> tuple[Path, dict[str, list]]:
-    from lmforge.data.build import FlanConfig, build_flan
-    from lmforge.data.instruct import write_instructions
-
     train = build_flan(FlanConfig(split="train", max_records=s["train"], max_chars=s["chars"]))
     path = out_dir / "train.jsonl"
     write_instructions(train, path)
@@ -97,9 +100,6 @@ def build_data(out_dir: Path, s: dict[str, Any]) -> tuple[Path, dict[str, list]]
 
 
 def sft(train_path: Path, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
-    from lmforge.config import from_dict
-    from lmforge.recipes.finetune import FinetuneConfig
-
     run_dir = out_dir / "sft"
     cfg = from_dict(
         FinetuneConfig,
@@ -126,9 +126,6 @@ def sft(train_path: Path, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_both(adapter: str | None, tests: dict[str, list], s: dict[str, Any]) -> dict:
-    from lmforge.hub import load_model, load_tokenizer
-    from lmforge.peft import load_adapter
-
     tokenizer, model = load_tokenizer(MODEL), load_model(MODEL)
     if adapter:
         delta = load_adapter(adapter, model)
@@ -139,8 +136,6 @@ def evaluate_both(adapter: str | None, tests: dict[str, list], s: dict[str, Any]
 
 @experiment("instruct", "Instruction tuning teaches a task and carries over to new phrasings.", 15)
 def run(out_dir: Path, quick: bool) -> Report:
-    from lmforge.plots import plot_bars
-
     s = settings(quick)
     report = Report("Instruction tuning SmolLM2-135M on BBC News topics", out_dir)
     report.text(__doc__.split("\n\n", 1)[1])
@@ -177,5 +172,5 @@ def run(out_dir: Path, quick: bool) -> Report:
     samples += [["after", *x] for x in after["heldout"]["samples"]]
     report.table(["model", "phrasing", "label", "answer"], samples, "Held-out phrasings: answers")
     results = {"settings": s, "before": before, "after": after, "sft": trained}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(out_dir / "results.json", results)
     return report

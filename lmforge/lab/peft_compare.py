@@ -22,8 +22,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lmforge.atomic import atomic_write_json
+from lmforge.config import from_dict, read_yaml, save_yaml, to_dict
+from lmforge.data.labelled import load_labelled
+from lmforge.hub import load_tokenizer
 from lmforge.lab.base import experiment
-from lmforge.lab.report import Report
+from lmforge.peft.prompt_tuning import frequent_token_ids
+from lmforge.plots import plot_bars
+from lmforge.recipes.finetune import FinetuneConfig
+from lmforge.report import Report
 
 PLAIN = "{text}\nTopic:"
 HANDWRITTEN = (
@@ -123,9 +130,6 @@ def settings(quick: bool) -> dict[str, Any]:
 
 def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
     """`lmforge finetune` of one run in a child process; its results.json, or its error."""
-    from lmforge.config import from_dict
-    from lmforge.recipes.finetune import FinetuneConfig
-
     run_dir = out_dir / "runs" / run.name.replace(" ", "-").replace(",", "")
     cfg = from_dict(
         FinetuneConfig,
@@ -160,15 +164,14 @@ def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
 
 def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """`lmforge finetune` with FinetuneConfig `cfg` in a child process (see `verb_child`)."""
-    return verb_child("finetune", cfg, run_dir)
+    return verb_child(["finetune"], cfg, run_dir)
 
 
-def verb_child(verb: str, cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """`lmforge VERB --config` with config dataclass `cfg` in a child process (so its peak
-    memory is its own); its results.json, or {"error": last line of its log}. A run directory
-    that already holds the results of the same config is reused, so a stopped lab resumes."""
-    from lmforge.config import from_dict, read_yaml, save_yaml, to_dict
-
+def verb_child(command: list[str], cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """`lmforge COMMAND... --config` with config dataclass `cfg` in a child process (so its
+    peak memory is its own); its results.json, or {"error": last line of its log}. A run
+    directory that already holds the results of the same config is reused, so a stopped lab
+    resumes."""
     config, results = run_dir / "lab-config.yaml", run_dir / "results.json"
     if results.exists() and config.exists():
         done = to_dict(from_dict(type(cfg), read_yaml(config)))  # fields added later: defaults
@@ -178,7 +181,7 @@ def verb_child(verb: str, cfg: Any, run_dir: Path) -> dict[str, Any]:
     save_yaml(cfg, config)
     with open(run_dir / "log.txt", "w") as log:
         done = subprocess.run(
-            [sys.executable, "-m", "lmforge", verb, "--config", str(config)],
+            [sys.executable, "-m", "lmforge", *command, "--config", str(config)],
             stdout=log,
             stderr=log,
         )
@@ -190,10 +193,6 @@ def verb_child(verb: str, cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 def init_material() -> tuple[list[int], list[list[int]], list[int]]:
     """Token pools for prompt-tuning initialisation: frequent corpus tokens, label words, text."""
-    from lmforge.data.labelled import load_labelled
-    from lmforge.hub import load_tokenizer
-    from lmforge.peft.prompt_tuning import frequent_token_ids
-
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     texts = [e.text for e in load_labelled("bbc-news", "train")]
     pool = frequent_token_ids(tokenizer, texts, k=5000)
@@ -248,8 +247,6 @@ def _verdict(acc: dict[str, float]) -> str:
     minutes=60,
 )
 def run(out_dir: Path, quick: bool) -> Report:
-    from lmforge.plots import plot_bars
-
     s = settings(quick)
     plan = runs(quick, *(([], [], []) if quick else init_material()))
     results = {r.name: run_one(r, out_dir, s) for r in tqdm(plan, desc="peft-compare", unit="run")}
@@ -292,6 +289,5 @@ def run(out_dir: Path, quick: bool) -> Report:
         reference=base,
         reference_label="zero-shot",
     )
-    atomic = out_dir / "results.json"
-    atomic.write_text(json.dumps(results, indent=2))
+    atomic_write_json(out_dir / "results.json", results)
     return report

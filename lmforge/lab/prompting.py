@@ -29,8 +29,12 @@ from typing import Any
 from torch import nn
 
 from lmforge.atomic import atomic_write_json
+from lmforge.eval import EvalSettings, evaluate
+from lmforge.hub import load_model, load_tokenizer
 from lmforge.lab.base import experiment
-from lmforge.lab.report import Report
+from lmforge.plots import plot_bars, plot_curves
+from lmforge.prompting import SentenceEncoder
+from lmforge.report import Report
 from lmforge.tokenizer import Tokenizer
 
 MODEL = "smollm2-135m-instruct"
@@ -89,13 +93,17 @@ def arithmetic_conditions(p: dict[str, Any]) -> list[Condition]:
 def run_bbc(
     model: nn.Module, tokenizer: Tokenizer, embed: Callable, p: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    from lmforge.eval import EvalSettings, evaluate
-
     rows = []
     base = dict(limit=p["bbc_limit"], truncate=p["truncate"], pool=p["pool"], batch_size=8)
     for c in bbc_conditions(p):
         start = time.time()
-        r = evaluate(model, tokenizer, "bbc-news", EvalSettings(**base, **c.settings), embed=embed)
+        r = evaluate(
+            model,
+            tokenizer,
+            "bbc-news",
+            EvalSettings.from_fields(**base, **c.settings),
+            embed=embed,
+        )
         top, count = Counter(x["prediction"] for x in r.predictions).most_common(1)[0]
         rows.append(
             dict(name=c.name, role=c.role, shots=r.settings["shots"],
@@ -110,13 +118,11 @@ def run_arithmetic(
     model: nn.Module, tokenizer: Tokenizer, p: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], str]:
     """One row per condition with accuracy per level; and one chain-of-thought output."""
-    from lmforge.eval import EvalSettings, evaluate
-
     rows, example = [], ""
     for c in arithmetic_conditions(p):
         start, row = time.time(), dict(name=c.name, role=c.role, levels={}, samples=[])
         for level in p["levels"]:
-            s = EvalSettings(limit=p["per_level"], batch_size=8, seed=0, **c.settings)
+            s = EvalSettings.from_fields(limit=p["per_level"], batch_size=8, seed=0, **c.settings)
             r = evaluate(model, tokenizer, f"arithmetic-{level}", s)
             row["levels"][level] = r.metrics["accuracy"]
             keep = ("target", "prediction", "outputs")  # two per level, to read in results.json
@@ -172,8 +178,6 @@ differences of a few points noise: one BBC article is worth 100/n points."""
 def _write(
     report: Report, p: dict[str, Any], bbc: list, arith: list, example: str, out: Path
 ) -> None:
-    from lmforge.plots import plot_bars, plot_curves
-
     report.table(
         ["prompt", "accuracy", "most predicted label", "prompt tokens (first)", "time"],
         [
@@ -231,9 +235,6 @@ def _write(
     minutes=25,
 )
 def run(out_dir: Path, quick: bool) -> Report:
-    from lmforge.hub import load_model, load_tokenizer
-    from lmforge.prompting import SentenceEncoder
-
     p = plan(quick)
     model, tokenizer = load_model(MODEL).eval(), load_tokenizer(MODEL)
     bbc = run_bbc(model, tokenizer, SentenceEncoder(), p)

@@ -23,11 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from lmforge.atomic import atomic_write_json
+from lmforge.data.labelled import load_labelled
+from lmforge.eval.ppl import perplexity
+from lmforge.hub import load_model, load_tokenizer
 from lmforge.lab.base import experiment
 from lmforge.lab.peft_compare import Run, run_one, settings
-from lmforge.lab.report import Report
+from lmforge.plots import plot_bars, plot_curves
+from lmforge.quant import overhead_bits, quantization_error, quantize_model
+from lmforge.report import Report
+from lmforge.train.optim import build_optimizer
 
 MODEL = "smollm2-135m-instruct"
 VARIANTS = {  # name → quantize_model settings (None = the float model)
@@ -42,9 +50,6 @@ TYPES = ("nf4", "fp4", "int4")
 
 def weight_errors(quick: bool) -> list[list[Any]]:
     """Mean squared quantization error (block 64) of each 4-bit type on normal and real weights."""
-    from lmforge.hub import load_model
-    from lmforge.quant import quantization_error
-
     normal = torch.randn(256 if quick else 1024, 1024, generator=torch.Generator().manual_seed(0))
     model = load_model(MODEL)
     real = [m.weight.detach() for n, m in model.named_modules() if n.endswith("_proj")]
@@ -60,11 +65,6 @@ def weight_errors(quick: bool) -> list[list[Any]]:
 
 def perplexities(quick: bool) -> dict[str, dict[str, float]]:
     """Perplexity on held-out BBC text of the float model and each quantized variant."""
-    from lmforge.data.labelled import load_labelled
-    from lmforge.eval.ppl import perplexity
-    from lmforge.hub import load_model, load_tokenizer
-    from lmforge.quant import quantize_model
-
     tokenizer = load_tokenizer(MODEL)
     texts = [e.text for e in load_labelled("bbc-news", "test")]
     out = {}
@@ -83,10 +83,6 @@ def perplexities(quick: bool) -> dict[str, dict[str, float]]:
 def optimizer_curves(quick: bool, page_dir: Path) -> dict[str, list[float]]:
     """Loss per step of one seeded regression (a 2-layer MLP fitting a random teacher) under
     fp32, 8-bit and paged AdamW, all from the same start."""
-    from torch import nn
-
-    from lmforge.train.optim import build_optimizer
-
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8192, 64, generator=g)
     teacher = torch.randn(64, 1, generator=g)
@@ -136,7 +132,7 @@ def cached(path: Path, quick: bool, compute: Callable[[bool], Any]) -> Any:
         if saved.get("quick") == quick:
             return saved["result"]
     result = compute(quick)
-    path.write_text(json.dumps({"quick": quick, "result": result}))
+    atomic_write_json(path, {"quick": quick, "result": result})
     return result
 
 
@@ -159,11 +155,31 @@ def _finetune_rows(plan: list[Run], results: dict[str, dict]) -> list[list[Any]]
     return rows
 
 
+def _optimizer_section(report: Report, quick: bool, out_dir: Path) -> dict[str, list[float]]:
+    """Loss curves of fp32, 8-bit and paged AdamW, described and plotted."""
+    curves = optimizer_curves(quick, out_dir)
+    gap = max(abs(a - b) / b for a, b in zip(curves["adamw8bit"], curves["adamw"]))
+    exact = curves["paged_adamw"] == curves["adamw"]
+    report.text(
+        "Optimizers on a small regression (a 2-layer MLP, 64 → 64 → 1, fitting 8,192 noisy "
+        f"points, full batch, lr 3e-3, {len(curves['adamw'])} steps, one start): 8-bit AdamW's "
+        f"loss stays within {100 * gap:.1f}% of fp32 AdamW's at every step (final "
+        f"{curves['adamw8bit'][-1]:.4f} vs {curves['adamw'][-1]:.4f}); paged AdamW, with a "
+        f"budget of 2 pages of 4 KiB, follows fp32 AdamW "
+        + ("exactly (every loss identical)." if exact else "NOT exactly: a bug.")
+    )
+    steps = list(range(1, len(curves["adamw"]) + 1))
+    plot_curves(
+        {name: (steps, losses) for name, losses in curves.items()},
+        report.figure("optimizers.png", "Loss curves of fp32, 8-bit and paged AdamW"),
+        title="AdamW state in fp32, 8 bits, pages",
+        logy=True,
+    )
+    return curves
+
+
 @experiment("qlora", "NF4 keeps a 4-bit model's quality; QLoRA fine-tunes in less memory.", 25)
 def run(out_dir: Path, quick: bool) -> Report:
-    from lmforge.plots import plot_bars, plot_curves
-    from lmforge.quant import overhead_bits
-
     report = Report("QLoRA on SmolLM2-135M: NF4, double quantization, paged optimizers", out_dir)
     report.text(__doc__.split("\n\n", 1)[1])
     errors = cached(out_dir / "errors.json", quick, weight_errors)
@@ -191,24 +207,7 @@ def run(out_dir: Path, quick: bool) -> Report:
         reference=ppl["fp32"]["perplexity"],
         reference_label="fp32",
     )
-    curves = optimizer_curves(quick, out_dir)
-    gap = max(abs(a - b) / b for a, b in zip(curves["adamw8bit"], curves["adamw"]))
-    exact = curves["paged_adamw"] == curves["adamw"]
-    report.text(
-        "Optimizers on a small regression (a 2-layer MLP, 64 → 64 → 1, fitting 8,192 noisy "
-        f"points, full batch, lr 3e-3, {len(curves['adamw'])} steps, one start): 8-bit AdamW's "
-        f"loss stays within {100 * gap:.1f}% of fp32 AdamW's at every step (final "
-        f"{curves['adamw8bit'][-1]:.4f} vs {curves['adamw'][-1]:.4f}); paged AdamW, with a "
-        f"budget of 2 pages of 4 KiB, follows fp32 AdamW "
-        + ("exactly (every loss identical)." if exact else "NOT exactly: a bug.")
-    )
-    steps = list(range(1, len(curves["adamw"]) + 1))
-    plot_curves(
-        {name: (steps, losses) for name, losses in curves.items()},
-        report.figure("optimizers.png", "Loss curves of fp32, 8-bit and paged AdamW"),
-        title="AdamW state in fp32, 8 bits, pages",
-        logy=True,
-    )
+    curves = _optimizer_section(report, quick, out_dir)
     s = settings(quick)
     plan = finetune_runs(quick)
     runs = {r.name: run_one(r, out_dir, s) for r in tqdm(plan, desc="qlora", unit="run")}
@@ -223,9 +222,6 @@ def run(out_dir: Path, quick: bool) -> Report:
         _finetune_rows(plan, runs),
         "LoRA against QLoRA",
     )
-    (out_dir / "results.json").write_text(
-        json.dumps(
-            {"errors": errors, "perplexity": ppl, "finetune": runs, "optimizers": curves}, indent=2
-        )
-    )
+    results = {"errors": errors, "perplexity": ppl, "finetune": runs, "optimizers": curves}
+    atomic_write_json(out_dir / "results.json", results)
     return report

@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from lmforge.errors import TrainingDivergedError
 from lmforge.lab.base import experiment
-from lmforge.lab.report import Report
+from lmforge.plots import plot_curves
+from lmforge.recipes.pretrain import pretrain, resolve_config
+from lmforge.report import Report
 
 
 def _curve(run_dir: Path) -> tuple[list[int], list[float]]:
@@ -74,9 +76,6 @@ def _verdict(rows: list[list]) -> str:
     "warmup", "Warmup lets a transformer train at learning rates that fail without it.", minutes=12
 )
 def run(out_dir: Path, quick: bool) -> Report:
-    from lmforge.plots import plot_curves
-    from lmforge.recipes.pretrain import pretrain, resolve_config
-
     lrs = [3e-3, 3e-2] if quick else [1e-3, 1e-2, 3e-2, 1e-1]
     steps = 40 if quick else 300
     rows, curves = [], {}

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge.model.config import ModelConfig
 from lmforge.registry import Registry
+
+if TYPE_CHECKING:  # model/config.py checks `attention` against this module's registry
+    from lmforge.model.config import ModelConfig
 
 # An attention kernel: (q, k, v, mask, dropout_p, is_causal) -> out; q (B,nh,T,hd), k/v (B,nkv,S,hd)
 AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor | None, float, bool], Tensor]

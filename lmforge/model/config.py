@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from lmforge.config import from_dict
 from lmforge.errors import ConfigError
+from lmforge.model.attention import ATTENTION
 from lmforge.registry import Registry
 
 
@@ -36,9 +38,18 @@ class ModelConfig:
             self.d_ff = -(-int(8 * self.d_model / 3) // 32) * 32
 
     def validate(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layer", "n_head", "max_seq_len"):
+        positive = ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "head_dim", "d_ff")
+        for name in (*positive, "max_seq_len", "rope_theta", "norm_eps", "init_std"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            low = self.d_model - self.d_model % self.n_head
+            near = [d for d in (low, low + self.n_head) if d > 0]
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must be a multiple of model.n_head "
+                f"({self.n_head}), as transformers' configs require",
+                fix="e.g. " + " or ".join(f"{{d_model={d}}}" for d in near),
+            )
         if self.n_head % self.n_kv_head:
             raise ConfigError(
                 f"model.n_head ({self.n_head}) must be a multiple of "
@@ -48,8 +59,6 @@ class ModelConfig:
             raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        from lmforge.model.attention import ATTENTION
-
         if self.attention not in ATTENTION:
             raise ConfigError(
                 f"model.attention {self.attention!r} is unknown; choose from {ATTENTION.names()}"
@@ -82,6 +91,4 @@ PRESETS.add(
 
 def preset(name: str, **overrides: object) -> ModelConfig:
     """A named shape (`tiny`, `small`, `base`, `medium`, `smollm2-135m`) with fields overridden."""
-    from lmforge.config import from_dict
-
     return from_dict(ModelConfig, {**PRESETS.get(name), **overrides}, "model")

@@ -126,7 +126,8 @@ def _fit_prompts(
     if room < 1:
         raise ConfigError(
             f"sampling.max_new_tokens={max_new} leaves no room for a prompt in the model's "
-            f"context of {context} tokens; lower max_new_tokens"
+            f"context of {context} tokens",
+            fix="lower {max_new_tokens}",
         )
     fitted = []
     for i, prompt in enumerate(prompts):
@@ -140,8 +141,9 @@ def _fit_prompts(
         if len(prompt) > room and not truncate:
             raise ConfigError(
                 f"prompt {i} has {len(prompt)} tokens; with sampling.max_new_tokens={max_new} "
-                f"that exceeds the model's context of {context} tokens. Shorten the prompt, "
-                f"lower max_new_tokens, or pass truncate=True to keep its last {room} tokens"
+                f"that exceeds the model's context of {context} tokens",
+                fix="shorten the prompt, lower {max_new_tokens}, or pass {truncate=true} to keep "
+                f"its last {room} tokens",
             )
         fitted.append(list(prompt[-room:]))
     return fitted

@@ -15,7 +15,7 @@ hf_config.py.
 from __future__ import annotations
 
 import re
-import tempfile
+import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -26,13 +26,14 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from lmforge.atomic import atomic_write, atomic_write_text
+from lmforge.atomic import atomic_directory
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
 from lmforge.model.hf_config import CONFIG_FILE, config_from_hf, load_hf_config
 from lmforge.model.hf_config import read_json as _read_json
 from lmforge.model.weights import SafetensorsFile
+from lmforge.tokenizer import Tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -225,37 +226,42 @@ def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any
     return LlamaConfig(**fields, attention_bias=False, architectures=["LlamaForCausalLM"])
 
 
-def _copy_file(src: Path, dst: Path) -> None:
-    atomic_write(dst, lambda tmp: tmp.write_bytes(src.read_bytes()))
-
-
-def _save_tokenizer(tokenizer_dir: Path, path: Path) -> dict[str, int | None]:
-    """Write the tokenizer beside the weights; return its special-token ids for config.json."""
+def _save_tokenizer(tokenizer: Tokenizer | str | Path, path: Path) -> dict[str, int | None]:
+    """Write the tokenizer beside the weights; return its special-token ids for config.json.
+    `tokenizer` is an lmforge Tokenizer or a directory transformers reads one from."""
+    if isinstance(tokenizer, Tokenizer):
+        tokenizer.save(path / "tokenizer.json")
+        bos = tokenizer.token_to_id(tokenizer.bos_token) if tokenizer.bos_token else None
+        return {
+            "bos_token_id": bos,
+            "eos_token_id": tokenizer.eos_id,
+            "pad_token_id": tokenizer.pad_id,
+        }
     from transformers import AutoTokenizer
 
+    source = Path(tokenizer)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        loaded = AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(
-            f"{tokenizer_dir}: no tokenizer transformers can load ({e})"
-        ) from None
-    with tempfile.TemporaryDirectory(dir=path, prefix=".tokenizer.") as tmp:
-        for file in tokenizer.save_pretrained(tmp):
-            _copy_file(Path(file), path / Path(file).name)
-    if (tokenizer_dir / "generation_config.json").is_file():
-        _copy_file(tokenizer_dir / "generation_config.json", path / "generation_config.json")
+        raise CheckpointError(f"{source}: no tokenizer transformers can load ({e})") from None
+    loaded.save_pretrained(path)
+    if (source / "generation_config.json").is_file():
+        shutil.copyfile(source / "generation_config.json", path / "generation_config.json")
     return {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": loaded.bos_token_id,
+        "eos_token_id": loaded.eos_token_id,
+        "pad_token_id": loaded.pad_token_id,
     }
 
 
-def save_hf_dir(model: CausalLM, path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+def save_hf_dir(
+    model: CausalLM, path: str | Path, tokenizer: Tokenizer | str | Path | None = None
+) -> Path:
     """Write config.json + model.safetensors (and the tokenizer) that transformers loads.
 
-    Each file is written atomically; config.json comes last, so a directory that
-    has one has its weights too.
+    The directory is built beside `path` and takes its place whole (a directory that
+    exists is the complete export), replacing an earlier export there; a directory of
+    anything else is refused before anything is written.
     """
     path, config = Path(path), model.config
     with torch.device("meta"):
@@ -270,15 +276,17 @@ def save_hf_dir(model: CausalLM, path: str | Path, tokenizer_dir: str | Path | N
     if config.tie_embeddings:
         state.pop("lm_head.weight")  # transformers re-ties it from tie_word_embeddings
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
-    path.mkdir(parents=True, exist_ok=True)
     hf_config = to_hf_config(config, dtype=next(iter(tensors.values())).dtype)
-    if tokenizer_dir is not None:
-        for key, value in _save_tokenizer(Path(tokenizer_dir), path).items():
-            setattr(hf_config, key, value)
-    atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), {"format": "pt"}))
-    if (path / INDEX_FILE).is_file():  # shards of an earlier save must not linger beside it
-        for shard in set(_read_json(path / INDEX_FILE).get("weight_map", {}).values()):
-            (path / shard).unlink(missing_ok=True)
-        (path / INDEX_FILE).unlink()
-    atomic_write_text(path / CONFIG_FILE, hf_config.to_json_string(use_diff=False))
+    try:
+        with atomic_directory(path, lambda p: (p / CONFIG_FILE).is_file()) as tmp:
+            if tokenizer is not None:
+                for key, value in _save_tokenizer(tokenizer, tmp).items():
+                    setattr(hf_config, key, value)
+            save_file(tensors, str(tmp / WEIGHTS_FILE), {"format": "pt"})
+            (tmp / CONFIG_FILE).write_text(hf_config.to_json_string(use_diff=False))
+    except FileExistsError:
+        raise CheckpointError(
+            f"{path} exists and holds files that are not an exported model; export to another "
+            "directory"
+        ) from None
     return path

@@ -117,7 +117,8 @@ def family_targets(model_type: str) -> list[str]:
     known = sorted(FAMILIES.get(a).model_type for a in FAMILIES)
     raise ConfigError(
         f"model type {model_type!r} has no default delta targets (families with defaults: "
-        f"{', '.join(known)}); name them, e.g. --delta.targets '[q_proj, v_proj]'"
+        f"{', '.join(known)})",
+        fix="name them, e.g. {targets=[q_proj, v_proj]}",
     )
 
 

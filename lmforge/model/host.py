@@ -293,8 +293,8 @@ class TransformersHost(_Layout):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         if not getattr(self.plain, "supports_gradient_checkpointing", False):
             raise ConfigError(
-                f"{type(self.plain).__name__} supports no gradient checkpointing; "
-                "set --train.gradient_checkpointing=false"
+                f"{type(self.plain).__name__} supports no gradient checkpointing",
+                fix="set {gradient_checkpointing=false}",
             )
         model, kwargs = self.plain, {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
@@ -390,5 +390,5 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
     try:
         host = host_for(model)
     except ConfigError as e:
-        raise ConfigError(f"{e}; set --train.gradient_checkpointing=false") from None
+        raise ConfigError(str(e), fix="set {gradient_checkpointing=false}") from None
     host.set_gradient_checkpointing(enabled)

@@ -50,6 +50,8 @@ slice to the rows' precision, never as a whole.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -90,28 +92,59 @@ def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
 
 
+@dataclass(frozen=True)
+class LossPlan:
+    """How the fused head and loss run on a device: the dtype of their matrix products (the
+    softmax and the sums are fp32 whatever it is) and the sizes of their pieces."""
+
+    compute_dtype: torch.dtype  # dtype of the products h·Wᵀ, z·W and zᵀ·h
+    chunk_rows: int = 256  # rows per piece of a trained head
+    budget: int = 1 << 20  # logits per vocabulary slice of a frozen head
+
+
+# Chunk sizes per device type: small pieces stay in a CPU's caches; a GPU wants big products.
+CHUNK_ROWS: dict[str, int] = {"cpu": 256, "cuda": 4096}
+BUDGETS: dict[str, int] = {"cpu": 1 << 20, "cuda": 1 << 26}
+
+
+def loss_plan(hidden: Tensor) -> LossPlan:
+    """The one place where the head-and-loss path depends on the device: under autocast the
+    products run in the autocast dtype (bf16 on CUDA: tensor cores, fp32 accumulation),
+    otherwise in the hidden state's dtype (fp32 on a CPU, as fast there as anything)."""
+    kind = hidden.device.type
+    autocast = torch.is_autocast_enabled(kind)
+    dtype = torch.get_autocast_dtype(kind) if autocast else hidden.dtype
+    return LossPlan(dtype, CHUNK_ROWS.get(kind, 256), BUDGETS.get(kind, 1 << 20))
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, plan: LossPlan) -> Tensor:
         valid = targets != IGNORE_INDEX  # h (N, d), weight (V, d), targets (N,)
         safe = targets.masked_fill(~valid, 0)
+        chunk, cd = plan.chunk_rows, plan.compute_dtype
+        hc, wc = h.to(cd), weight.to(cd)  # the same tensors when nothing is cast
         grad_h = torch.empty_like(h)  # (N, d)
         grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None  # (V, d)
         total = h.new_zeros((), dtype=torch.float32)
-        logits = h.new_empty(min(chunk, len(h)), len(weight))  # (c, V): one buffer, reused
+        logits = hc.new_empty(min(chunk, len(h)), len(weight))  # (c, V): one buffer, reused
         for start in range(0, len(h), chunk):
             rows = slice(start, start + chunk)
-            z = torch.mm(h[rows], weight.t(), out=logits[: len(h[rows])]).float()  # (c, V)
+            z = torch.mm(hc[rows], wc.t(), out=logits[: len(hc[rows])]).float()  # (c, V)
             torch.log_softmax(z, dim=-1, out=z)  # in place: a row is reduced before it is written
             picked = z.gather(1, safe[rows, None]).squeeze(1)  # (c,) log-probabilities
             total -= (picked * valid[rows]).sum()
             z.exp_()  # softmax
             z[torch.arange(len(z), device=z.device), safe[rows]] -= 1.0
             z.index_fill_(0, (~valid[rows]).nonzero().squeeze(1), 0.0)  # ignored rows: no grad
-            z = z.to(h.dtype)
-            grad_h[rows] = z @ weight  # (c, d)
-            if grad_w is not None:
-                grad_w.addmm_(z.t(), h[rows])  # (V, d)
+            z = z.to(cd)
+            grad_h[rows] = z @ wc  # (c, d)
+            if grad_w is None:
+                continue
+            if grad_w.dtype == cd:
+                grad_w.addmm_(z.t(), hc[rows])  # (V, d)
+            else:  # a 16-bit product per chunk, summed over the chunks in fp32
+                grad_w.add_(torch.mm(z.t(), hc[rows]))
         n = valid.sum()
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else h.new_empty(0), n)
         ctx.has_grad_w = grad_w is not None
@@ -132,9 +165,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 class _FrozenHeadCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, budget: int) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, plan: LossPlan) -> Tensor:
         valid = targets != IGNORE_INDEX  # h (N, d), weight (V, d) frozen, targets (N,)
         safe = targets.masked_fill(~valid, 0)
+        h, budget = hidden.to(plan.compute_dtype), plan.budget
         wide = torch.promote_types(h.dtype, torch.float32)  # softmax precision: fp32 at least
         w_y = weight[safe].to(wide)  # (N, d)
         z_y = (h.to(wide) * w_y).sum(1)  # (N,) the target's logit
@@ -164,7 +198,7 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         sure = target >= total  # p_y ≥ ½: log(1 + S/e_y) keeps a tiny loss's digits
         losses = torch.where(sure, (total / target).log1p(), m + everything.log() - z_y)  # (N,)
         grad_h = acc.div_(everything[:, None]).sub_(w_y * (total / everything)[:, None])
-        grad_h = grad_h.mul_(valid[:, None]).to(h.dtype)  # ignored rows: no gradient
+        grad_h = grad_h.mul_(valid[:, None]).to(hidden.dtype)  # ignored rows: no gradient
         n = valid.sum()
         ctx.save_for_backward(grad_h, n)
         return (losses * valid).sum() / n
@@ -177,16 +211,18 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, labels: Tensor, chunk_rows: int = 256, budget: int = 1 << 20
+    hidden: Tensor, weight: Tensor, labels: Tensor, plan: LossPlan | None = None
 ) -> Tensor:
     """Next-token loss of `hidden @ weight.T` without materialising the (B, T, V) logits.
 
     hidden (B, T, d), weight (V, d), labels (B, T) as for `causal_lm_loss`, which this equals
-    in value and gradients up to float rounding. A trained weight goes by `chunk_rows` rows
-    at a time; a frozen one (no gradient) by vocabulary slices of at most `budget` logits,
-    and may be stored in another float dtype than `hidden` (see the module docstring)."""
+    in value and gradients up to float rounding. A trained weight goes by `plan.chunk_rows`
+    rows at a time; a frozen one (no gradient) by vocabulary slices of at most `plan.budget`
+    logits, and may be stored in another float dtype than `hidden` (see the module
+    docstring). The plan defaults to `loss_plan(hidden)`: the device's and autocast's."""
+    plan = plan or loss_plan(hidden)
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
     if not weight.requires_grad:
-        return _FrozenHeadCrossEntropy.apply(h, weight, targets.reshape(-1), budget)
-    return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk_rows)
+        return _FrozenHeadCrossEntropy.apply(h, weight, targets.reshape(-1), plan)
+    return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), plan)

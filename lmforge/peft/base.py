@@ -77,6 +77,11 @@ class DeltaMethod:
         """Freeze `model`, insert the method's modules, set and return `self.model`."""
         raise NotImplementedError
 
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of `lmforge.hub.load_model` for the base this method applies to
+        (QLoRA's: quantize while loading, so the float model is never held)."""
+        return {}
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The method's own parameters, by their name in the returned model."""
         if self.model is None:
@@ -209,7 +214,9 @@ def base_identity(model: nn.Module) -> dict[str, str] | None:
     embedding = host.embeddings().weight.detach()
     V = embedding.shape[0]
     rows = [embedding[i, :32] for i in sorted({0, V // 2, V - 1})]
-    sample = torch.cat([*rows, host.final_norm().weight.detach()[:64]]).float().cpu()
+    norm = getattr(host.final_norm(), "weight", None)  # a wrapped norm may hold none itself
+    parts = [*rows] if norm is None else [*rows, norm.detach()[:64]]
+    sample = torch.cat(parts).float().cpu()
     sample = sample.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
     shape = json.dumps({**dataclasses.asdict(host.geometry()), "vocab": V}, sort_keys=True)
     name = getattr(host.plain, "name_or_path", "") or ""
@@ -231,8 +238,8 @@ def check_base(saved: dict[str, str] | None, model: nn.Module, origin: str) -> N
             ours = now["name_or_path"] or "(unnamed)"
             raise CheckpointError(
                 f"{origin}: this delta was trained on {theirs!r} ({key} {saved.get(key)}); the "
-                f"model given is {ours!r} ({key} {now[key]}), {what}. Load the base it was "
-                "trained on, or pass --force (force=True) to apply it anyway"
+                f"model given is {ours!r} ({key} {now[key]}), {what}",
+                fix="load the base it was trained on, or pass {force=true} to apply it anyway",
             )
 
 

@@ -92,6 +92,9 @@ class Qlora(DeltaMethod):
             "embedding_dtype": c.embedding_dtype,
         }
 
+    def load_options(self) -> dict:
+        return {"quantize": self.quantization()}
+
     def inject(self, model: nn.Module) -> nn.Module:
         c = self.config
         targets = match_targets(model, c.targets)  # names first: the layers are swapped next

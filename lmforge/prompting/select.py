@@ -55,8 +55,8 @@ def check_shots(k: int, pool: Sequence[Sample]) -> None:
         raise ConfigError(f"shots must be >= 0, got {k}")
     if k > len(pool):
         raise ConfigError(
-            f"shots={k} asks for more demonstrations than the pool holds ({len(pool)}); "
-            "lower shots or use a larger pool"
+            f"shots={k} asks for more demonstrations than the pool holds ({len(pool)})",
+            fix="lower {shots}, or raise {pool} if it limits the pool (0 = all of it)",
         )
 
 

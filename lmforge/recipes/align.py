@@ -1,4 +1,4 @@
-"""`lmforge align --method reward|dpo|ppo|grpo`: align a model on the one training loop.
+"""`lmforge align reward|dpo|ppo|grpo|build-preferences`: align a model on the one training loop.
 
     load_model ─► adapter (continue an SFT delta) | delta method | full ─► the policy
       reward   preference pairs ─► RewardModel (score head) ─► Bradley–Terry ─► held-out accuracy
@@ -34,7 +34,7 @@ from lmforge.align.reward import RewardModel, RewardObjective, RewardSettings, p
 from lmforge.align.rollout import RolloutSettings, RolloutSource, sample_replies
 from lmforge.align.store import save_head, save_trained
 from lmforge.atomic import atomic_write_json
-from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
+from lmforge.config import load
 from lmforge.data import PackedBatches, build_shards, load_corpus, load_shards
 from lmforge.data.preferences import (
     PairBatches,
@@ -46,9 +46,11 @@ from lmforge.errors import ConfigError
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.model.generate import SamplingConfig
 from lmforge.plots import plot_curves
+from lmforge.recipes.action import Action
+from lmforge.recipes.rundir import check_resume, save_config
 from lmforge.registry import Registry
 from lmforge.train import TrainConfig, train
-from lmforge.train.evaluate import to_device
+from lmforge.train.validation import to_device
 
 BUILD = "build-preferences"
 CURVES = ("reward", "reward_chosen", "reward_rejected", "margin", "accuracy", "kl")
@@ -70,7 +72,7 @@ class AlignDataConfig:
 @dataclass
 class AlignConfig:
     run_dir: str = "runs/align"  # where checkpoints, metrics, the delta and results go
-    method: str = "dpo"  # reward | dpo | ppo | grpo | build-preferences (into RUN_DIR)
+    method: str = "dpo"  # reward | dpo | ppo | grpo | build-preferences (set by the action)
     model: str = "smollm2-135m-instruct"  # embedded model name or transformers directory
     backend: str = "native"  # native | hf
     adapter: str = ""  # start from this trained delta (e.g. an SFT run) and keep training it
@@ -89,21 +91,19 @@ class AlignConfig:
     def validate(self) -> None:
         if self.method not in METHODS and self.method != BUILD:
             raise ConfigError(
-                f"method {self.method!r} is unknown; choose {[*METHODS.names(), BUILD]}"
+                f"method {self.method!r} is unknown; choose {[*METHODS.names(), BUILD]}",
+                fix="run one of: lmforge align reward|dpo|ppo|grpo|build-preferences",
             )
         wanted = "preferences" if self.method in ("reward", "dpo") else "prompts"
         if not getattr(self.data, wanted):
-            raise ConfigError(f"--method {self.method} needs --data.{wanted}=FILE")
+            raise ConfigError(
+                f"{self.method} needs {wanted}", fix=f"give a file: {{data.{wanted}=FILE}}"
+            )
         if self.method == "ppo" and self.ppo.ptx_coef and not self.data.ptx:
-            raise ConfigError("ppo.ptx_coef > 0 needs a pretraining corpus: --data.ptx=NAME")
-
-
-def load_config(path: str | Path | None, overrides: list[str]) -> AlignConfig:
-    raw = apply_overrides(read_yaml(path) if path else {}, overrides)
-    try:
-        return from_dict(AlignConfig, raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+            raise ConfigError(
+                "ppo.ptx_coef > 0 needs a pretraining corpus",
+                fix="name one: {data.ptx=shakespeare}, or {ppo.ptx_coef=0}",
+            )
 
 
 @dataclass
@@ -132,7 +132,8 @@ def policy(cfg: AlignConfig) -> tuple[nn.Module, peft.DeltaMethod | None]:
     if cfg.delta_method not in peft.METHODS:
         raise ConfigError(
             f"delta_method {cfg.delta_method!r} is unknown; choose full or one of "
-            f"{', '.join(peft.METHODS.names())}"
+            f"{', '.join(peft.METHODS.names())}",
+            fix="{delta_method=lora}",
         )
     delta = peft.apply(model, cfg.delta_method, cfg.delta, seed=cfg.delta_seed)
     return delta.model, delta
@@ -308,8 +309,9 @@ def align(cfg: AlignConfig, *, progress: bool = True) -> dict[str, Any]:
     build-preferences, write RUN_DIR/preferences.jsonl)."""
     cfg.validate()
     run_dir = Path(cfg.run_dir)
+    check_resume(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
+    save_config(cfg)
     if cfg.method == BUILD:
         results = build_preferences(build_config(cfg), progress=progress)
         atomic_write_json(run_dir / "results.json", results)
@@ -341,3 +343,28 @@ def align(cfg: AlignConfig, *, progress: bool = True) -> dict[str, Any]:
     plot_alignment(result.history, run_dir / "align.png", f"{cfg.method}: {run_dir.name}")
     atomic_write_json(run_dir / "results.json", results)
     return results
+
+
+def run_align(cfg: AlignConfig) -> dict[str, Any]:
+    """`lmforge align ACTION`: align, then say what came out and where."""
+    results = align(cfg)
+    if cfg.method == BUILD:
+        print(f"{results['pairs']} pairs from {results['prompts']} prompts: {results['out']}")
+        return results
+    held = results.get("held_out", {})
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in held.items() if isinstance(v, float))
+    print(f"{cfg.method}: held out {shown or 'nothing'}; saved in {cfg.run_dir}")
+    return results
+
+
+def _action(name: str, help: str) -> Action:
+    return Action(help, AlignConfig, run_align, fixed={"method": name})
+
+
+# One command per action (lmforge/cli.py): `lmforge align ACTION ...`.
+ACTIONS: Registry[Action] = Registry("align action")
+ACTIONS.add("reward", _action("reward", "a reward model: a score head, Bradley–Terry on pairs"))
+ACTIONS.add("dpo", _action("dpo", "direct preference optimisation (sigmoid, ipo, hinge, robust)"))
+ACTIONS.add("ppo", _action("ppo", "PPO-RLHF: rollouts, a judge, a value head, GAE (+ ptx)"))
+ACTIONS.add("grpo", _action("grpo", "GRPO: k replies per prompt, group-relative advantages"))
+ACTIONS.add(BUILD, _action(BUILD, "preference pairs from sampled replies, judged"))

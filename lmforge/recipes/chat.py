@@ -7,14 +7,29 @@ the whole history; when the history outgrows the context, the oldest turns are d
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
-from typing import TextIO
+from dataclasses import dataclass
+from typing import Any, ClassVar, TextIO
 
 from lmforge.chat import chat_format, chat_stop_strings, chat_stop_tokens
+from lmforge.hub import GenerationDefaults, generation_defaults
 from lmforge.model.generate import stream
 from lmforge.model.host import host_for
-from lmforge.recipes.generate import load_for_generation, sampling_from_args
+from lmforge.recipes.source import ModelSource, SamplingFlags, describe_sampling, load_source
+
+
+@dataclass
+class ChatConfig(SamplingFlags, ModelSource):  # fields (and flags): model first
+    max_new_tokens: int = 200  # most new tokens of one reply
+    temperature: float | None = None  # 0 = greedy; default: the checkpoint's, else 0.7
+    system: str = ""  # system prompt that opens the conversation
+
+    defaults: ClassVar[dict[str, Any]] = {**SamplingFlags.defaults, "temperature": 0.7}
+
+    def validate(self) -> None:
+        ModelSource.validate(self)
+        self.sampling(GenerationDefaults({}, [], ""))  # the flags' own ranges
 
 
 def _prompt_ids(history: list[dict], tokenizer, room: int) -> list[int]:
@@ -29,16 +44,21 @@ def _prompt_ids(history: list[dict], tokenizer, room: int) -> list[int]:
 
 
 def run_chat(
-    args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None
+    cfg: ChatConfig, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> list[dict]:
+    """Talk until /exit or end of input; returns the conversation as it stands."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    model, tokenizer = load_for_generation(args)
-    config = sampling_from_args(args, stop=chat_stop_strings(tokenizer))
-    stops = chat_stop_tokens(tokenizer)
+    cfg.validate()
+    model, tokenizer = load_source(cfg, merge=True)
+    found = generation_defaults(cfg.model)
+    sampling, origin = cfg.sampling(found)
+    config = dataclasses.replace(sampling, stop=[*sampling.stop, *chat_stop_strings(tokenizer)])
+    stops = list(dict.fromkeys([*chat_stop_tokens(tokenizer), *found.eos_token_ids]))
     room = host_for(model).max_length() - config.max_new_tokens
-    start = [{"role": "system", "content": args.system}] if args.system else []
+    start = [{"role": "system", "content": cfg.system}] if cfg.system else []
     history = list(start)
-    stdout.write(f"lmforge chat with {args.model}: /reset forgets, /exit quits\n")
+    stdout.write(f"lmforge chat with {cfg.model}: /reset forgets, /exit quits\n")
+    stdout.write(describe_sampling(sampling, origin) + "\n")
     while True:
         stdout.write("\nyou> ")
         stdout.flush()

@@ -1,11 +1,10 @@
-"""`lmforge data`: look at, build and import instruction data.
+"""`lmforge data`: look at, build and import instruction data; one config per action.
 
-    lmforge data stats FILE... [--tokenizer NAME] [--format F] [--skip-bad]
-    lmforge data build bbc-news --out FILE [--split train] [--phrasings seen|heldout|all]
-                                [--max N] [--seed S]
+    lmforge data stats FILE... [--tokenizer NAME] [--format F] [--skip_bad] [--json]
+    lmforge data build bbc-news --out FILE [--split train] [--phrasings seen] [--max N]
     lmforge data build flan --templates TASK.yaml --out FILE [...]
     lmforge data build self-instruct --model NAME --seeds FILE --out FILE --n N
-    lmforge data import FILE... --out FILE [--skip-bad] [--format F] [--keep-duplicates]
+    lmforge data import FILE... --out FILE [--skip_bad] [--format F] [--keep_duplicates]
 
 Every file written is JSONL (or .json/.csv/.parquet by suffix) in OpenAI messages form,
 each record with its provenance in `meta`.
@@ -13,132 +12,207 @@ each record with its provenance in `meta`.
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from lmforge.atomic import atomic_write_text
+from lmforge.config import arg
+from lmforge.data.flan import FLAN_TASKS, FlanConfig, build_flan
+from lmforge.data.instruct import (
+    FORMATS,
+    Conversation,
+    InstructionSet,
+    Skipped,
+    format_stats,
+    read_instructions,
+    stats,
+    write_instructions,
+)
+from lmforge.data.self_instruct import (
+    GenerateFn,
+    SelfInstructConfig,
+    SelfInstructResult,
+    load_seed_tasks,
+    self_instruct,
+)
+from lmforge.errors import ConfigError
+from lmforge.hub import load_model, load_tokenizer
+from lmforge.model.generate import SamplingConfig, generate
+from lmforge.recipes.action import Action
 from lmforge.registry import Registry
 
-Action = Callable[[argparse.Namespace], None]
-BUILDERS: Registry[Action] = Registry("data builder")
+
+def _need_out(out: str, inputs: Iterable[str | None] = ()) -> None:
+    """An output file is given, and it is none of the inputs (a hard link of one counts)."""
+    if not out:
+        fix = "pass {out=FILE} (.jsonl, .json, .csv or .parquet)"
+        raise ConfigError("no output file given", fix=fix)
+    target = Path(out)
+    for source in filter(None, inputs):
+        if target.exists() and Path(source).exists() and Path(source).samefile(target):
+            raise ConfigError(
+                f"{out} is also an input ({source}); writing it would replace what is read",
+                fix="write to another {out}",
+            )
 
 
-def _file_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default=None, help="force a record format: alpaca|sharegpt|openai")
-    p.add_argument("--skip-bad", action="store_true", help="skip malformed records, counted")
+# ── stats and import ────────────────────────────────────────────────────────────────────────
 
 
-def _flan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="file to write (.jsonl, .json, .csv, .parquet)")
-    p.add_argument("--split", default="train", help="train | validation | test")
-    p.add_argument("--phrasings", default="seen", help="seen | heldout | all templates")
-    p.add_argument("--max", type=int, default=0, help="at most N records (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-chars", type=int, default=None, help="cut input texts to N chars")
+@dataclass
+class ReadConfig:
+    format: str | None = arg(None, choices=FORMATS.names)  # one format for all (default: detect)
+    skip_bad: bool = False  # skip malformed records (counted) instead of stopping at the first
 
 
-def _self_instruct_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m-instruct", help="model that writes tasks")
-    p.add_argument("--seeds", default=None, help="JSON seed tasks (default: the built-in 12)")
-    p.add_argument("--out", required=True, help="file to write")
-    p.add_argument("--n", type=int, default=50, help="new tasks wanted")
-    p.add_argument("--k", type=int, default=6, help="tasks shown per prompt")
-    p.add_argument("--max-prompts", type=int, default=0, help="give up after N (0 = 20 × n)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0)
+@dataclass
+class StatsConfig(ReadConfig):
+    files: list[str] = arg(factory=list, positional=True)  # instruction files
+    tokenizer: str | None = None  # count tokens too: a model name or directory
+    json: bool = False  # print the figures as JSON
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    from lmforge.data.build import TASKS
+@dataclass
+class ImportConfig(ReadConfig):
+    files: list[str] = arg(factory=list, positional=True)  # alpaca/sharegpt/openai files
+    out: str = ""  # file to write (.jsonl, .json, .csv, .parquet)
+    keep_duplicates: bool = False  # keep exact duplicates instead of dropping them
 
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    s = sub.add_parser("stats", help="count records, turns and chars/tokens per role")
-    s.add_argument("files", nargs="+", help="instruction files")
-    s.add_argument("--tokenizer", default=None, help="count tokens too (model name or path)")
-    s.add_argument("--json", action="store_true", help="print the figures as JSON")
-    _file_args(s)
-    b = sub.add_parser("build", help="build instruction data (FLAN templates, self-instruct)")
-    builders = b.add_subparsers(dest="builder", metavar="BUILDER", required=True)
-    for name in TASKS:
-        _flan_args(builders.add_parser(name, help=f"FLAN-style templates over {name}"))
-    flan = builders.add_parser("flan", help="FLAN-style templates from a YAML file")
-    flan.add_argument("--templates", required=True, help="task YAML (see data/templates/)")
-    _flan_args(flan)
-    _self_instruct_args(builders.add_parser("self-instruct", help="the model writes tasks"))
-    i = sub.add_parser("import", help="validate, deduplicate and convert people's data")
-    i.add_argument("files", nargs="+", help="alpaca/sharegpt/openai .json/.jsonl/.csv/.parquet")
-    i.add_argument("--out", required=True, help="file to write")
-    i.add_argument("--keep-duplicates", action="store_true", help="do not drop exact duplicates")
-    _file_args(i)
+    def validate(self) -> None:
+        _need_out(self.out, self.files)
 
 
-def run_data(args: argparse.Namespace) -> None:
-    {"stats": _stats, "build": _build, "import": _import}[args.action](args)
-
-
-def _stats(args: argparse.Namespace) -> None:
-    from lmforge.data.instruct import format_stats, read_instructions, stats
-
-    tokenizer = None
-    if args.tokenizer:
-        from lmforge.hub import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer)
-    data = read_instructions(args.files, format=args.format, skip_bad=args.skip_bad)
+def data_stats(cfg: StatsConfig) -> dict[str, Any]:
+    """Print counts of records, turns and chars (tokens) per role; return them."""
+    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    data = read_instructions(cfg.files, format=cfg.format, skip_bad=cfg.skip_bad)
     figures = stats(data, tokenizer)
-    print(json.dumps(figures, indent=2) if args.json else format_stats(figures))
+    print(json.dumps(figures, indent=2) if cfg.json else format_stats(figures))
+    return figures
 
 
-def _report(records: list, out: str) -> None:
-    from lmforge.data.instruct import write_instructions
+def data_import(cfg: ImportConfig) -> InstructionSet:
+    """Validate, deduplicate and convert people's files into one file; return what was read."""
+    data = read_instructions(
+        cfg.files, format=cfg.format, skip_bad=cfg.skip_bad, dedup=not cfg.keep_duplicates
+    )
+    _write(data.records, cfg.out)
+    formats = ", ".join(f"{k} {v}" for k, v in sorted(data.formats.items()))
+    print(f"formats: {formats}; skipped {len(data.skipped)} bad, dropped {data.duplicates} dup")
+    if data.skipped:
+        rejected = write_rejected(data.skipped, cfg.out)
+        print(f"  the {len(data.skipped):,} skipped records, with why: {rejected}")
+        for s in data.skipped[:10]:
+            print(f"  skipped {s.origin}: {s.reason}")
+    return data
 
+
+def write_rejected(skipped: list[Skipped], out: str | Path) -> Path:
+    """OUT.rejected.jsonl beside `out`: one line per skipped record (origin, reason, record)."""
+    path = Path(out).with_name(Path(out).stem + ".rejected.jsonl")
+    lines = [
+        json.dumps({"origin": s.origin, "reason": s.reason, "record": s.record}, ensure_ascii=False)
+        for s in skipped
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _write(records: list[Conversation], out: str) -> None:
     write_instructions(records, out)
     print(f"wrote {len(records):,} records to {out}")
 
 
-def _build(args: argparse.Namespace) -> None:
-    BUILDERS.get(args.builder if args.builder in BUILDERS else "flan")(args)
+# ── builders ────────────────────────────────────────────────────────────────────────────────
 
 
-@BUILDERS.register("flan")
-def _build_flan(args: argparse.Namespace) -> None:
-    from lmforge.data.build import FlanConfig, build_flan
+BUILDERS: Registry[Action] = Registry("data builder")
 
-    task = getattr(args, "templates", None) or args.builder
-    config = FlanConfig(task, args.split, args.phrasings, args.max, args.seed, args.max_chars)
-    records = build_flan(config)
+
+@dataclass
+class FlanBuildConfig(FlanConfig):
+    out: str = ""  # file to write (.jsonl, .json, .csv, .parquet)
+
+    def validate(self) -> None:
+        _need_out(self.out, [self.task])
+
+
+def data_build_flan(cfg: FlanBuildConfig) -> list[Conversation]:
+    records = build_flan(cfg)
+    _write(records, cfg.out)
     templates = Counter(r.meta["template_id"] for r in records)
-    _report(records, args.out)
     print("templates: " + ", ".join(f"{k} {v}" for k, v in sorted(templates.items())))
+    return records
 
 
-@BUILDERS.register("self-instruct")
-def _build_self_instruct(args: argparse.Namespace) -> None:
-    from lmforge.data.build import (
-        SelfInstructConfig,
-        load_seed_tasks,
-        model_generate_fn,
-        self_instruct,
+@dataclass
+class SelfInstructBuildConfig(SelfInstructConfig):
+    model: str = "smollm2-135m-instruct"  # the model that writes new tasks
+    seeds: str | None = None  # JSON file of seed tasks (default: the built-in 12)
+    out: str = ""  # file to write (.jsonl, .json, .csv, .parquet)
+    temperature: float = 0.7  # sampling temperature of the model
+    max_new_tokens: int = 384  # tokens the model writes per prompt
+
+    def validate(self) -> None:
+        _need_out(self.out, [self.seeds])
+
+
+def model_generate_fn(
+    model: str,
+    max_new_tokens: int = 384,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    seed: int = 0,
+) -> GenerateFn:
+    """`generate_fn` backed by a real model (embedded name or directory); each call samples
+    with the next seed, so a run is reproducible."""
+    lm, tokenizer = load_model(model).eval(), load_tokenizer(model)
+    calls = itertools.count(seed)
+
+    def generate_fn(prompt: str) -> str:
+        config = SamplingConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=next(calls)
+        )
+        ids = tokenizer.encode(prompt)
+        kwargs: dict[str, Any] = dict(eos_token_id=tokenizer.eos_id, decode=tokenizer.decode)
+        return generate(lm, [ids], config, truncate=True, **kwargs)[0].text or ""
+
+    return generate_fn
+
+
+def data_build_self_instruct(
+    cfg: SelfInstructBuildConfig, generate_fn: GenerateFn | None = None
+) -> SelfInstructResult:
+    """Self-Instruct with `cfg.model` (or the `generate_fn` given) and write the new tasks."""
+    fn = generate_fn or model_generate_fn(
+        cfg.model, cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
     )
-
-    seeds = load_seed_tasks(args.seeds)
-    config = SelfInstructConfig(n=args.n, k=args.k, max_prompts=args.max_prompts, seed=args.seed)
-    generate_fn = model_generate_fn(args.model, temperature=args.temperature, seed=args.seed)
-    result = self_instruct(generate_fn, seeds, config, progress=True)
-    _report(result.records, args.out)
+    result = self_instruct(fn, load_seed_tasks(cfg.seeds), cfg, progress=True)
+    _write(result.records, cfg.out)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected.items())) or "none"
     print(f"{result.prompts} prompts; rejected: {rejected}")
+    return result
 
 
-def _import(args: argparse.Namespace) -> None:
-    from lmforge.data.instruct import read_instructions
+BUILDERS.add(
+    "flan", Action("FLAN-style templates from a YAML file", FlanBuildConfig, data_build_flan)
+)
+BUILDERS.add(
+    "self-instruct",
+    Action("the model writes new tasks", SelfInstructBuildConfig, data_build_self_instruct),
+)
 
-    data = read_instructions(
-        args.files, format=args.format, skip_bad=args.skip_bad, dedup=not args.keep_duplicates
-    )
-    _report(data.records, args.out)
-    formats = ", ".join(f"{k} {v}" for k, v in sorted(data.formats.items()))
-    print(f"formats: {formats}; skipped {len(data.skipped)} bad, dropped {data.duplicates} dup")
-    for s in data.skipped[:10]:
-        print(f"  skipped {s.origin}: {s.reason}")
+
+def builders() -> dict[str, Action]:
+    """Every builder: the registered ones and the FLAN templates of each built-in task."""
+    flan = BUILDERS.get("flan")
+    out = {
+        name: Action(f"FLAN-style templates over {name}", flan.config, flan.run, {"task": name})
+        for name in FLAN_TASKS
+    }
+    return {**out, **{name: BUILDERS.get(name) for name in BUILDERS}}

@@ -4,23 +4,31 @@
                            ModelConfig ─► CausalLM ──────────┴─► train() ─► model/
 
 Everything lands in one run directory: config.yaml (the fully resolved config,
-enough to reproduce the run), tokenizer.json, data/, checkpoints/, metrics.jsonl,
-loss.png and, at the end, model/ — a transformers-format directory that
-`lmforge generate`, `lmforge.load_model` and `AutoModelForCausalLM` all load.
+enough to reproduce the run; rerunning it resumes), tokenizer.json, data/, checkpoints/,
+metrics.jsonl, loss.png and, at the end, model/ — a transformers-format directory that
+`lmforge generate`, `lmforge.load_model` and `AutoModelForCausalLM` all load. A resume is
+refused if it would change what the run computes (recipes/rundir.py).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmforge.config import apply_overrides, from_dict, read_yaml, save_yaml
-from lmforge.errors import ConfigError
+from lmforge.atomic import atomic_write_json
+from lmforge.config import apply_overrides, from_dict, read_yaml
+from lmforge.data import PackedBatches, ValidationBatches, build_shards, load_corpus, load_shards
+from lmforge.data.shards import RESUME_FIX, source_fingerprint
+from lmforge.errors import ConfigError, DataError
 from lmforge.model import CausalLM, ModelConfig
 from lmforge.model.config import PRESETS
+from lmforge.model.hf import save_hf_dir
+from lmforge.recipes.rundir import check_resume, save_config
+from lmforge.tokenizer import Tokenizer
 from lmforge.train import TrainConfig, TrainResult, train
 
 
@@ -69,51 +77,65 @@ def resolve_config(raw: dict[str, Any]) -> PretrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str]) -> PretrainConfig:
+    """Defaults ← YAML file ← dotted overrides (`model.preset` too), checked field by field."""
     raw = read_yaml(path) if path else {}
     try:
-        return resolve_config(apply_overrides(raw, overrides))
+        return resolve_config(apply_overrides(raw, overrides, PretrainConfig))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
-def prepare_tokenizer(cfg: PretrainConfig, documents: list[str], run_dir: Path):
-    from lmforge.tokenizer import Tokenizer
+TOKENIZER_SOURCE = "tokenizer.source.json"  # what the run's own tokenizer was trained on
 
+
+def prepare_tokenizer(
+    cfg: PretrainConfig, documents: list[str], run_dir: Path, resumes: bool
+) -> Tokenizer:
+    """The given tokenizer, or the run's own BPE: reused when it was trained on these
+    documents with this vocabulary size, else trained afresh (a resumed run must reuse it)."""
     if cfg.tokenizer.path:
         return Tokenizer.from_file(cfg.tokenizer.path)
-    cached = run_dir / "tokenizer.json"
-    if cached.exists():
-        return Tokenizer.from_file(cached)
+    cached, source = run_dir / "tokenizer.json", run_dir / TOKENIZER_SOURCE
+    made_from = {"vocab_size": cfg.tokenizer.vocab_size, "corpus": source_fingerprint(documents)}
+    recorded = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else None
+    if cached.is_file() and (recorded == made_from or (resumes and recorded is None)):
+        return Tokenizer.from_file(cached)  # (a run from before sources were recorded: its own)
+    if resumes:
+        raise DataError(
+            f"{cached} was trained on other text or another vocabulary size ({recorded} → "
+            f"{made_from}); resuming with a retrained tokenizer would change every token id",
+            fix=RESUME_FIX,
+        )
     tokenizer = Tokenizer.train(documents, vocab_size=cfg.tokenizer.vocab_size)
     tokenizer.save(cached)
+    atomic_write_json(source, made_from)
     return tokenizer
 
 
 def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult, Path]:
-    """Run (or resume) a pretraining run; returns the loop's result and the saved model dir."""
-    from lmforge.data import (
-        PackedBatches,
-        ValidationBatches,
-        build_shards,
-        load_corpus,
-        load_shards,
-    )
-    from lmforge.model.hf import save_hf_dir
-
+    """Run (or resume) a pretraining run; returns the loop's result and the saved model dir.
+    A resume is checked against the run's own config before anything is written."""
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resumes = check_resume(cfg, derived=frozenset({"model.vocab_size"}))
     corpus = load_corpus(cfg.data.corpus, skip_bad=cfg.data.skip_bad)
     if progress and (corpus.skipped_files or corpus.skipped_lines):
         print(corpus.summary())
     texts = list(corpus.texts())
-    tokenizer = prepare_tokenizer(cfg, texts, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = prepare_tokenizer(cfg, texts, run_dir, resumes)
     cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
     cfg.model.validate()
-    save_yaml(cfg, run_dir / "config.yaml")
+    shards_dir = Path(cfg.data.shards_dir) if cfg.data.shards_dir else run_dir / "data"
     build_shards(
-        corpus, tokenizer, run_dir / "data", val_fraction=cfg.data.val_fraction, progress=progress
+        corpus,
+        tokenizer,
+        shards_dir,
+        val_fraction=cfg.data.val_fraction,
+        progress=progress,
+        must_reuse=resumes,
     )
-    train_tokens, val_tokens, shards = load_shards(run_dir / "data")
+    save_config(cfg)
+    train_tokens, val_tokens, shards = load_shards(shards_dir)
     torch.manual_seed(cfg.train.seed)
     model = CausalLM(cfg.model)
     if progress:
@@ -128,6 +150,5 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     )
     result = train(model, data, cfg.train, run_dir, val_data=val, progress=progress)
     model_dir = run_dir / "model"
-    save_hf_dir(model, model_dir)
-    tokenizer.save(model_dir / "tokenizer.json")
+    save_hf_dir(model, model_dir, tokenizer=tokenizer)
     return result, model_dir

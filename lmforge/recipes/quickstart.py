@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
-from lmforge.lab.report import Report
+from lmforge.config import apply_overrides
+from lmforge.data import load_shards, unigram_entropy
+from lmforge.hub import load_model, load_tokenizer
+from lmforge.model.generate import SamplingConfig, generate
+from lmforge.recipes.pretrain import PretrainConfig, pretrain, resolve_config
+from lmforge.report import Report
+from lmforge.train import TrainResult
 
 QUICKSTART = {
     "model": {"preset": "small", "max_seq_len": 256},
@@ -36,14 +44,24 @@ QUICKSTART = {
 }
 
 
-def quickstart(out: str | Path = "runs/quickstart", steps: int | None = None) -> Path:
-    from lmforge.config import apply_overrides
-    from lmforge.data import load_shards, unigram_entropy
-    from lmforge.hub import load_model, load_tokenizer
-    from lmforge.model.generate import SamplingConfig, generate
-    from lmforge.recipes.pretrain import pretrain, resolve_config
+@dataclass
+class QuickstartConfig:
+    out: str = "runs/quickstart"  # run directory
+    steps: int | None = None  # training steps (None = 600); the schedule keeps its shape
 
-    overrides = [f"run_dir={out}"]
+
+def _sample(model_dir: Path, pre: PretrainConfig) -> tuple[nn.Module, str]:
+    """The trained model and its continuation of the sample prompt (seeded)."""
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    sampling = SamplingConfig(max_new_tokens=pre.sample_tokens, temperature=0.8, top_k=50, seed=0)
+    ids = tokenizer.encode(pre.sample_prompt, add_special_tokens=True)
+    kwargs = dict(eos_token_id=tokenizer.eos_id, decode=tokenizer.decode)
+    return model, pre.sample_prompt + generate(model, [ids], sampling, **kwargs)[0].text
+
+
+def quickstart(cfg: QuickstartConfig) -> Path:
+    """Pretrain, sample, compare with the unigram entropy; returns report.md's path."""
+    overrides, steps = [f"run_dir={cfg.out}"], cfg.steps
     if steps:  # a shorter run keeps the same shape of schedule
         overrides += [
             f"train.max_steps={steps}",
@@ -52,25 +70,14 @@ def quickstart(out: str | Path = "runs/quickstart", steps: int | None = None) ->
             f"train.save_every={steps}",
         ]
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in QUICKSTART.items()}
-    cfg = resolve_config(apply_overrides(raw, overrides))
+    pre = resolve_config(apply_overrides(raw, overrides, PretrainConfig))
     start = time.time()
-    result, model_dir = pretrain(cfg)
+    result, model_dir = pretrain(pre)
     minutes = (time.time() - start) / 60
-    train_tokens, _, _ = load_shards(cfg.data.shards_dir or Path(cfg.run_dir) / "data")
+    train_tokens, _, _ = load_shards(pre.data.shards_dir or Path(pre.run_dir) / "data")
     entropy = unigram_entropy(np.asarray(train_tokens))
 
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50, seed=0)
-    sample = (
-        cfg.sample_prompt
-        + generate(
-            model,
-            [tokenizer.encode(cfg.sample_prompt)],
-            sampling,
-            eos_token_id=tokenizer.eos_id,
-            decode=tokenizer.decode,
-        )[0].text
-    )
+    model, sample = _sample(model_dir, pre)
     print("\n" + "─" * 60 + "\n" + sample + "\n" + "─" * 60)
     verdict = "well below" if result.val_loss < entropy - 1.0 else "not yet well below"
     print(
@@ -78,7 +85,23 @@ def quickstart(out: str | Path = "runs/quickstart", steps: int | None = None) ->
         f"({verdict}); {minutes:.1f} min"
     )
 
-    report = Report("Quickstart: a small decoder learns Shakespeare", cfg.run_dir)
+    path = _report(pre, result, model, sample, entropy, minutes, verdict, model_dir)
+    print(f"report: {path}")
+    return path
+
+
+def _report(
+    pre: PretrainConfig,
+    result: TrainResult,
+    model: nn.Module,
+    sample: str,
+    entropy: float,
+    minutes: float,
+    verdict: str,
+    model_dir: Path,
+) -> Path:
+    """report.md: the result table, the loss plot, the sample and how to reproduce it."""
+    report = Report("Quickstart: a small decoder learns Shakespeare", pre.run_dir)
     report.text(__doc__.split("\n\n", 1)[1])
     report.table(
         ["", "value"],
@@ -100,9 +123,7 @@ def quickstart(out: str | Path = "runs/quickstart", steps: int | None = None) ->
     report.text("![Training and validation loss](loss.png)\n\n*Training and validation loss*")
     report.text("A sample (temperature 0.8, top-k 50, seed 0):\n\n```text\n" + sample + "\n```")
     report.text(
-        f"Reproduce: `lmforge pretrain --config {cfg.run_dir}/config.yaml`; continue "
+        f"Reproduce: `lmforge pretrain --config {pre.run_dir}/config.yaml`; continue "
         f"the text: `lmforge generate --model {model_dir} --prompt 'ROMEO.'`"
     )
-    path = report.write()
-    print(f"report: {path}")
-    return path
+    return report.write()

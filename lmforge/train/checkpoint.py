@@ -86,8 +86,8 @@ def resume_candidates(run_dir: str | Path, resume_from: str) -> list[Path]:
         have = ", ".join(p.name for p in found) or "none"
         raise CheckpointError(
             f"train.resume_from={resume_from!r}: no such checkpoint in "
-            f"{Path(run_dir) / CHECKPOINTS} (have: {have}); use --train.resume_from latest, "
-            "one of those, or none"
+            f"{Path(run_dir) / CHECKPOINTS} (have: {have})",
+            fix="use {resume_from=latest}, one of those, or none",
         )
     return [chosen]
 
@@ -303,7 +303,7 @@ def save_checkpoint(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run
         _write(tmp, model, optimizer, state)
-        if final.exists():  # saving a step again (a run restarted with resume=False)
+        if final.exists():  # saving a step again (a rerun from an earlier step)
             old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=final.parent))
             os.replace(final, old / final.name)
         os.replace(tmp, final)

@@ -10,17 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
-from lmforge.data.build import (
-    FILTERS,
-    FlanConfig,
-    SelfInstructConfig,
-    build_flan,
-    load_seed_tasks,
-    load_task,
-    parse_tasks,
-    self_instruct,
-    self_instruct_prompt,
-)
+from lmforge.data.flan import FlanConfig, build_flan, load_task
 from lmforge.data.instruct import (
     FORMATS,
     Conversation,
@@ -30,6 +20,14 @@ from lmforge.data.instruct import (
     write_instructions,
 )
 from lmforge.data.labelled import Example
+from lmforge.data.self_instruct import (
+    FILTERS,
+    SelfInstructConfig,
+    load_seed_tasks,
+    parse_tasks,
+    self_instruct,
+    self_instruct_prompt,
+)
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizer import Tokenizer
 
@@ -175,7 +173,7 @@ BAD_RECORDS = [
 def test_each_error_names_file_line_and_field(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"messages": EXPECTED[0]}) + "\n" + line + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"bad\.jsonl:2: {message}.*--skip-bad"):
+    with pytest.raises(DataError, match=rf"bad\.jsonl:2: {message}.*skip_bad=True"):
         read_instructions(path)
 
 
@@ -362,8 +360,26 @@ def test_cli_stats_and_import(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert f"{src}:5: malformed JSON" in capsys.readouterr().err
     out = tmp_path / "out.jsonl"
     assert main(["data", "import", str(src), "--out", str(out), "--skip-bad"]) == 0
-    assert "skipped 1 bad, dropped 1 dup" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "skipped 1 bad, dropped 1 dup" in printed and "out.rejected.jsonl" in printed
     assert [c.messages for c in read_instructions(out)] == EXPECTED
+    rejected = [json.loads(line) for line in (tmp_path / "out.rejected.jsonl").open()]
+    assert (
+        rejected == [{"origin": f"{src}:5", "reason": rejected[0]["reason"], "record": "{broken"}]
+        and "malformed JSON" in rejected[0]["reason"]
+    )
+
+
+def test_import_never_writes_over_its_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "in.jsonl"
+    write_source(SOURCES["alpaca"], src)
+    before = src.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.hardlink_to(src)
+    for out in (src, link):
+        assert main(["data", "import", str(src), "--out", str(out), "--skip-bad"]) == 2
+        assert "is also an input" in capsys.readouterr().err
+    assert src.read_bytes() == before
 
 
 @pytest.mark.assets

@@ -8,7 +8,15 @@ import torch
 
 import lmforge.eval.generation as generation
 from lmforge.errors import ConfigError, RegistryError
-from lmforge.eval import TASKS, EvalSettings, Task, evaluate, generate_problems, get_task
+from lmforge.eval import (
+    TASKS,
+    ChoiceTask,
+    EvalSettings,
+    GenerationTask,
+    evaluate,
+    generate_problems,
+    get_task,
+)
 from lmforge.eval.loglik import Request, loglikelihoods
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.prompting import PromptFormat, Sample, Template, Verbalizer
@@ -65,9 +73,8 @@ LINES = [
     ("Or to take arms against a sea of troubles", "fortune"),
 ]
 SAMPLES = [Sample({"text": t}, label, origin=f"line {i}") for i, (t, label) in enumerate(LINES)]
-CHOICE = Task(
+CHOICE = ChoiceTask(
     name="tiny-choice",
-    kind="choice",
     description="test",
     test=lambda: SAMPLES,
     pool=lambda: SAMPLES,
@@ -108,7 +115,7 @@ def test_choice_runner_scores_label_words(tiny):
 
 def test_calibrated_choice_by_hand(tiny):
     model, tok = tiny
-    result = evaluate(model, tok, CHOICE, EvalSettings(calibrate=True))
+    result = evaluate(model, tok, CHOICE, EvalSettings.from_fields(calibrate=True))
     cf = torch.stack(
         [_label_probs(model, tok, TOPIC.render({"text": t})) for t in ("N/A", "[MASK]", "")]
     )
@@ -122,7 +129,7 @@ def test_calibrated_choice_by_hand(tiny):
 
 def test_few_shot_choice_is_deterministic(tiny):
     model, tok = tiny
-    s = EvalSettings(shots=2, selection="balanced", seed=4, calibrate=True)
+    s = EvalSettings.from_fields(shots=2, selection="balanced", seed=4, calibrate=True)
     a, b = evaluate(model, tok, CHOICE, s), evaluate(model, tok, CHOICE, s)
     assert a.predictions == b.predictions and a.example_prompt == b.example_prompt
     assert a.example_prompt.count("Word:") == 3  # two demonstrations and the query
@@ -133,10 +140,9 @@ def test_bad_settings_and_inputs(tiny):
     with pytest.raises(
         ConfigError, match="shots=5 asks for more demonstrations than the pool holds \\(4\\)"
     ):
-        evaluate(model, tok, CHOICE, EvalSettings(shots=5))
-    broken = Task(
+        evaluate(model, tok, CHOICE, EvalSettings.from_fields(shots=5))
+    broken = ChoiceTask(
         "broken",
-        "choice",
         "",
         test=lambda: SAMPLES,
         format=PromptFormat(Template("{body}:")),
@@ -145,7 +151,7 @@ def test_bad_settings_and_inputs(tiny):
     with pytest.raises(ConfigError, match="names the field 'body'"):
         evaluate(model, tok, broken, EvalSettings())
     with pytest.raises(ConfigError, match="selection 'knn' is unknown; choose from balanced"):
-        evaluate(model, tok, CHOICE, EvalSettings(selection="knn"))
+        evaluate(model, tok, CHOICE, EvalSettings.from_fields(selection="knn"))
     with pytest.raises(RegistryError, match="unknown task 'nope'; registered"):
         evaluate(model, tok, "nope")
 
@@ -154,9 +160,8 @@ ARITH = [
     Sample({"question": f"What is {a} + {b}?"}, str(a + b), f"{a} + {b} = {a + b}.", f"q{a}")
     for a, b in [(2, 3), (4, 1)]
 ]
-GEN = Task(
+GEN = GenerationTask(
     "tiny-gen",
-    "generate",
     "test",
     test=lambda: ARITH,
     pool=lambda: ARITH,
@@ -178,7 +183,7 @@ def scripted(outputs_for):
 def test_direct_generation_extracts_the_first_number(monkeypatch):
     fake, calls = scripted(lambda p, j: " 5 apples" if "2 + 3" in p.splitlines()[-2] else " 6")
     monkeypatch.setattr(generation, "generate_texts", fake)
-    result = evaluate(None, None, GEN, EvalSettings(shots=1, selection="fixed"))
+    result = evaluate(None, None, GEN, EvalSettings.from_fields(shots=1, selection="fixed"))
     assert [r["prediction"] for r in result.predictions] == ["5", "6"]
     assert result.metrics == {"accuracy": 0.5}
     prompts, config, n = calls[0]
@@ -197,7 +202,7 @@ def test_self_consistency_votes_over_rationales(monkeypatch):
     }
     fake, calls = scripted(lambda p, j: votes[j])
     monkeypatch.setattr(generation, "generate_texts", fake)
-    s = EvalSettings(
+    s = EvalSettings.from_fields(
         shots=1, selection="fixed", reasoning="cot", samples=3, temperature=0.5, seed=9
     )
     result = evaluate(None, None, GEN, s)
@@ -212,7 +217,7 @@ def test_self_consistency_votes_over_rationales(monkeypatch):
 def test_zero_shot_cot_asks_for_the_answer_in_a_second_call(monkeypatch):
     fake, calls = scripted(lambda p, j: " 7" if p.endswith("the answer is") else " 2 and 3 make 5.")
     monkeypatch.setattr(generation, "generate_texts", fake)
-    result = evaluate(None, None, GEN, EvalSettings(reasoning="cot"))
+    result = evaluate(None, None, GEN, EvalSettings.from_fields(reasoning="cot"))
     first, second = calls[0][0], calls[1][0]
     assert first[0] == "Question: What is 2 + 3?\nAnswer: Let's think step by step."
     assert second[0] == first[0] + " 2 and 3 make 5. Therefore, the answer is"
@@ -222,9 +227,13 @@ def test_zero_shot_cot_asks_for_the_answer_in_a_second_call(monkeypatch):
 
 def test_generation_on_a_tiny_model_runs_end_to_end(tiny):
     model, tok = tiny
-    result = evaluate(model, tok, "arithmetic-1", EvalSettings(shots=2, limit=3, max_new_tokens=4))
+    result = evaluate(
+        model, tok, "arithmetic-1", EvalSettings.from_fields(shots=2, limit=3, max_new_tokens=4)
+    )
     assert result.n == 3 and 0.0 <= result.metrics["accuracy"] <= 1.0
-    again = evaluate(model, tok, "arithmetic-1", EvalSettings(shots=2, limit=3, max_new_tokens=4))
+    again = evaluate(
+        model, tok, "arithmetic-1", EvalSettings.from_fields(shots=2, limit=3, max_new_tokens=4)
+    )
     assert again.predictions == result.predictions
 
 

@@ -1,24 +1,7 @@
 import pytest
 
-from lmforge.lab import LABS, Report, run_experiment
-from lmforge.lab.report import markdown_table
+from lmforge.lab import LABS, run_experiment
 from lmforge.lab.warmup import _verdict
-
-
-def test_markdown_table_and_report(tmp_path):
-    assert markdown_table(["a", "b"], [[1, 0.123456], ["x", "y"]]) == (
-        "| a | b |\n|---|---|\n| 1 | 0.1235 |\n| x | y |"
-    )
-    report = Report("Title", tmp_path / "r")
-    report.text("Intro.")
-    report.table(["k"], [[1]], "Caption")
-    png = report.figure("plot.png", "A plot")
-    assert png == tmp_path / "r" / "plot.png"
-    text = report.write().read_text()
-    assert text == (
-        "# Title\n\nIntro.\n\n**Caption**\n\n| k |\n|---|\n| 1 |\n\n"
-        "![A plot](plot.png)\n\n*A plot*\n"
-    )
 
 
 def test_warmup_verdict_reads_the_table():
@@ -110,36 +93,3 @@ def test_a_finished_lab_run_is_reused_when_its_config_is_the_same(tmp_path, monk
     cfg.train.max_steps = 4  # another config: the run would be made again
     with pytest.raises(ZeroDivisionError):
         peft_compare.finetune_child(cfg, run_dir)
-
-
-@pytest.mark.parametrize("quick", [True, False])
-def test_alignment_stages_are_valid_configs(tmp_path, quick):
-    from lmforge import peft
-    from lmforge.lab.alignment import settings, stage_configs
-
-    s = settings(quick)
-    configs = stage_configs(tmp_path, s, tmp_path / "prompts.jsonl", tmp_path / "ptx")
-    assert list(configs) == ["preferences", "reward", "dpo", "grpo", "ppo", "ppo-ptx"]
-    for name, cfg in configs.items():
-        cfg.validate()
-        peft.build(cfg.delta_method, cfg.delta)
-        if cfg.method in ("ppo", "grpo"):
-            steps = cfg.rollout.steps_per_rollout(cfg.train.batch_size, cfg.train.grad_accum)
-            assert steps >= 1 and cfg.rollout.prompts <= s["train"], name
-    assert configs["ppo-ptx"].ppo.ptx_coef > 0 == configs["ppo"].ppo.ptx_coef
-    assert configs["ppo"].judge == f"reward:{tmp_path / 'reward'}"
-
-
-@pytest.mark.slow
-@pytest.mark.assets
-def test_alignment_quick_on_smollm2(tmp_path):
-    import json
-
-    text = run_experiment("alignment", tmp_path / "lab", quick=True).read_text()
-    assert "| SFT |" in text and "| PPO-PTX |" in text and "win rate" in text
-    results = json.loads((tmp_path / "lab" / "results.json").read_text())
-    evaluation = results["evaluation"]
-    assert set(evaluation) == {"SFT", "DPO", "GRPO", "PPO", "PPO-PTX"}
-    assert evaluation["SFT"]["win_rate"] == 0.5 and evaluation["SFT"]["kl"] == 0.0
-    assert all(r["ppl_shakespeare"] > 1 for r in evaluation.values())
-    assert results["stages"]["preferences"]["pairs"] >= 1

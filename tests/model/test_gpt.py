@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from lmforge.errors import ConfigError
 from lmforge.model import CausalLM, KVCache, ModelConfig, loss_only, preset
 from lmforge.model.attention import apply_rope
+from lmforge.model.loss import LossPlan, linear_cross_entropy, loss_plan
 
 V = 97
 
@@ -58,15 +59,14 @@ def test_training_loss_fuses_the_head_without_changing_loss_or_gradients(tied):
 
 
 def test_fused_loss_in_small_chunks_equals_one_chunk():
-    from lmforge.model.loss import linear_cross_entropy
 
     torch.manual_seed(0)
     h = torch.randn(2, 9, 16, requires_grad=True)
     w = torch.randn(V, 16, requires_grad=True)  # a trained head: row chunks
     labels = torch.randint(0, V, (2, 9))
-    one = linear_cross_entropy(h, w, labels, chunk_rows=64)
+    one = linear_cross_entropy(h, w, labels, LossPlan(h.dtype, chunk_rows=64))
     g_one = torch.autograd.grad(one, (h, w))
-    small = linear_cross_entropy(h, w, labels, chunk_rows=5)
+    small = linear_cross_entropy(h, w, labels, LossPlan(h.dtype, chunk_rows=5))
     g_small = torch.autograd.grad(small, (h, w))
     assert torch.allclose(one, small)
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(g_one, g_small))
@@ -76,14 +76,13 @@ def test_fused_loss_in_small_chunks_equals_one_chunk():
 
 @pytest.mark.parametrize("budget", [1 << 21, 18 * 7, 18])  # one slice, slices of 7, of 1 word
 def test_frozen_head_loss_over_vocabulary_slices_equals_the_reference(budget):
-    from lmforge.model.loss import linear_cross_entropy
 
     torch.manual_seed(0)
     h = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
     w = torch.randn(V, 16, dtype=torch.float64)  # frozen: vocabulary slices, online softmax
     labels = torch.randint(0, V, (2, 9))
     labels[1, :3] = -100
-    loss = linear_cross_entropy(h, w, labels, budget=budget)
+    loss = linear_cross_entropy(h, w, labels, LossPlan(h.dtype, budget=budget))
     (grad,) = torch.autograd.grad(2.5 * loss, h)
     z = (h @ w.t())[:, :-1].reshape(-1, V)
     reference = F.cross_entropy(z, labels[:, 1:].reshape(-1), ignore_index=-100)
@@ -92,7 +91,7 @@ def test_frozen_head_loss_over_vocabulary_slices_equals_the_reference(budget):
     assert torch.allclose(grad, expected, atol=1e-12, rtol=0)
     assert torch.all(grad[1, :2] == 0)  # rows whose next token is ignored
     h16 = h.detach().bfloat16().requires_grad_()  # 16-bit rows: softmax and sums in fp32
-    half = linear_cross_entropy(h16, w.float(), labels, budget=budget)
+    half = linear_cross_entropy(h16, w.float(), labels, LossPlan(h16.dtype, budget=budget))
     (half_grad,) = torch.autograd.grad(2.5 * half, h16)
     assert abs(half.item() - reference.item()) < 2e-2 * reference.item()
     assert half_grad.dtype == torch.bfloat16
@@ -100,13 +99,12 @@ def test_frozen_head_loss_over_vocabulary_slices_equals_the_reference(budget):
 
 
 def test_frozen_head_loss_is_exact_for_a_sure_model_and_a_16_bit_head():
-    from lmforge.model.loss import linear_cross_entropy
 
     torch.manual_seed(0)
     w = torch.randn(V, 64).to(torch.bfloat16)  # stored in 16 bits, computed in fp32
     labels = torch.randint(0, V, (1, 9))
     h = (0.5 * w[labels[0].roll(-1)].float())[None].requires_grad_()  # p(target) ≈ 1 − 1e-7
-    loss = linear_cross_entropy(h, w, labels, budget=9 * 5)
+    loss = linear_cross_entropy(h, w, labels, LossPlan(h.dtype, budget=9 * 5))
     (grad,) = torch.autograd.grad(loss, h)
     h64 = h.detach().double().requires_grad_()
     z = (h64 @ w.double().t())[:, :-1].reshape(-1, V)
@@ -232,14 +230,13 @@ def test_bad_model_config_names_the_field(fields, where):
 
 def test_fused_loss_on_a_large_vocabulary_equals_the_reference():
     # Rows this long take log_softmax's blocked path, which the in-place use must survive.
-    from lmforge.model.loss import linear_cross_entropy
 
     torch.manual_seed(0)
     h = torch.randn(2, 5, 8, requires_grad=True)
     w = (3 * torch.randn(50_000, 8)).requires_grad_()
     labels = torch.randint(0, 50_000, (2, 5))
     labels[0, :2] = -100
-    loss = linear_cross_entropy(h, w, labels, chunk_rows=4)
+    loss = linear_cross_entropy(h, w, labels, LossPlan(h.dtype, chunk_rows=4))
     fused = torch.autograd.grad(loss, (h, w))
     z = (h @ w.t())[:, :-1].reshape(-1, 50_000)
     reference = F.cross_entropy(z, labels[:, 1:].reshape(-1), ignore_index=-100)
@@ -315,3 +312,41 @@ def _check_blocks(layer, x, split_linear):
         layer.weight = torch.nn.Parameter(torch.randn(6, 8))  # replaced: cut again
         assert torch.equal(layer(x), fresh())
         assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-6)
+
+
+def test_the_loss_plan_follows_the_device_and_autocast():
+    h = torch.zeros(2, 3)
+    assert loss_plan(h) == LossPlan(torch.float32, 256, 1 << 20)  # CPU: fp32 products
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert loss_plan(h).compute_dtype == torch.bfloat16  # what CUDA's autocast asks
+
+
+@pytest.mark.parametrize("trained_head", [True, False], ids=["trained-head", "frozen-head"])
+def test_bf16_autocast_loss_and_gradients_match_fp64_within_bf16_error(trained_head):
+    """The path CUDA's bf16 autocast takes (products in bf16, softmax and sums in fp32), run
+    here under CPU autocast: loss and gradients against a float64 reference."""
+    torch.manual_seed(0)
+    N, d, V = 48, 32, 200
+    h = torch.randn(1, N, d, requires_grad=True)
+    w = (torch.randn(V, d) * 0.3).requires_grad_(trained_head)
+    labels = torch.randint(0, V, (1, N))
+    labels[0, 5] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(
+            h, w, labels, LossPlan(torch.bfloat16, chunk_rows=16, budget=48 * 64)
+        )
+    loss.backward()
+    h64, w64 = (
+        h.detach().double().requires_grad_(),
+        w.detach().double().requires_grad_(trained_head),
+    )
+    reference = F.cross_entropy((h64[0, :-1] @ w64.t()), labels[0, 1:], ignore_index=-100)
+    reference.backward()
+    fp32 = linear_cross_entropy(h.detach(), w.detach(), labels, LossPlan(torch.float32))
+    assert loss.dtype == torch.float32 and loss.item() != fp32.item()  # bf16 products ran
+    assert abs(fp32.item() - reference.item()) < 1e-5 * reference.item()
+    assert abs(loss.item() - reference.item()) < 2e-2 * reference.item()
+    rel = (h.grad.double() - h64.grad).norm() / h64.grad.norm()
+    assert rel < 2e-2
+    if trained_head:
+        assert ((w.grad.double() - w64.grad).norm() / w64.grad.norm()) < 2e-2

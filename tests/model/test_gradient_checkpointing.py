@@ -61,5 +61,5 @@ def test_checkpointing_is_off_in_eval_and_for_cached_decoding():
 
 
 def test_a_model_without_checkpointing_support_is_refused():
-    with pytest.raises(ConfigError, match="gradient_checkpointing=false"):
+    with pytest.raises(ConfigError, match="set gradient_checkpointing=False"):
         set_gradient_checkpointing(torch.nn.Linear(2, 2))

@@ -31,6 +31,7 @@ from lmforge.errors import AssetError, CheckpointError, ConfigError
 from lmforge.model import CausalLM, preset
 from lmforge.model.hf import config_from_hf, from_hf, load_hf_dir, save_hf_dir, to_hf_config
 from lmforge.registry import Registry
+from lmforge.tokenizer import Tokenizer as LmTokenizer
 
 VOCAB = 101
 TOL = 1e-4
@@ -290,7 +291,7 @@ def test_export_writes_the_tokenizer(tmp_path):
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}</s>{% endfor %}"
     tokenizer.save_pretrained(tmp_path / "tok")
     native = CausalLM(preset("tiny", vocab_size=VOCAB))
-    save_hf_dir(native, tmp_path / "out", tokenizer_dir=tmp_path / "tok")
+    save_hf_dir(native, tmp_path / "out", tokenizer=tmp_path / "tok")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -308,6 +309,33 @@ def test_export_refuses_extra_tensors(tmp_path):
     with pytest.raises(CheckpointError, match="lora_A.*merge or remove adapters"):
         save_hf_dir(native, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_export_takes_the_place_of_an_earlier_export_whole(tmp_path):
+    out = tmp_path / "out"
+    save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), out)
+    before = (out / "model.safetensors").read_bytes()
+    tokenizer = LmTokenizer.train(["hello world"] * 20, vocab_size=270)
+
+    class Broken(LmTokenizer):
+        def save(self, path):
+            raise OSError("disk full")
+
+    broken = Broken(tokenizer.hf)
+    with pytest.raises(OSError, match="disk full"):
+        save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), out, tokenizer=broken)
+    assert (out / "model.safetensors").read_bytes() == before  # the earlier export stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
+    save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), out, tokenizer=tokenizer)
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == tokenizer.eos_id and (out / "tokenizer.json").is_file()
+
+
+def test_export_refuses_a_directory_of_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not an exported model; export to another"):
+        save_hf_dir(CausalLM(preset("tiny", vocab_size=VOCAB)), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 # ---------------------------------------------------------------------------- hub

@@ -54,5 +54,5 @@ def test_default_targets_come_from_the_model_family(model):
     assert default_targets(model) == list(FAMILIES.get("LlamaForCausalLM").targets)
     other = torch.nn.Linear(2, 2)
     other.config = type("Config", (), {"model_type": "gemma3"})()
-    with pytest.raises(ConfigError, match="--delta.targets"):
+    with pytest.raises(ConfigError, match=r"targets=\[q_proj, v_proj\]"):
         default_targets(other)

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from lmforge import peft
+from lmforge import knowledge, peft  # noqa: F401  (knowledge registers its module)
 from lmforge.errors import CheckpointError
 from lmforge.model import CausalLM, preset
 
@@ -23,6 +23,7 @@ CASES = {  # method → config; every registered method must appear here
     "ptuning": {"num_virtual_tokens": 4},
     "ptuning2": {"num_virtual_tokens": 4},
     "qlora": {"r": 4},
+    "knowledge": {"width": 16},
 }
 
 
@@ -144,7 +145,7 @@ class TestContract:
         other = BACKENDS[backend]()
         with torch.no_grad():
             other.get_input_embeddings().weight.add_(0.01)  # same shape, other weights
-        with pytest.raises(CheckpointError, match="other weights.*--force"):
+        with pytest.raises(CheckpointError, match="other weights.*force=True"):
             peft.load_delta(tmp_path / "delta", other)
         peft.load_delta(tmp_path / "delta", other, force=True)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge.cli import build_parser, main
+from lmforge.cli import main
 from lmforge.data.preferences import PromptRecord
-from lmforge.recipes import chat
+from lmforge.recipes.chat import ChatConfig, run_chat
 
 STEPS = ["--train.warmup_steps=0", "--train.schedule=constant", "--train.log_every=1"]
 
@@ -42,10 +42,10 @@ def data(tmp_path_factory):
     return root
 
 
-def run(method: str, model, run_dir, flags: str) -> int:
-    """`lmforge align --method M --model D --run_dir R` plus space-separated flags."""
-    args = [f"--method={method}", f"--model={model}", f"--run_dir={run_dir}", *flags.split()]
-    return main(["align", *args, *STEPS])
+def run(action: str, model, run_dir, flags: str) -> int:
+    """`lmforge align ACTION --model D --run_dir R` plus space-separated flags."""
+    args = [f"--model={model}", f"--run_dir={run_dir}", *flags.split()]
+    return main(["align", action, *args, *STEPS])
 
 
 def metrics(run_dir) -> list[dict]:
@@ -89,15 +89,10 @@ def test_dpo_and_chat_with_the_result(tiny_model_dir, data, tmp_path, backend, t
     assert lines[-1]["margin"] > 0 and lines[-1]["accuracy"] > 0
     held = json.loads((out / "results.json").read_text())["held_out"]
     assert held["margin"] > 0
-    args = ["chat", "--max-new-tokens=4", "--temperature=0"]
-    args += (
-        [f"--model={out / 'model'}"]
-        if tuning == "full"
-        else [f"--model={tiny_model_dir}", f"--adapter={out}"]
-    )
-    parsed = build_parser().parse_args(args)
+    model, adapter = (out / "model", "") if tuning == "full" else (tiny_model_dir, str(out))
+    cfg = ChatConfig(model=str(model), adapter=adapter, max_new_tokens=4, temperature=0.0)
     stdout = io.StringIO()
-    history = chat.run_chat(parsed, stdin=io.StringIO("To be?\n/exit\n"), stdout=stdout)
+    history = run_chat(cfg, stdin=io.StringIO("To be?\n/exit\n"), stdout=stdout)
     assert history[-1]["role"] == "assistant" and "assistant>" in stdout.getvalue()
 
 
@@ -135,7 +130,9 @@ def test_build_preferences_then_dpo_on_them(tiny_model_dir, data, tmp_path):
 
 
 def test_config_errors_name_the_flag(tiny_model_dir, capsys):
-    assert main(["align", "--method=dpo", f"--model={tiny_model_dir}"]) == 2
-    assert "--data.preferences=FILE" in capsys.readouterr().err
-    assert main(["align", "--method=rlhf", "--data.prompts=x"]) == 2
-    assert "method 'rlhf' is unknown" in capsys.readouterr().err
+    assert main(["align", "dpo", f"--model={tiny_model_dir}"]) == 2
+    assert "give a file: --data.preferences=FILE" in capsys.readouterr().err
+    assert main(["align", "ppo", "--data.prompts=x", "--ppo.ptx_coef=0.5"]) == 2
+    assert "name one: --data.ptx=shakespeare, or --ppo.ptx_coef=0" in capsys.readouterr().err
+    assert main(["align", "dpo", "--method=ppo"]) == 2  # the action sets the method
+    assert "unknown flag --method" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lmforge.cli import main
-from lmforge.eval import TASKS, Task, register_task
+from lmforge.eval import TASKS, ChoiceTask, register_task
 from lmforge.prompting import PromptFormat, Sample, Template, Verbalizer
 
 LINES = {"fortune": "The slings and arrows of outrageous fortune", "question": "To be or not"}
@@ -14,9 +14,8 @@ SAMPLES = [Sample({"text": t}, label, origin=label) for label, t in LINES.items(
 
 if "cli-choice" not in TASKS:
     register_task(
-        Task(
+        ChoiceTask(
             "cli-choice",
-            "choice",
             "a two-label task for the CLI test",
             test=lambda: SAMPLES,
             pool=lambda: SAMPLES,
@@ -147,6 +146,8 @@ def test_eval_errors_name_the_problem(tiny_model_dir, tmp_path, capsys):
     )
     assert "holds no adapter" in capsys.readouterr().err
     assert run_eval(tiny_model_dir, tmp_path / "x", "--task", "perplexity") == 2
-    assert "needs data=CORPUS, FILE or FOLDER" in capsys.readouterr().err
+    assert "needs a corpus to score; give --data=CORPUS, a file or a folder" in (
+        capsys.readouterr().err
+    )
     assert main(["eval", "--task", "list"]) == 0
     assert "bbc-news             choice" in capsys.readouterr().out

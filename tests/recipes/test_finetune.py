@@ -8,7 +8,7 @@ from lmforge.cli import main
 from lmforge.data.examples import ExampleBatches, collate
 from lmforge.errors import ConfigError
 from lmforge.hub import load_tokenizer
-from lmforge.recipes.finetune import encode_examples
+from lmforge.recipes.finetune_tasks import encode_examples
 from lmforge.train.objectives import label_token_ids
 
 LINES = {"the": "The slings and arrows of outrageous fortune", "be": "To be or not"}
@@ -17,7 +17,9 @@ LINES = {"the": "The slings and arrows of outrageous fortune", "be": "To be or n
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     path = tmp_path_factory.mktemp("cls") / "data.jsonl"
-    rows = [{"text": text, "label": label} for label, text in LINES.items()] * 12
+    rows = [
+        {"text": f"{text} {i}", "label": label} for i in range(12) for label, text in LINES.items()
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -134,3 +136,30 @@ def test_sft_trains_on_instructions_and_saves_the_delta(
     assert results["records"] == 8 and results["skipped"] == 1 and results["duplicates"] == 16
     assert results["train_examples"] == 6 and results["val_examples"] == 2
     assert results["val_loss"] > 0 and (run / "delta" / "delta_config.json").exists()
+
+
+def test_results_say_how_the_data_was_split(tiny_model_dir, labelled, tmp_path):
+    run = tmp_path / "split"
+    assert main(finetune_args(tiny_model_dir, labelled, run, "lora")) == 0
+    splits = json.loads((run / "results.json").read_text())["splits"]
+    assert {k: splits[k]["examples"] for k in ("train", "validation", "test")} == {
+        "train": 16, "validation": 4, "test": 4
+    }  # fmt: skip
+    assert splits["test"]["from"] == f"{labelled} (stratified split, seed 0)"
+
+
+def test_a_separate_test_file_and_the_source_as_test_set(
+    tiny_model_dir, labelled, tmp_path, capsys
+):
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"text": "To be or not 99", "label": "be"}\n')
+    run = tmp_path / "held"
+    assert main(finetune_args(tiny_model_dir, labelled, run, "lora", f"--data.test={held}")) == 0
+    splits = json.loads((run / "results.json").read_text())["splits"]
+    assert splits["test"] == {"examples": 1, "from": str(held)}
+    args = finetune_args(
+        tiny_model_dir, labelled, tmp_path / "x", "lora", f"--data.test={labelled}"
+    )
+    assert main(args) == 2
+    assert "measured on training data" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -274,7 +274,7 @@ def test_resume_drops_metrics_after_the_checkpoint(tmp_path):
 def test_a_fresh_start_never_deletes_earlier_checkpoints(tmp_path):
     train(make_model(), RandomTokens(), config(max_steps=4, save_every=2), tmp_path, progress=False)
     before = [p.name for p in list_checkpoints(tmp_path)]
-    with pytest.raises(CheckpointError, match="resume_from latest, or start over in a new"):
+    with pytest.raises(CheckpointError, match="resume_from=latest, or start over in a new run_dir"):
         train(make_model(), RandomTokens(), config(resume_from="none"), tmp_path, progress=False)
     assert (
         [p.name for p in list_checkpoints(tmp_path)] == before == ["step-00000002", "step-00000004"]

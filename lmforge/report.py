@@ -1,4 +1,4 @@
-"""A lab report: markdown with tables and PNG plots, written into the run directory."""
+"""A report: markdown with tables and PNG figures, written into a run directory (report.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation inside the loop: the default objective and validation loss / perplexity.
+"""Validation inside the loop: the default objective, and validation loss / perplexity.
 
     val_loss = mean over batches of objective(model, batch)       (model in eval mode, no grad)
     val_ppl  = exp(val_loss)
@@ -38,7 +38,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 @torch.no_grad()
-def evaluate(
+def validation_loss(
     model: nn.Module,
     batches: Iterable[Batch],
     objective: Objective = default_objective,
