@@ -41,8 +41,8 @@ from lmforge.data import load_corpus
 from lmforge.lab.alignment_eval import evaluate_models, report_results
 from lmforge.lab.base import experiment
 from lmforge.lab.peft_compare import verb_child
-from lmforge.report import Report
 from lmforge.recipes.align import AlignConfig
+from lmforge.report import Report
 
 MODEL = "smollm2-135m-instruct"
 METHODS = ("dpo", "grpo", "ppo", "ppo-ptx")

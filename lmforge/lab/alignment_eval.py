@@ -18,10 +18,10 @@ from lmforge.align.store import load_reward_model
 from lmforge.data.preferences import PromptRecord, read_prompts
 from lmforge.eval import EvalSettings, evaluate
 from lmforge.hub import load_model, load_tokenizer
-from lmforge.report import Report
 from lmforge.model.generate import SamplingConfig
 from lmforge.peft import load_adapter
 from lmforge.plots import plot_bars, plot_curves
+from lmforge.report import Report
 from lmforge.tokenizer import Tokenizer
 
 BATCH = 8

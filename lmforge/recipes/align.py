@@ -34,7 +34,6 @@ from lmforge.align.reward import RewardModel, RewardObjective, RewardSettings, p
 from lmforge.align.rollout import RolloutSettings, RolloutSource, sample_replies
 from lmforge.align.store import save_head, save_trained
 from lmforge.atomic import atomic_write_json
-from lmforge.config import load
 from lmforge.data import PackedBatches, build_shards, load_corpus, load_shards
 from lmforge.data.preferences import (
     PairBatches,
