@@ -77,7 +77,7 @@ def test_bad_records_are_named_by_file_line_and_field(tmp_path, record, message)
     path = write_jsonl(tmp_path / "p.jsonl", [STANDARD, record])
     with pytest.raises(DataError) as e:
         read_preferences(path)
-    assert f"{path}{message}" in str(e.value) and "--skip-bad" in str(e.value)
+    assert f"{path}{message}" in str(e.value) and "{skip_bad=true}" in e.value.fix
     kept = read_preferences(path, skip_bad=True)
     assert len(kept) == 1 and kept.skipped[0].origin == f"{path}:2"
 

@@ -129,9 +129,14 @@ def test_build_preferences_then_dpo_on_them(tiny_model_dir, data, tmp_path):
     assert run("dpo", tiny_model_dir, tmp_path / "dpo", flags + " --train.batch_size=1") == 0
 
 
-def test_config_errors_name_the_flag(tiny_model_dir, capsys):
+def test_config_errors_name_the_flag(tiny_model_dir, tmp_path, capsys):
     assert main(["align", "dpo", f"--model={tiny_model_dir}"]) == 2
     assert "give a file: --data.preferences=FILE" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "chosen": "a"}\n')
+    assert run("reward", tiny_model_dir, tmp_path / "r", f"--data.preferences={bad}") == 2
+    assert "bad.jsonl:1: rejected: missing" in (err := capsys.readouterr().err)
+    assert "pass --data.skip_bad to skip it" in err
     assert main(["align", "ppo", "--data.prompts=x", "--ppo.ptx_coef=0.5"]) == 2
     assert "name one: --data.ptx=shakespeare, or --ppo.ptx_coef=0" in capsys.readouterr().err
     assert main(["align", "dpo", "--method=ppo"]) == 2  # the action sets the method
