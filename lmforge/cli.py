@@ -242,6 +242,20 @@ def _align() -> Group:
     return _actions(ACTIONS)
 
 
+@verb("export", "write a model or delta for transformers/vLLM, peft or llama.cpp/Ollama (gguf)")
+def _export() -> Command:
+    from lmforge.recipes.export import ExportConfig, run_export
+
+    return Command("", ExportConfig, run_export)
+
+
+@verb("serve", "an OpenAI-compatible HTTP server (chat, completions, embeddings, adapters)")
+def _serve() -> Command:
+    from lmforge.recipes.serve import ServeConfig, run_serve
+
+    return Command("", ServeConfig, run_serve)
+
+
 @verb("assets", "list the embedded models and corpora and whether they verify")
 def _assets() -> Command:
     from lmforge.assets import ASSETS

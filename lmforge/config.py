@@ -117,7 +117,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
         try:
             validate()
         except ConfigError as e:
-            raise ConfigError(f"{where + ': ' if where else ''}{e.message}", e.fix) from None
+            raise ConfigError(f"{where + ': ' if where else ''}{e.message}", fix=e.fix) from None
     return obj
 
 
@@ -254,7 +254,7 @@ def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | No
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e.message}" if path else e.message, e.fix) from None
+        raise ConfigError(f"{path}: {e.message}" if path else e.message, fix=e.fix) from None
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

@@ -12,9 +12,11 @@ from lmforge.recipes import align, finetune, pretrain
 from lmforge.recipes.chat import ChatConfig
 from lmforge.recipes.data import builders
 from lmforge.recipes.eval import EvalConfig
+from lmforge.recipes.export import ExportConfig
 from lmforge.recipes.generate import GenerateConfig
 from lmforge.recipes.quickstart import QUICKSTART
 from lmforge.recipes.rag import ACTIONS as RAG_ACTIONS
+from lmforge.recipes.serve import ServeConfig
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -56,6 +58,7 @@ KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": c
 KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
 KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
 KINDS |= {"rag": check_rag, "align": check_align}
+KINDS |= {"serve": lambda p: load(ServeConfig, p), "export": lambda p: load(ExportConfig, p)}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -27,6 +27,8 @@ TYPOS = {
     "lab": (["lab", "list", "--quik"], "did you mean --quick?"),
     "rag": (["rag", "ask", "--qustion", "x"], "unknown flag --qustion; `lmforge rag ask --help`"),
     "align": (["align", "dpo", "--dpo.bta", "0.1"], "did you mean --dpo.beta?"),
+    "export": (["export", "runs/ft", "--formt", "gguf"], "did you mean --format?"),
+    "serve": (["serve", "--adaptr", "sql=runs/ft"], "did you mean --adapter?"),
 }
 
 

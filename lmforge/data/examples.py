@@ -1,7 +1,8 @@
 """Batches of whole examples (one prompt per row) for fine-tuning, resumable exactly.
 
-Rows are right-padded, so positions run 0..len-1 on every backend without position ids,
-and `last` (the index of each row's final real token) is where a classifier reads.
+Rows are left-padded, so every prompt ends in the last column, where a classifier reads
+the first token of each label word and from where its KV cache continues with the rest
+(train/objectives.py); positions count real tokens only.
 """
 
 from __future__ import annotations
@@ -13,20 +14,15 @@ import torch
 
 from lmforge.data.loader import Batch
 from lmforge.errors import DataError
+from lmforge.model.continuations import left_pad
 
 
 def collate(rows: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
-    """(token ids, class id) rows → input_ids/attention_mask (B, T), last (B,), class_ids (B,)."""
-    T = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (ids, _) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1
+    """(token ids, class id) rows → left-padded input_ids/attention_mask (B, T), class_ids (B,)."""
+    input_ids, mask = left_pad([ids for ids, _ in rows], pad_id)
     return {
         "input_ids": input_ids,
         "attention_mask": mask,
-        "last": mask.sum(1) - 1,
         "class_ids": torch.tensor([c for _, c in rows], dtype=torch.long),
     }
 

@@ -2,6 +2,10 @@
 
     prompt_i   = format.render(query_i, demonstrations_i)
     score(i,c) = log Σ_w exp(norm(log p(answer(w) | prompt_i)))    w: the words of label c
+
+log p(answer(w) | prompt) is the likelihood of the word's whole token sequence, however
+many tokens it takes (a Chinese word is often six byte-level tokens), computed with the
+prompt once (eval/loglik.py). Two words spelt by the same tokens are refused.
     p_i        = softmax_c score(i, ·)
     calibrate: the same prompt with content-free queries ("N/A", "[MASK]", "") gives p_cf_i,
                and q_i = softmax(p_i / p_cf_i)   (Zhao et al., 2021)
@@ -30,8 +34,9 @@ from lmforge.eval.base import (
     shots_phrase,
     task_samples,
 )
-from lmforge.eval.loglik import choice_scores
+from lmforge.eval.loglik import Request, choice_scores, context_length, encode_request
 from lmforge.eval.metrics import mean_metric
+from lmforge.model.continuations import check_label_sequences
 from lmforge.prompting.calibration import CONTENT_FREE, ContextualCalibration, content_free_fields
 from lmforge.prompting.template import PromptFormat, Verbalizer
 from lmforge.tokenizer import Tokenizer
@@ -66,6 +71,19 @@ def class_scores(
     owner = torch.tensor([c for c, _ in words])  # (W,)
     columns = [per_word[:, owner == c].logsumexp(dim=-1) for c in range(len(verbalizer.labels))]
     return torch.stack(columns, dim=-1)  # (N, C)
+
+
+def check_words(
+    model: nn.Module, tokenizer: Tokenizer, task: ChoiceTask, prompt: str, s: EvalSettings
+) -> None:
+    """Refuse words the tokenizer spells alike after `prompt`; flag lone byte pieces."""
+    limit = context_length(model, s.max_length)
+    sequences = {}
+    for words in task.verbalizer.words.values():
+        for w in words:
+            whole, n = encode_request(tokenizer, Request(prompt, task.format.answer_text(w)), limit)
+            sequences[w] = whole[n:]
+    check_label_sequences(tokenizer, sequences, f"task {task.name!r}: the verbalizer's words")
 
 
 def calibrated(
@@ -110,6 +128,8 @@ def run_choice(
     demos = select_demos(task, test, pool, s, embed)
     shown = [[(d, task.verbalizer.word(d.target)) for d in ds] for ds in demos]
     prompts = [task.format.render(q.fields, sh) for q, sh in zip(test, shown)]
+    if prompts:
+        check_words(model, tokenizer, task, prompts[0], s)
     scores = class_scores(model, tokenizer, prompts, task.format, task.verbalizer, s, progress)
     probs = scores.softmax(dim=-1)  # (N, C)
     if s.choice.calibrate:

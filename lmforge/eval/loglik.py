@@ -3,7 +3,7 @@
     request (context, continuation)
         whole = encode(context + continuation)          ctx = encode(context)
         n     = length of the longest common prefix of whole and ctx
-        row   = whole[:-1]  (what the model reads)       targets = whole[n:]  at positions n-1…
+        prompt = whole[:n]                               continuation = whole[n:]
 
 The BPE boundary. A byte-level BPE may merge the end of the context with the start of
 the continuation ("Topic: " + "sport" is encoded "Topic", ":", " sport"). The
@@ -13,11 +13,13 @@ text were one string. A boundary token that merged is scored with the continuati
 usual format (no trailing space in the context, " word" as the continuation) merges
 nothing. An empty context is preceded by the tokenizer's BOS (or EOS) token.
 
-Batching. Each request becomes one row; identical rows are computed once, so choices of
-one token each after a shared context (the usual verbalizer) cost a single row. Rows are
-right-padded (positions run 0..len-1 on every backend), sorted by length so that a batch
-pads little, and sliced to the positions that are scored before the log-softmax. Rows
-longer than `max_length + 1` tokens lose their oldest context tokens.
+Batching. Requests are grouped by prompt; each group is one row whose prompt is computed
+once and whose continuations, of any length, are read through its KV cache
+(model/continuations.py): a label word of six byte-level tokens after a shared prompt
+costs its six tokens, not another copy of the prompt, and one-token label words cost the
+prompt alone. Equal requests are scored once. Groups are sorted by length so that a
+batch pads little. Rows longer than `max_length + 1` tokens lose their oldest context
+tokens.
 
 Normalisation (NORMALIZERS) turns a log-likelihood into a choice score: the sum, the mean
 per token (Brown et al., 2020's per-token normalisation) or the mean per character.
@@ -26,16 +28,21 @@ per token (Brown et al., 2020's per-token normalisation) or the mean per charact
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from lmforge.errors import DataError
-from lmforge.model.host import find_host, host_for
-from lmforge.registry import Registry
+from lmforge.model.continuations import (
+    NORMALIZERS,
+    Continuations,
+    left_pad,
+    score_continuations,
+)
+from lmforge.model.host import host_for
 from lmforge.tokenizer import Tokenizer
 
 
@@ -53,10 +60,9 @@ class LogLikelihood:
     greedy: bool  # every continuation token was the model's most likely next token
 
 
-NORMALIZERS: Registry[Callable[[LogLikelihood], float]] = Registry("score normalisation")
-NORMALIZERS.add("sum", lambda ll: ll.logprob)
-NORMALIZERS.add("mean", lambda ll: ll.logprob / ll.tokens)
-NORMALIZERS.add("char", lambda ll: ll.logprob / max(1, ll.chars))
+def normalized(ll: LogLikelihood, how: str) -> float:
+    """The choice score of a log-likelihood under NORMALIZERS[how]."""
+    return NORMALIZERS.get(how)(ll.logprob, ll.tokens, ll.chars)
 
 
 @contextlib.contextmanager
@@ -110,30 +116,24 @@ def encode_request(
     return whole[cut:], n - cut
 
 
-def _batches(order: list[int], lengths: list[int], size: int, tokens: int) -> Iterator[list[int]]:
-    """Rows in `order` (longest first) grouped by count and by padded tokens."""
+def _batches(
+    order: list[int], sizes: list[tuple[int, int]], size: int, tokens: int, limit: int
+) -> Iterator[list[int]]:
+    """Groups in `order` (longest first) batched by count and by padded tokens. A batch pads
+    its prompts to the longest prompt and its continuations to the longest continuation, and
+    the two together must fit the model's context."""
     batch: list[int] = []
-    for r in order:
-        if batch and (len(batch) == size or (len(batch) + 1) * lengths[batch[0]] > tokens):
+    T = K = 0
+    for g in order:
+        t, k = max(T, sizes[g][0]), max(K, sizes[g][1])
+        full = len(batch) == size or (len(batch) + 1) * (t + k) > tokens or t + k - 1 > limit
+        if batch and full:
             yield batch
-            batch = []
-        batch.append(r)
+            batch, (t, k) = [], sizes[g]
+        batch.append(g)
+        T, K = t, k
     if batch:
         yield batch
-
-
-def _forward(model: nn.Module, rows: list[list[int]], keep: int, slice_ok: bool) -> Tensor:
-    """Logits (B, keep, V) of the last `keep` padded positions of right-padded rows."""
-    device = next(model.parameters()).device
-    T = len(rows[0])  # the longest row comes first
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    kwargs = {"logits_to_keep": keep} if slice_ok and keep < T else {}
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
-    return logits[:, -keep:]  # (B, keep, V), sliced by the model or here
 
 
 @torch.inference_mode()
@@ -151,34 +151,27 @@ def loglikelihoods(
     limit = context_length(model, max_length)
     unique = list(dict.fromkeys(requests))  # equal requests are scored once
     encoded = [encode_request(tokenizer, r, limit) for r in unique]
-    row_of: dict[tuple[int, ...], int] = {}
-    for whole, _ in encoded:
-        row_of.setdefault(tuple(whole[:-1]), len(row_of))
-    rows = [list(key) for key in row_of]
-    readers: list[list[int]] = [[] for _ in rows]  # row → the unique requests it scores
-    for u, (whole, _) in enumerate(encoded):
-        readers[row_of[tuple(whole[:-1])]].append(u)
-    lengths = [len(r) for r in rows]
-    order = sorted(range(len(rows)), key=lambda r: -lengths[r])
-    host = find_host(model)  # wrappers may rearrange their columns: they are not sliced
-    slice_ok = host is not None and host.slices_logits
+    groups: dict[tuple[int, ...], list[int]] = {}  # prompt tokens → requests that follow it
+    for u, (whole, n) in enumerate(encoded):
+        groups.setdefault(tuple(whole[:n]), []).append(u)
+    prompts = list(groups)
+    sizes = [(len(p), max(len(encoded[u][0]) - len(p) for u in groups[p])) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda g: -sum(sizes[g]))
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     results: list[LogLikelihood | None] = [None] * len(unique)
-    batches = list(_batches(order, lengths, batch_size, max_batch_tokens))
+    batches = list(_batches(order, sizes, batch_size, max_batch_tokens, limit))
     with eval_mode(model):
         for batch in tqdm(batches, desc="log-likelihood", unit="batch", disable=not progress):
-            first = min(encoded[u][1] - 1 for r in batch for u in readers[r])
-            T = lengths[batch[0]]
-            logits = _forward(model, [rows[r] for r in batch], T - first, slice_ok)
-            for b, r in enumerate(batch):
-                for u in readers[r]:
-                    whole, n = encoded[u]
-                    targets = torch.tensor(whole[n:], device=logits.device)  # (k,)
-                    logp = logits[b, n - 1 - first : len(whole) - 1 - first].float()  # (k, V)
-                    logp = logp.log_softmax(dim=-1)
-                    score = logp.gather(-1, targets[:, None]).sum()
-                    greedy = bool((logp.argmax(dim=-1) == targets).all())
-                    chars = len(unique[u].continuation)
-                    results[u] = LogLikelihood(float(score), len(targets), chars, greedy)
+            members = [u for g in batch for u in groups[prompts[g]]]
+            ids, mask = left_pad([prompts[g] for g in batch], pad)
+            conts = [[encoded[u][0][encoded[u][1] :] for u in groups[prompts[g]]] for g in batch]
+            scores = score_continuations(model, ids, mask, Continuations.build(conts))
+            totals = scores.total().tolist()
+            for i, u in enumerate(members):
+                whole, n = encoded[u]
+                chars = len(unique[u].continuation)
+                greedy = bool(scores.greedy[i])
+                results[u] = LogLikelihood(totals[i], len(whole) - n, chars, greedy)
     by_request = dict(zip(unique, results))
     return [by_request[r] for r in requests]
 
@@ -195,10 +188,10 @@ def choice_scores(
     """Scores (one list per context) of each choice as a continuation of that context."""
     if len(context) != len(choices):
         raise DataError(f"{len(context)} contexts but {len(choices)} lists of choices")
-    norm = NORMALIZERS.get(normalize)
+    NORMALIZERS.get(normalize)  # an unknown name fails before any scoring
     requests = [Request(c, choice) for c, options in zip(context, choices) for choice in options]
     lls = iter(loglikelihoods(model, tokenizer, requests, **kwargs))
-    return [[norm(next(lls)) for _ in options] for options in choices]
+    return [[normalized(next(lls), normalize) for _ in options] for options in choices]
 
 
 def choose(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lmforge.errors import ConfigError
-from lmforge.eval.loglik import NORMALIZERS, Request, loglikelihoods
+from lmforge.eval.loglik import Request, loglikelihoods, normalized
 from lmforge.knowledge.chunking import Chunk
 from lmforge.knowledge.index import KnowledgeIndex
 from lmforge.knowledge.lm import LM
@@ -120,7 +120,7 @@ def rerank_loglik(lm: LM | None, question: str, hits: list[Hit]) -> list[Hit]:
         Request(RELEVANCE_PROMPT.format(passage=h.chunk.text), " " + question) for h in hits
     ]
     lls = loglikelihoods(lm.model, lm.tokenizer, requests, batch_size=lm.batch_size)
-    scores = [NORMALIZERS.get("mean")(ll) for ll in lls]
+    scores = [normalized(ll, "mean") for ll in lls]
     order = sorted(range(len(hits)), key=lambda i: -scores[i])
     return [
         Hit(hits[i].chunk, scores[i], {**hits[i].ranks, "rerank": r})

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -255,6 +255,14 @@ class KVCache:
         self.values = [v[rows] for v in self.values]
 
 
+class PagedCache(Protocol):
+    """A cache that runs attention itself over blocks of keys/values (model/paged.py)."""
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, kernel: AttentionFn) -> Tensor:
+        """q (1, nh, N, hd), k/v (1, nkv, N, hd) of a step's new tokens → (1, nh, N, hd)."""
+        ...
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -270,13 +278,21 @@ class Attention(nn.Module):
         self.kernel = ATTENTION.get(config.attention)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | PagedCache | None,
     ) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B,nh,T,hd)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B,nkv,T,hd)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None and not isinstance(cache, KVCache):  # a paged step (model/paged.py)
+            y = cache.attend(self.layer_idx, q, k, v, self.kernel)  # (1, nh, N, hd)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         past = 0
         if cache is not None:
             past = cache.length

@@ -176,7 +176,9 @@ def _seen_matrix(ids: Tensor, mask: Tensor, vocab: int) -> Tensor:
 
 
 @dataclass
-class _Row:
+class Row:
+    """One continuation while it is generated (the serving engine keeps one per request)."""
+
     prompt_length: int
     tokens: list[int] = field(default_factory=list)
     text: str | None = None
@@ -189,8 +191,8 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def _advance(
-    row: _Row, token: int, config: SamplingConfig, eos: set[int], decode: Decode | None, live: bool
+def advance(
+    row: Row, token: int, config: SamplingConfig, eos: set[int], decode: Decode | None, live: bool
 ) -> None:
     """Append one token to a row and decide whether the row is finished."""
     if token in eos:
@@ -226,7 +228,7 @@ def _decode_loop(
     decode: Decode | None,
     truncate: bool,
     live: bool,
-) -> Iterator[list[_Row]]:
+) -> Iterator[list[Row]]:
     """Yield the rows after every step (the same list, updated in place).
 
     `live` keeps row.text current after every token (streaming needs it)."""
@@ -239,7 +241,7 @@ def _decode_loop(
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     device = next(model.parameters()).device
     generator = None if config.seed is None else torch.Generator(device).manual_seed(config.seed)
-    rows = [_Row(len(p)) for p in prompts]
+    rows = [Row(len(p)) for p in prompts]
     active = list(rows)  # the rows still generating, in batch order
     ids, mask = _left_pad(prompts, pad_token_id, device)  # (B, L)
     cache = host.new_cache(len(prompts), ids.shape[1] + config.max_new_tokens)
@@ -250,7 +252,7 @@ def _decode_loop(
     while True:
         new = choose_tokens(logits, seen, config, generator)  # (B,)
         for row, token in zip(active, new.tolist()):
-            _advance(row, token, config, eos, decode, live)
+            advance(row, token, config, eos, decode, live)
         yield rows
         keep = [j for j, row in enumerate(active) if row.finish_reason is None]
         if not keep:
@@ -296,7 +298,7 @@ def generate(
     return results
 
 
-def _stable_end(text: str, stops: list[str]) -> int:
+def stable_end(text: str, stops: list[str]) -> int:
     """How much of an unfinished text can be shown for good.
 
     A trailing U+FFFD may be half of a multi-byte character, and a suffix that begins a
@@ -332,7 +334,7 @@ def stream(
         ):
             row = rows[0]
             text = row.text or ""
-            end = len(text) if row.finish_reason else _stable_end(text, config.stop)
+            end = len(text) if row.finish_reason else stable_end(text, config.stop)
             if end > shown:
                 yield text[shown:end]
                 shown = end

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from lmforge.model.attention import (
     Attention,
     KVCache,
+    PagedCache,
     RotaryEmbedding,
     SplitLinear,
     with_split_linears,
@@ -55,7 +56,12 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | PagedCache | None,
     ) -> Tensor:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
@@ -165,11 +171,11 @@ class CausalLM(nn.Module):
                 x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
+        x = self.model.norm(x)  # on every position: a wrapped norm may read the whole call
         if isinstance(logits_to_keep, Tensor):  # positions whose logits are needed, (K,)
             x = x[:, logits_to_keep]
         elif logits_to_keep:  # generation needs only the last positions' logits
             x = x[:, -logits_to_keep:]
-        x = self.model.norm(x)
         if labels is not None and self._fuse_head_and_loss():
             loss = linear_cross_entropy(x, self.lm_head.weight, labels)
             return CausalLMOutput(loss, None, cache if use_cache else None)

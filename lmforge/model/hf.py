@@ -197,9 +197,13 @@ def load_hf_dir(
 # ------------------------------------------------------------------------------------ export
 
 
-def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any:
+def to_hf_config(
+    config: ModelConfig, dtype: torch.dtype = torch.float32, biases: dict[str, bool] | None = None
+) -> Any:
     """The transformers config of a native model: Llama, or Qwen2 when q/k/v carry biases
-    (Llama's attention_bias would add an o_proj bias the native model does not have)."""
+    (Llama's attention_bias would add an o_proj bias the native model does not have).
+    `biases` ({"attention_bias": True, "mlp_bias": True}, from `added_biases`) asks for a
+    Llama with biases on every attention and/or MLP projection."""
     from transformers import LlamaConfig, Qwen2Config
 
     fields = dict(
@@ -221,9 +225,44 @@ def to_hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Any
         pad_token_id=None,
         dtype=dtype,
     )
+    if biases:
+        return LlamaConfig(**fields, **biases, architectures=["LlamaForCausalLM"])
     if config.attention_bias:
         return Qwen2Config(**fields, use_sliding_window=False, architectures=["Qwen2ForCausalLM"])
     return LlamaConfig(**fields, attention_bias=False, architectures=["LlamaForCausalLM"])
+
+
+BIAS_GROUPS = {  # Llama config flag → the projections whose biases it switches on
+    "attention_bias": (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+    ),
+    "mlp_bias": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+}
+
+
+def added_biases(state: dict[str, Tensor], config: ModelConfig) -> dict[str, bool]:
+    """Biases beyond the plain layout (BitFit adds them) as Llama's attention_bias / mlp_bias:
+    the flags to set, with `state` completed in place by zero biases on the other projections
+    of each group switched on (zero changes nothing). {} when there are none."""
+    with torch.device("meta"):
+        plain = set(CausalLM(config).state_dict())
+    extra = [n.rsplit(".", 1)[0] for n in state if n not in plain and n.endswith(".bias")]
+    flags = {
+        flag: True for flag, group in BIAS_GROUPS.items() if any(m.endswith(group) for m in extra)
+    }
+    if flags and config.attention_bias:  # q/k/v biases need Llama's flag (o_proj's is zero)
+        flags["attention_bias"] = True
+    for flag in flags:
+        for layer in range(config.n_layer):
+            for projection in BIAS_GROUPS[flag]:
+                weight = state[f"model.layers.{layer}.{projection}.weight"]
+                state.setdefault(
+                    f"model.layers.{layer}.{projection}.bias", weight.new_zeros(weight.shape[0])
+                )
+    return flags
 
 
 def _save_tokenizer(tokenizer: Tokenizer | str | Path, path: Path) -> dict[str, int | None]:
@@ -258,6 +297,7 @@ def save_hf_dir(
     model: CausalLM, path: str | Path, tokenizer: Tokenizer | str | Path | None = None
 ) -> Path:
     """Write config.json + model.safetensors (and the tokenizer) that transformers loads.
+    Biases added to the projections (BitFit) are written as a Llama with biases.
 
     The directory is built beside `path` and takes its place whole (a directory that
     exists is the complete export), replacing an earlier export there; a directory of
@@ -266,7 +306,10 @@ def save_hf_dir(
     path, config = Path(path), model.config
     with torch.device("meta"):
         expected = set(CausalLM(config).state_dict())
-    state = model.state_dict()
+    state = dict(model.state_dict())
+    biases = added_biases(state, config)
+    if biases:
+        expected |= {n for n in state if n.endswith(".bias")}
     if set(state) != expected:
         extra = sorted(set(state) ^ expected)
         raise CheckpointError(
@@ -276,7 +319,7 @@ def save_hf_dir(
     if config.tie_embeddings:
         state.pop("lm_head.weight")  # transformers re-ties it from tie_word_embeddings
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
-    hf_config = to_hf_config(config, dtype=next(iter(tensors.values())).dtype)
+    hf_config = to_hf_config(config, dtype=next(iter(tensors.values())).dtype, biases=biases)
     try:
         with atomic_directory(path, lambda p: (p / CONFIG_FILE).is_file()) as tmp:
             if tokenizer is not None:

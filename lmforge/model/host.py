@@ -25,11 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import ConfigError
-from lmforge.model.attention import KVCache, packed_attention_mask
+from lmforge.model.attention import KVCache
 from lmforge.model.gpt import CausalLM
+from lmforge.model.prefill import packs, prefill_packed
 
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len")
-PACK_LIMIT = 1 << 22  # most entries of the (N, N) mask of a packed prefill (N ≤ 2,048 tokens)
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,17 @@ class ModelHost(Protocol):
         """Run the new tokens (B, T) after the cached ones; return last logits (B, V), cache."""
         ...
 
+    def extend(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any, keep=0
+    ) -> tuple[Tensor, Any]:
+        """Run the new tokens (B, T) after the cached ones; return the logits of every new
+        position, or of the last `keep` when keep > 0, (B, T|keep, V), and the cache
+        (gradients flow through it when enabled)."""
+        ...
+
     def select_rows(self, cache: Any, rows: Tensor) -> Any:
-        """Keep only the batch rows `rows` of the cache (finished sequences leave)."""
+        """The batch rows `rows` of the cache, in that order: finished sequences leave, a row
+        named twice is repeated (one prompt, several continuations)."""
         ...
 
 
@@ -192,55 +201,28 @@ class NativeHost(_Layout):
     def step(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: KVCache
     ) -> tuple[Tensor, KVCache]:
-        if self._packs(input_ids, attention_mask, cache):
-            return self._prefill_packed(input_ids, attention_mask, cache)
+        if self.model is self.plain and packs(input_ids, attention_mask, cache, self.max_length()):
+            return prefill_packed(self.model, input_ids, attention_mask, cache)
+        logits, cache = self.extend(input_ids, attention_mask, position_ids, cache, keep=1)
+        return logits[:, -1], cache  # the prefill needs only the last position's logits
+
+    def extend(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        cache: KVCache,
+        keep=0,
+    ) -> tuple[Tensor, KVCache]:
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,  # the prefill needs only the last position's logits
+            logits_to_keep=keep,
         )
-        return out.logits[:, -1], out.past_key_values
-
-    def _packs(self, ids: Tensor, mask: Tensor, cache: KVCache) -> bool:
-        """Whether this call is a padded prefill that `_prefill_packed` can run instead: the
-        plain model (a virtual-token wrapper lays out its cache itself), some padding, and a
-        packed sequence within the context and PACK_LIMIT."""
-        if cache.length or ids.shape[1] == 1 or self.model is not self.plain:
-            return False
-        n = int(mask.sum())
-        return n < mask.numel() and n <= self.max_length() and n * n <= PACK_LIMIT
-
-    def _prefill_packed(self, ids: Tensor, mask: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
-        """A left-padded prefill run without its padding: the rows' real tokens are packed into
-        one sequence, each attending causally within its own row (a block-diagonal mask,
-        positions restarting per row); each row's keys and values then land in its slots of
-        the batch cache, its padding slots zeroed. Equal to the padded call up to rounding."""
-        B, L = ids.shape
-        keep = mask.bool()
-        lengths = keep.sum(dim=1)  # (B,)
-        N = int(lengths.sum())
-        segments = torch.repeat_interleave(torch.arange(1, B + 1, device=ids.device), lengths)
-        starts = torch.cumsum(lengths, 0) - lengths  # (B,)
-        positions = torch.arange(N, device=ids.device) - starts[segments - 1]  # (N,) per row
-        packed = KVCache.allocate(self.plain.config, 1, N, cache.keys[0].dtype, ids.device)
-        out = self.model(
-            input_ids=ids[keep][None],  # (1, N)
-            attention_mask=packed_attention_mask(segments[None]),  # (1, 1, N, N)
-            position_ids=positions[None],
-            past_key_values=packed,
-            use_cache=True,
-            logits_to_keep=starts + lengths - 1,  # each row's last token
-        )
-        for store, filled in ((cache.keys, packed.keys), (cache.values, packed.values)):
-            for buf, part in zip(store, filled):  # buf (B, nkv, cap, hd), part (1, nkv, N, hd)
-                for i, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-                    buf[i, :, : L - n] = 0
-                    buf[i, :, L - n : L] = part[0, :, start : start + n]
-        cache.advance(L)
-        return out.logits[0], cache  # (B, V)
+        return out.logits, out.past_key_values
 
     def select_rows(self, cache: KVCache, rows: Tensor) -> KVCache:
         cache.select(rows)
@@ -321,9 +303,14 @@ class TransformersHost(_Layout):
     def step(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
     ) -> tuple[Tensor, Any]:
-        kwargs: dict[str, Any] = {self._step_arg: cache}
-        if self._keeps_logits:
-            kwargs["logits_to_keep"] = 1  # the prefill needs only the last position's logits
+        keep = int(self._keeps_logits)  # the prefill needs only the last position's logits
+        logits, cache = self.extend(input_ids, attention_mask, position_ids, cache, keep)
+        return logits[:, -1], cache
+
+    def extend(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any, keep=0
+    ) -> tuple[Tensor, Any]:
+        kwargs = {self._step_arg: cache, **({"logits_to_keep": keep} if keep else {})}
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -331,12 +318,17 @@ class TransformersHost(_Layout):
             use_cache=True,
             **kwargs,
         )
-        new_cache = out["cache"] if "cache" in out else out["past_key_values"]
-        return out.logits[:, -1], new_cache
+        return out.logits, _returned_cache(out)
 
     def select_rows(self, cache: Any, rows: Tensor) -> Any:
         cache.batch_select_indices(rows)
         return cache
+
+
+def _returned_cache(out: Any) -> Any:
+    """The output's cache under either name (None when the model kept none)."""
+    name = "cache" if hasattr(out, "cache") else "past_key_values"
+    return getattr(out, name, None)
 
 
 def _cache_arg(model: nn.Module) -> str:

@@ -172,9 +172,8 @@ def apply(
     return delta
 
 
-def load_delta(directory: str | Path, model: nn.Module, force: bool = False) -> DeltaMethod:
-    """Re-create a saved method on `model`, which must be the base it was trained on (the
-    identity saved with it) unless `force`."""
+def read_delta(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A saved delta's delta_config.json (method, config, base) and its tensors."""
     directory = Path(directory)
     try:
         meta = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -185,6 +184,14 @@ def load_delta(directory: str | Path, model: nn.Module, force: bool = False) -> 
         ) from None
     except (json.JSONDecodeError, SafetensorError, OSError) as e:
         raise CheckpointError(f"{directory}: the saved delta is unreadable ({e})") from None
+    return meta, state
+
+
+def load_delta(directory: str | Path, model: nn.Module, force: bool = False) -> DeltaMethod:
+    """Re-create a saved method on `model`, which must be the base it was trained on (the
+    identity saved with it) unless `force`."""
+    directory = Path(directory)
+    meta, state = read_delta(directory)
     config = meta["config"]
     if meta["method"] in METHODS and isinstance(config, dict):
         config = {**METHODS.get(meta["method"]).saved_before, **config}

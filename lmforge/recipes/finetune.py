@@ -24,6 +24,7 @@ from lmforge.atomic import atomic_write_json
 from lmforge.config import arg, load
 from lmforge.errors import ConfigError
 from lmforge.hub import LOADERS, load_model, load_tokenizer
+from lmforge.model.continuations import NORMALIZERS
 from lmforge.peft import DeltaMethod, count_parameters
 from lmforge.recipes.finetune_tasks import FINETUNE_TASKS
 from lmforge.recipes.rundir import check_resume, save_config
@@ -86,7 +87,9 @@ class FinetuneDataConfig:
     test: str = ""  # classification: a labelled JSONL for the test score (empty: split the source)
     split_seed: int = 0  # classification: seed of the stratified train/validation/test split
     template: str = "{text}\nTopic:"  # classification prompt; {text} is the example's text
-    labels: list[str] = field(default_factory=list)  # class names = label words (empty: from data)
+    labels: list[str] = field(default_factory=list)  # class names (empty: those of the data)
+    words: dict[str, str] = field(default_factory=dict)  # label → word scored (default: label)
+    normalize: str = arg("sum", choices=NORMALIZERS.names)  # label score: sum | mean | char
     max_length: int = 256  # tokens per example (classification) or window (causal-lm)
     max_train: int = 0  # use at most this many training examples (0 = all)
     max_eval: int = 0  # score at most this many test examples (0 = all)

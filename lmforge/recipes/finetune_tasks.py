@@ -1,7 +1,7 @@
 """What `lmforge finetune` learns: one FINETUNE_TASKS entry per task.
 
-    classification  labelled examples ─► template ─► label-word logits at the last token;
-                    validation loss, then test accuracy
+    classification  labelled examples ─► template ─► log-likelihood of each class's whole
+                    label word after the prompt; validation loss, then test accuracy
     causal-lm       a corpus in packed windows; next-token loss
     sft             instruction data in the model's chat template, loss on the assistant
                     tokens only, optionally packed; every `holdout`-th record validates
@@ -39,7 +39,7 @@ from lmforge.recipes.rundir import resumes
 from lmforge.registry import Registry
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import Objective, default_objective
-from lmforge.train.objectives import ClassificationObjective, accuracy, label_token_ids
+from lmforge.train.objectives import ClassificationObjective, LabelWords, accuracy
 
 if TYPE_CHECKING:  # finetune.py holds the config and this registry's users
     from lmforge.recipes.finetune import FinetuneConfig
@@ -75,16 +75,22 @@ FINETUNE_TASKS: Registry[FinetuneTask] = Registry("finetune task")
 
 
 def encode_examples(
-    examples: list[Example], tokenizer: Tokenizer, template: str, labels: list[str], max_length: int
+    examples: list[Example],
+    tokenizer: Tokenizer,
+    template: str,
+    labels: list[str],
+    max_length: int,
+    reserve: int = 0,
 ) -> list[tuple[list[int], int]]:
-    """Prompt token ids (the text cut to fit max_length) and class index per example."""
+    """Prompt token ids (the text cut so that prompt + `reserve` label tokens fit
+    max_length) and class index per example."""
     head, tail = template.split("{text}", 1)
     before = tokenizer.input_specials[0]  # a BOS the checkpoint puts before every input
     head_ids, tail_ids = before + tokenizer.encode(head), tokenizer.encode(tail)
-    budget = max_length - len(head_ids) - len(tail_ids)
+    budget = max_length - len(head_ids) - len(tail_ids) - reserve
     if budget < 1:
         raise ConfigError(
-            f"data.template leaves no room for text within {max_length} tokens",
+            f"data.template and the label words leave no room for text within {max_length} tokens",
             fix="shorten {data.template} or raise {data.max_length}",
         )
     index = {label: i for i, label in enumerate(labels)}
@@ -94,6 +100,18 @@ def encode_examples(
             raise ConfigError(f"{ex.origin}: label {ex.label!r} is not in data.labels {labels}")
         rows.append((head_ids + tokenizer.encode(ex.text)[:budget] + tail_ids, index[ex.label]))
     return rows
+
+
+def label_words(cfg: FinetuneConfig, tokenizer: Tokenizer, labels: list[str]) -> LabelWords:
+    """The word scored for each label: data.words[label], else the label itself."""
+    unknown = sorted(set(cfg.data.words) - set(labels))
+    if unknown:
+        raise ConfigError(
+            f"data.words names {unknown}, which are not labels of the data ({labels})",
+            fix="map each label to its word in {data.words}",
+        )
+    where = "data.words" if cfg.data.words else "data.labels"
+    return LabelWords.encode(tokenizer, [cfg.data.words.get(x, x) for x in labels], where)
 
 
 def _check_classification(cfg: FinetuneConfig) -> None:
@@ -106,26 +124,37 @@ def _check_classification(cfg: FinetuneConfig) -> None:
 
 
 def classification(cfg: FinetuneConfig, tokenizer: Tokenizer, run_dir: Path) -> TaskData:
-    """Labelled examples scored by the logit of each class's label word after the prompt."""
+    """Labelled examples scored by the likelihood of each class's label word after the prompt."""
     d, bs, seed = cfg.data, cfg.train.batch_size, cfg.train.seed
     splits = labelled_splits(d.source, validation=d.eval, test=d.test, split_seed=d.split_seed)
     labels = d.labels or sorted({e.label for e in splits.train})
+    words = label_words(cfg, tokenizer, labels)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
 
     def rows(examples: list[Example], n: int) -> list[tuple[list[int], int]]:
         sample = seeded_sample(examples, n, seed)
-        return encode_examples(sample, tokenizer, d.template, labels, d.max_length)
+        return encode_examples(
+            sample, tokenizer, d.template, labels, d.max_length, words.longest - 1
+        )
 
     train_rows = rows(splits.train, d.max_train)
     val = fixed_batches(rows(splits.validation, d.max_eval), bs, pad)
     test = fixed_batches(rows(splits.test, d.max_eval), bs, pad)
-    label_ids = label_token_ids(tokenizer, labels)
+
+    def metrics(model: nn.Module) -> dict[str, Any]:
+        return {"labels": labels, "test_accuracy": accuracy(model, test, words, d.normalize)}
+
     return TaskData(
         ExampleBatches(train_rows, bs, pad, seed=seed),
         val,
-        ClassificationObjective(label_ids),
-        test=lambda model: {"labels": labels, "test_accuracy": accuracy(model, test, label_ids)},
-        facts={"splits": splits.describe()},
+        ClassificationObjective(words, d.normalize),
+        test=metrics,
+        facts={
+            "splits": splits.describe(),
+            "label_words": {
+                x: [w, len(t)] for x, w, t in zip(labels, words.words, words.sequences)
+            },
+        },
     )
 
 

@@ -17,9 +17,10 @@ from lmforge.eval import (
     generate_problems,
     get_task,
 )
-from lmforge.eval.loglik import Request, loglikelihoods
+from lmforge.eval.loglik import Request, encode_request, loglikelihoods
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.prompting import PromptFormat, Sample, Template, Verbalizer
+from lmforge.prompting.calibration import CONTENT_FREE
 
 
 def test_arithmetic_is_deterministic_and_exact():
@@ -125,6 +126,50 @@ def test_calibrated_choice_by_hand(tiny):
         q = (p / p_cf).softmax(0)
         assert list(record["probabilities"].values()) == pytest.approx(q.tolist(), abs=1e-5)
         assert record["prediction"] == ["question", "fortune"][int(q.argmax())]
+
+
+ZH_FORMAT = PromptFormat(Template("句子：{text}\n类型："), instruction="判断词语的类型。")
+ZH_SAMPLES = [
+    Sample({"text": "江泽民主席发表新年讲话"}, "人名", origin="zh 0"),
+    Sample({"text": "北京的冬天很冷"}, "地名", origin="zh 1"),
+]
+ZH_CHOICE = ChoiceTask(
+    name="tiny-zh",
+    description="test",
+    test=lambda: ZH_SAMPLES,
+    pool=lambda: ZH_SAMPLES,
+    format=ZH_FORMAT,
+    verbalizer=Verbalizer({"人名": ("人名",), "地名": ("地名", "地点")}),
+)
+
+
+def _brute_label_probs(model, tok, prompt):
+    """Label probabilities from one unpadded row per word: the reference for any length."""
+    scores = {}
+    for label, words in ZH_CHOICE.verbalizer.words.items():
+        per_word = []
+        for w in words:
+            whole, n = encode_request(tok, Request(prompt, " " + w), 1000)
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([whole])).logits[0].log_softmax(-1)
+            per_word.append(sum(logp[i - 1, whole[i]] for i in range(n, len(whole))))
+        scores[label] = torch.stack(per_word).logsumexp(0)
+    return torch.stack(list(scores.values())).softmax(0)
+
+
+def test_chinese_words_of_many_tokens_are_scored_whole_and_calibrated(tiny):
+    model, tok = tiny
+    assert min(len(tok.encode(" " + w)) for w in ("人名", "地名", "地点")) > 3  # byte pieces
+    result = evaluate(model, tok, ZH_CHOICE, EvalSettings.from_fields(calibrate=True))
+    cf = torch.stack(
+        [_brute_label_probs(model, tok, ZH_FORMAT.render({"text": t})) for t in CONTENT_FREE]
+    )
+    p_cf = cf.mean(0) / cf.mean(0).sum()
+    for sample, record in zip(ZH_SAMPLES, result.predictions):
+        p = _brute_label_probs(model, tok, ZH_FORMAT.render(sample.fields))
+        q = (p / p_cf).softmax(0)
+        assert list(record["probabilities"].values()) == pytest.approx(q.tolist(), abs=1e-5)
+    assert result.example_prompt == "判断词语的类型。\n\n句子：江泽民主席发表新年讲话\n类型："
 
 
 def test_few_shot_choice_is_deterministic(tiny):

@@ -125,7 +125,7 @@ def test_packed_prefill_equals_the_padded_call(monkeypatch):
     host = NativeHost(model)
     runs = []
     for limit in (L * L * len(PROMPTS) ** 2, 0):  # packed, then the padded call (limit 0)
-        monkeypatch.setattr("lmforge.model.host.PACK_LIMIT", limit)
+        monkeypatch.setattr("lmforge.model.prefill.PACK_LIMIT", limit)
         cache = host.new_cache(len(PROMPTS), L + 3)
         with torch.no_grad():
             runs.append(host.step(ids, mask, positions, cache))

@@ -9,7 +9,7 @@ from lmforge.data.examples import ExampleBatches, collate
 from lmforge.errors import ConfigError
 from lmforge.hub import load_tokenizer
 from lmforge.recipes.finetune_tasks import encode_examples
-from lmforge.train.objectives import label_token_ids
+from lmforge.train.objectives import LabelWords
 
 LINES = {"the": "The slings and arrows of outrageous fortune", "be": "To be or not"}
 
@@ -82,21 +82,24 @@ def test_unknown_delta_field_is_named(tiny_model_dir, labelled, tmp_path, capsys
     assert "lora.rank" in capsys.readouterr().err
 
 
-def test_encoding_cuts_the_text_to_fit_and_collate_right_pads(tiny_model_dir):
+def test_encoding_cuts_the_text_to_fit_and_collate_left_pads(tiny_model_dir):
     from lmforge.data.labelled import Example
 
     tok = load_tokenizer(tiny_model_dir)
     ex = [Example("To be or not to be " * 20, "b", "x"), Example("The", "a", "y")]
-    rows = encode_examples(ex, tok, "Q: {text} A:", ["a", "b"], max_length=16)
-    assert len(rows[0][0]) == 16 and rows[0][1] == 1 and rows[1][1] == 0
+    rows = encode_examples(ex, tok, "Q: {text} A:", ["a", "b"], max_length=16, reserve=2)
+    assert len(rows[0][0]) == 14 and rows[0][1] == 1 and rows[1][1] == 0
     assert tok.decode(rows[0][0]).startswith("Q: To be") and tok.decode(rows[0][0]).endswith(" A:")
     batch = collate(rows, pad_id=0)
-    assert batch["input_ids"].shape == (2, 16)
-    assert batch["last"].tolist() == [15, len(rows[1][0]) - 1]
+    assert batch["input_ids"].shape == (2, 14)
+    assert batch["attention_mask"][1].tolist() == [0] * (14 - len(rows[1][0])) + [1] * len(
+        rows[1][0]
+    )
+    assert batch["input_ids"][1, -len(rows[1][0]) :].tolist() == rows[1][0]
     with pytest.raises(ConfigError, match="not in data.labels"):
         encode_examples([Example("x", "zzz", "f:3")], tok, "{text}", ["a"], 8)
-    with pytest.raises(ConfigError, match="share a first token"):
-        label_token_ids(tok, ["fortune", "fortunes"])
+    words = LabelWords.encode(tok, ["fortune", "fortunes"])  # one is the other's start: fine
+    assert words.sequences[0] != words.sequences[1] and words.chars == [8, 9]
 
 
 def test_example_batches_resume_exactly():

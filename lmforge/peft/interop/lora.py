@@ -165,16 +165,22 @@ def _own_name(key: str, path: Path) -> str:
     return name
 
 
-def load_peft_lora(directory: str | Path, model: nn.Module) -> Lora:
-    """Apply the peft LoRA adapter in `directory` to `model` (transformers or native)."""
+def read_peft_lora(directory: str | Path) -> tuple[LoraConfig, dict[str, Tensor]]:
+    """The LoraConfig and the tensors (by lmforge parameter name) of a peft LoRA adapter."""
     directory = Path(directory)
     meta, state = read_adapter_dir(directory)
     config = _lora_config(meta, directory / CONFIG_FILE)
+    return config, {_own_name(k, directory / WEIGHTS_FILE): v for k, v in state.items()}
+
+
+def load_peft_lora(directory: str | Path, model: nn.Module) -> Lora:
+    """Apply the peft LoRA adapter in `directory` to `model` (transformers or native)."""
+    directory = Path(directory)
+    config, own = read_peft_lora(directory)
     method = Lora(config)
     try:
         method.apply(model)
     except ConfigError as e:
         raise CheckpointError(f"{directory / CONFIG_FILE}: does not fit this model: {e}") from None
-    own = {_own_name(k, directory / WEIGHTS_FILE): v for k, v in state.items()}
     method.load_state_dict(own, origin=str(directory / WEIGHTS_FILE))
     return method
