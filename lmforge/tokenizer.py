@@ -193,6 +193,15 @@ class Tokenizer:
             return self.hf.token_to_id(self._pad_token)
         return self.eos_id
 
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Make `tokens` special tokens (those missing are appended to the vocabulary, so no
+        existing id changes) and return their ids. A text never encodes into them unless
+        it spells them out."""
+        missing = [t for t in dict.fromkeys(tokens) if self.hf.token_to_id(t) is None]
+        if missing:
+            self.hf.add_special_tokens(missing)
+        return [self.hf.token_to_id(t) for t in tokens]
+
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
 

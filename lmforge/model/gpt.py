@@ -35,7 +35,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.loss import IGNORE_INDEX, causal_lm_loss, linear_cross_entropy
 from lmforge.model.mlp import RMSNorm, SwiGLU
 
-__all__ = ["IGNORE_INDEX", "CausalLM", "CausalLMOutput"]
+__all__ = ["IGNORE_INDEX", "CausalLM", "CausalLMOutput", "Trunk"]
 
 
 @dataclass
@@ -43,6 +43,17 @@ class CausalLMOutput:
     loss: Tensor | None
     logits: Tensor
     past_key_values: KVCache | None = None
+
+
+@dataclass
+class Trunk:
+    """What the blocks computed: the last hidden state and what they were given."""
+
+    hidden: Tensor  # (B, T, d) output of the last block, before the final norm
+    cos: Tensor  # (B, 1, T, hd) rotary tables
+    sin: Tensor
+    mask: Tensor | None  # (B, 1, T, S) boolean, or None for plain causal attention
+    cache: KVCache | None
 
 
 class Block(nn.Module):
@@ -146,6 +157,38 @@ class CausalLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int | Tensor = 0,
     ) -> CausalLMOutput:
+        trunk = self.trunk(
+            input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        x, cache = trunk.hidden, trunk.cache if use_cache else None
+        x = self.model.norm(x)  # on every position: a wrapped norm may read the whole call
+        if isinstance(logits_to_keep, Tensor):  # positions whose logits are needed, (K,)
+            x = x[:, logits_to_keep]
+        elif logits_to_keep:  # generation needs only the last positions' logits
+            x = x[:, -logits_to_keep:]
+        if labels is not None and self._fuse_head_and_loss():
+            return CausalLMOutput(self.head_loss(x, labels), None, cache)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutput(loss, logits, cache)
+
+    def trunk(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+    ) -> Trunk:
+        """Embeddings through every block: the hidden state before the final norm, with the
+        rotary tables and mask the blocks used (extra heads run more blocks on them)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -171,17 +214,14 @@ class CausalLM(nn.Module):
                 x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
-        x = self.model.norm(x)  # on every position: a wrapped norm may read the whole call
-        if isinstance(logits_to_keep, Tensor):  # positions whose logits are needed, (K,)
-            x = x[:, logits_to_keep]
-        elif logits_to_keep:  # generation needs only the last positions' logits
-            x = x[:, -logits_to_keep:]
-        if labels is not None and self._fuse_head_and_loss():
-            loss = linear_cross_entropy(x, self.lm_head.weight, labels)
-            return CausalLMOutput(loss, None, cache if use_cache else None)
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutput(loss, logits, cache if use_cache else None)
+        return Trunk(x, cos, sin, mask, cache)
+
+    def head_loss(self, normed: Tensor, labels: Tensor, shift: int = 1) -> Tensor:
+        """Cross-entropy of the head over normed hidden states (B, T, d), position t predicting
+        labels[t + shift]; fused with the head (no full logits) where `loss_only` allows."""
+        if self._fuse_head_and_loss():
+            return linear_cross_entropy(normed, self.lm_head.weight, labels, shift=shift)
+        return causal_lm_loss(self.lm_head(normed), labels, shift=shift)
 
     def _fuse_head_and_loss(self) -> bool:
         """Inside `loss_only(model)` and with gradients on, a call with labels computes the loss

@@ -32,6 +32,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import CausalLM
 from lmforge.model.hf_config import CONFIG_FILE, config_from_hf, load_hf_config
 from lmforge.model.hf_config import read_json as _read_json
+from lmforge.model.mtp import PREFIX, head_tensors, load_heads, save_heads
 from lmforge.model.weights import SafetensorsFile
 from lmforge.tokenizer import Tokenizer
 
@@ -191,6 +192,7 @@ def load_hf_dir(
 
         origin = str(files[0] if len(files) == 1 else path)
         model = _build(config, where, read, origin, dtype, device, on_module)
+    load_heads(model, path)  # multi-token heads saved beside the weights, if any
     return model.eval()
 
 
@@ -301,12 +303,14 @@ def save_hf_dir(
 
     The directory is built beside `path` and takes its place whole (a directory that
     exists is the complete export), replacing an earlier export there; a directory of
-    anything else is refused before anything is written.
+    anything else is refused before anything is written. Multi-token heads (model/mtp.py)
+    go beside the weights in their own file, which transformers ignores.
     """
     path, config = Path(path), model.config
     with torch.device("meta"):
         expected = set(CausalLM(config).state_dict())
-    state = dict(model.state_dict())
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(PREFIX)}
+    heads = head_tensors(model.state_dict())
     biases = added_biases(state, config)
     if biases:
         expected |= {n for n in state if n.endswith(".bias")}
@@ -326,6 +330,8 @@ def save_hf_dir(
                 for key, value in _save_tokenizer(tokenizer, tmp).items():
                     setattr(hf_config, key, value)
             save_file(tensors, str(tmp / WEIGHTS_FILE), {"format": "pt"})
+            if heads:
+                save_heads(heads, model.mtp_heads.n_future, tmp)
             (tmp / CONFIG_FILE).write_text(hf_config.to_json_string(use_diff=False))
     except FileExistsError:
         raise CheckpointError(

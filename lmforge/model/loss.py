@@ -85,10 +85,16 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return _CrossEntropy.apply(logits.float(), targets)
 
 
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token loss: position t predicts labels[t+1]; -100 is ignored. logits (B, T, V)."""
+def shift_labels(labels: Tensor, shift: int = 1) -> Tensor:
+    """The target of each position: labels[:, t + shift], IGNORE_INDEX past the end. (B, T)."""
+    return F.pad(labels[:, shift:], (0, shift), value=IGNORE_INDEX)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, shift: int = 1) -> Tensor:
+    """Next-token loss: position t predicts labels[t+shift] (1: the next token; a multi-token
+    head j uses j); -100 is ignored. logits (B, T, V)."""
     V = logits.shape[-1]
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    targets = shift_labels(labels, shift)  # (B, T)
     return cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
 
 
@@ -211,7 +217,7 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, labels: Tensor, plan: LossPlan | None = None
+    hidden: Tensor, weight: Tensor, labels: Tensor, plan: LossPlan | None = None, shift: int = 1
 ) -> Tensor:
     """Next-token loss of `hidden @ weight.T` without materialising the (B, T, V) logits.
 
@@ -219,9 +225,10 @@ def linear_cross_entropy(
     in value and gradients up to float rounding. A trained weight goes by `plan.chunk_rows`
     rows at a time; a frozen one (no gradient) by vocabulary slices of at most `plan.budget`
     logits, and may be stored in another float dtype than `hidden` (see the module
-    docstring). The plan defaults to `loss_plan(hidden)`: the device's and autocast's."""
+    docstring). The plan defaults to `loss_plan(hidden)`: the device's and autocast's.
+    `shift` is the distance to the predicted token, as for `causal_lm_loss`."""
     plan = plan or loss_plan(hidden)
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    targets = shift_labels(labels, shift)  # (B, T)
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
     if not weight.requires_grad:
         return _FrozenHeadCrossEntropy.apply(h, weight, targets.reshape(-1), plan)

@@ -29,7 +29,14 @@ from lmforge.peft import DeltaMethod, count_parameters
 from lmforge.recipes.finetune_tasks import FINETUNE_TASKS
 from lmforge.recipes.rundir import check_resume, save_config
 from lmforge.registry import Registry
-from lmforge.train import TrainConfig, train, validation_loss
+from lmforge.train import (
+    Objective,
+    TrainConfig,
+    build_objective,
+    default_objective,
+    train,
+    validation_loss,
+)
 
 # ── what trains: a delta method, or the whole model ─────────────────────────────────────────
 
@@ -118,6 +125,26 @@ def load_config(path: str | Path | None, overrides: list[str]) -> FinetuneConfig
     return load(FinetuneConfig, path, overrides)
 
 
+def task_objective(
+    cfg: FinetuneConfig, model: nn.Module, delta: DeltaMethod | None, tokenizer, own: Objective
+) -> Objective:
+    """The task's own objective, or train.objective (and train.teacher) on text tasks."""
+    chosen = cfg.train.objective != "causal-lm" or cfg.train.teacher
+    if not chosen:
+        return own
+    if own is not default_objective:
+        raise ConfigError(
+            f"the {cfg.task} task has an objective of its own",
+            fix="leave {objective=causal-lm} and {teacher} unset, or use {task=causal-lm}",
+        )
+    if cfg.train.objective == "multi-token" and delta is not None:
+        raise ConfigError(
+            "multi-token heads are new weights that a delta method does not save",
+            fix="train all weights with {method=full}",
+        )
+    return build_objective(cfg.train, model, tokenizer)
+
+
 # ── the run ─────────────────────────────────────────────────────────────────────────────────
 
 
@@ -139,6 +166,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
     results: dict[str, Any] = {"method": cfg.method, "trainable": trainable, "total": total}
     data = task.prepare(cfg, tokenizer, run_dir)
     results.update(data.facts)
+    objective = task_objective(cfg, model, delta, tokenizer, data.objective)
     start = time.time()
     if mode.trains:
         result = train(
@@ -147,7 +175,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
             cfg.train,
             run_dir,
             val_data=data.val,
-            objective=data.objective,
+            objective=objective,
             progress=progress,
         )
         results.update(val_loss=result.val_loss, tokens_per_s=result.tokens_per_s)

@@ -2,6 +2,8 @@
 
     corpus ─► train BPE ─► shards (memmap) ─► PackedBatches ─┐
                            ModelConfig ─► CausalLM ──────────┴─► train() ─► model/
+    train.objective ─► the loss (its special tokens join the tokenizer first)
+    grow.at ─► stages: a smaller model first, grown in place of a checkpoint (train/stages.py)
 
 Everything lands in one run directory: config.yaml (the fully resolved config,
 enough to reproduce the run; rerunning it resumes), tokenizer.json, data/, checkpoints/,
@@ -24,12 +26,22 @@ from lmforge.config import apply_overrides, from_dict, read_yaml
 from lmforge.data import PackedBatches, ValidationBatches, build_shards, load_corpus, load_shards
 from lmforge.data.shards import RESUME_FIX, source_fingerprint
 from lmforge.errors import ConfigError, DataError
+from lmforge.hub import load_tokenizer
 from lmforge.model import CausalLM, ModelConfig
 from lmforge.model.config import PRESETS
 from lmforge.model.hf import save_hf_dir
 from lmforge.recipes.rundir import check_resume, save_config
 from lmforge.tokenizer import Tokenizer
-from lmforge.train import TrainConfig, TrainResult, train
+from lmforge.train import (
+    Objective,
+    TrainConfig,
+    TrainResult,
+    build_objective,
+    objective_tokens,
+    train,
+)
+from lmforge.train.growth import GrowthConfig, stage_shapes
+from lmforge.train.stages import train_in_stages
 
 
 @dataclass
@@ -49,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    path: str | None = None  # an existing tokenizer.json; unset = train a BPE on the corpus
+    path: str | None = None  # a tokenizer.json, model directory or embedded model; unset = train
     vocab_size: int = 2048  # vocabulary of the trained BPE (ignored with path)
 
 
@@ -60,6 +72,7 @@ class PretrainConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    grow: GrowthConfig = field(default_factory=GrowthConfig)  # model growth between stages
     sample_prompt: str = ""  # text to continue after training ("" = start of a document)
     sample_tokens: int = 200  # tokens generated for the sample
 
@@ -93,8 +106,8 @@ def prepare_tokenizer(
 ) -> Tokenizer:
     """The given tokenizer, or the run's own BPE: reused when it was trained on these
     documents with this vocabulary size, else trained afresh (a resumed run must reuse it)."""
-    if cfg.tokenizer.path:
-        return Tokenizer.from_file(cfg.tokenizer.path)
+    if cfg.tokenizer.path:  # (a teacher's, for knowledge inheritance: the same vocabulary)
+        return load_tokenizer(cfg.tokenizer.path)
     cached, source = run_dir / "tokenizer.json", run_dir / TOKENIZER_SOURCE
     made_from = {"vocab_size": cfg.tokenizer.vocab_size, "corpus": source_fingerprint(documents)}
     recorded = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else None
@@ -123,8 +136,10 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     texts = list(corpus.texts())
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(cfg, texts, run_dir, resumes)
+    tokenizer.add_special_tokens(objective_tokens(cfg.train))  # sentinels, mode tokens
     cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
     cfg.model.validate()
+    stage_shapes(cfg.model, cfg.grow, cfg.train.max_steps)  # a growth that cannot work: now
     shards_dir = Path(cfg.data.shards_dir) if cfg.data.shards_dir else run_dir / "data"
     build_shards(
         corpus,
@@ -136,10 +151,9 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     )
     save_config(cfg)
     train_tokens, val_tokens, shards = load_shards(shards_dir)
-    torch.manual_seed(cfg.train.seed)
-    model = CausalLM(cfg.model)
     if progress:
-        n = model.num_parameters()
+        with torch.device("meta"):
+            n = CausalLM(cfg.model).num_parameters()
         print(
             f"model: {n / 1e6:.2f}M parameters; data: {shards.train_tokens:,} train / "
             f"{shards.val_tokens:,} validation tokens; run: {run_dir}"
@@ -148,7 +162,50 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     val = ValidationBatches(
         val_tokens, cfg.data.seq_len, cfg.train.batch_size, max_batches=cfg.train.eval_batches
     )
-    result = train(model, data, cfg.train, run_dir, val_data=val, progress=progress)
+    result, model = train_model(cfg, tokenizer, data, val, progress)
     model_dir = run_dir / "model"
     save_hf_dir(model, model_dir, tokenizer=tokenizer)
     return result, model_dir
+
+
+def train_model(
+    cfg: PretrainConfig,
+    tokenizer: Tokenizer,
+    data: PackedBatches,
+    val: ValidationBatches,
+    progress: bool,
+) -> tuple[TrainResult, CausalLM]:
+    """The model trained with the run's objective: in one piece, or in stages (grow.at)."""
+    shapes = stage_shapes(cfg.model, cfg.grow, cfg.train.max_steps)
+
+    def objective(model: CausalLM) -> Objective:
+        return build_objective(cfg.train, model, tokenizer)
+
+    if not cfg.grow.enabled:
+        torch.manual_seed(cfg.train.seed)
+        model = CausalLM(cfg.model)
+        result = train(
+            model,
+            data,
+            cfg.train,
+            cfg.run_dir,
+            val_data=val,
+            objective=objective(model),
+            progress=progress,
+        )
+        return result, model
+    if cfg.train.objective == "multi-token":
+        raise ConfigError(
+            "growth rebuilds the model, and multi-token heads would have to grow with it",
+            fix="grow with another {objective}, or drop {grow.at}",
+        )
+    return train_in_stages(
+        shapes,
+        cfg.grow,
+        objective,
+        data,
+        cfg.train,
+        Path(cfg.run_dir),
+        val_data=val,
+        progress=progress,
+    )

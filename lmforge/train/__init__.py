@@ -1,4 +1,4 @@
-"""Training: the one loop, its config, optimizers, LR schedules and metrics.
+"""Training: the one loop, its config, objectives, optimizers, LR schedules and metrics.
 
 `lmforge.train` is this package and the loop at once: `lmforge.train(model, data, config,
 run_dir)` calls `train` whether or not a submodule (lmforge.train.optim, ...) was imported
@@ -11,12 +11,14 @@ from typing import Any
 
 from lmforge.train.config import PRECISIONS, TrainConfig
 from lmforge.train.loop import seed_everything, train
+from lmforge.train.objectives import OBJECTIVES, build_objective, objective_tokens  # noqa: I001
 from lmforge.train.optim import OPTIMIZERS, AdamW8bit, PagedAdamW, build_optimizer, state_bytes
 from lmforge.train.schedule import SCHEDULES, lr_at
 from lmforge.train.state import BatchSource, Objective, TrainResult, TrainState
 from lmforge.train.validation import default_objective, validation_loss
 
 __all__ = [
+    "OBJECTIVES",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
@@ -27,9 +29,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "build_objective",
     "build_optimizer",
     "default_objective",
     "lr_at",
+    "objective_tokens",
     "seed_everything",
     "state_bytes",
     "train",

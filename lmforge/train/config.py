@@ -20,7 +20,7 @@ import torch
 from lmforge.errors import ConfigError
 from lmforge.registry import Registry
 from lmforge.train.optim import OPTIMIZERS
-from lmforge.train.schedule import SCHEDULES
+from lmforge.train.schedule import KD_SCHEDULES, SCHEDULES
 
 RESUMABLE = re.compile(r"^step-\d+$")
 
@@ -58,6 +58,16 @@ class TrainConfig:
     compile: bool = False  # run the model through torch.compile
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     resume_from: str = "latest"  # latest (newest readable checkpoint) | step-N | none (fresh)
+    objective: str = "causal-lm"  # causal-lm | span-corruption | prefix-lm | ul2 | multi-token
+    objective_options: dict = field(default_factory=dict)  # its settings, e.g. {n_future: 4}
+    teacher: str = ""  # knowledge inheritance: model name or directory to learn from ("" = none)
+    teacher_backend: str = "native"  # how the teacher loads: native | hf (transformers)
+    kd_weight: float = 0.5  # α, the teacher's share: (1 − α)·CE + α·τ²·KL(teacher ‖ student)
+    kd_schedule: str = "linear-decay"  # constant | linear-decay (α falls to 0 by kd_decay_steps)
+    kd_decay_steps: int = 0  # updates over which linear-decay reaches 0 (0 = max_steps)
+    kd_temperature: float = 1.0  # τ: both distributions softened by it
+    kd_top_k: int = 0  # keep the teacher's k most likely tokens (0 = its full distribution)
+    kd_cache: str = ""  # directory caching the teacher's top-k logits per batch ("" = none)
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every")
@@ -90,6 +100,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             raise ConfigError(f"train.eps must be positive, got {self.eps}")
+        self.validate_inheritance()
         checked = (("schedule", SCHEDULES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS))
         for name, registry in checked:
             if getattr(self, name) not in registry:
@@ -109,6 +120,25 @@ class TrainConfig:
                 raise ConfigError(
                     f"train.device {self.device!r} is not a device; use auto, cpu, cuda or cuda:N"
                 ) from None
+
+    def validate_inheritance(self) -> None:
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ConfigError(f"train.kd_weight must be in [0, 1], got {self.kd_weight}")
+        if not self.kd_temperature > 0:
+            raise ConfigError(f"train.kd_temperature must be positive, got {self.kd_temperature}")
+        if self.kd_top_k < 0 or self.kd_decay_steps < 0:
+            raise ConfigError("train.kd_top_k and train.kd_decay_steps must be >= 0")
+        if self.kd_schedule not in KD_SCHEDULES:
+            raise ConfigError(
+                f"train.kd_schedule {self.kd_schedule!r} is unknown; choose from "
+                f"{KD_SCHEDULES.names()}"
+            )
+        if self.kd_cache and not self.kd_top_k:
+            raise ConfigError(
+                "train.kd_cache stores the teacher's top-k logits, and train.kd_top_k is 0 "
+                "(the full distribution: V numbers per token)",
+                fix="set {kd_top_k=32}, or drop {kd_cache}",
+            )
 
 
 def resolve_device(name: str) -> torch.device:

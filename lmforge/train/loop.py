@@ -12,12 +12,13 @@
     final log, eval and checkpoint; loss.png
     SIGTERM / SIGINT: checkpoint at the next step boundary, then RunInterrupted (signals.py)
 
-What plugs in: an objective (loss of a batch), callbacks (on_step_end / on_eval / on_save,
-each given a TrainState; setting `state.stop = True` ends the run after this step), and any
-BatchSource. An objective's `step_metrics` (a dict of floats it leaves after each training
-call: rewards, KL...) are averaged like the loss and logged beside it. Only parameters with
-requires_grad are optimised and checkpointed, so a delta-tuning method freezes the base and
-hands the same model to this loop.
+What plugs in: an objective (loss of a batch; if it has them, its `validation` is what
+validation reports and `at_step(step)` runs before each update), callbacks (on_step_end /
+on_eval / on_save, each given a TrainState; setting `state.stop = True` ends the run after
+this step), and any BatchSource. An objective's `step_metrics` (a dict of floats it leaves
+after each training call: rewards, KL...) are averaged like the loss and logged beside it.
+Only parameters with requires_grad are optimised and checkpointed, so a delta-tuning method
+freezes the base and hands the same model to this loop.
 
 Resume is exact: everything a step reads (weights, optimizer moments, lr step, torch/numpy/
 python RNG, data position, the loss accumulator of the next log line) is in the checkpoint,
@@ -84,6 +85,8 @@ class _Run:
         self.model, self.data, self.config, self.run_dir = model, data, config, run_dir
         self.val_data, self.callbacks = val_data, list(callbacks)
         self.objective = objective or default_objective
+        self.val_objective = getattr(self.objective, "validation", self.objective)
+        self.at_step = getattr(self.objective, "at_step", lambda step: None)
         self.device = resolve_device(config.device)
         model.to(self.device)
         model.train()
@@ -190,6 +193,7 @@ class _Run:
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.at_step(step)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
         for _ in range(cfg.grad_accum):
@@ -253,7 +257,7 @@ class _Run:
         s.val_loss, s.val_ppl = validation_loss(
             self.forward_model,
             self.val_data,
-            self.objective,
+            self.val_objective,
             max_batches=self.config.eval_batches,
             device=self.device,
             precision=self.config.precision,

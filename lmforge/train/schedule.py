@@ -15,7 +15,8 @@ With W = warmup_steps, M = max_steps, r = min_lr_ratio and p = (step − W) / (M
          0 ┼─╱───┬────────────┬────► step
            0     W            M
 
-Past max_steps every schedule stays at its end value.
+Past max_steps every schedule stays at its end value. KD_SCHEDULES holds the weight
+schedules of a teacher's term (knowledge inheritance): constant, or linear-decay to 0.
 """
 
 from __future__ import annotations
@@ -71,3 +72,11 @@ def lr_at(step: int, cfg: ScheduleConfig) -> float:
     if cfg.warmup_steps > 0 and step <= cfg.warmup_steps:
         return cfg.lr * max(step, 0) / cfg.warmup_steps
     return SCHEDULES.get(cfg.schedule)(step, cfg)
+
+
+# The teacher's weight in knowledge inheritance (objectives/distill.py), as a fraction of
+# train.kd_weight at update `step` of a decay lasting `horizon` updates.
+KDSchedule = Callable[[int, int], float]
+KD_SCHEDULES: Registry[KDSchedule] = Registry("kd schedule")
+KD_SCHEDULES.add("constant", lambda step, horizon: 1.0)
+KD_SCHEDULES.add("linear-decay", lambda step, horizon: max(0.0, 1.0 - step / max(horizon, 1)))

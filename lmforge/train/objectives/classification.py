@@ -1,19 +1,16 @@
-"""Objectives the one loop can optimise: (model, batch) → scalar loss.
+"""The classification objective (`lmforge finetune --task classification` builds it).
 
-causal_lm        the model's own next-token loss from `labels`
-classification   each class c is scored by the log-likelihood of its label word's whole
-                 token sequence y_c after the prompt x (a verbalizer, Schick & Schütze
-                 2021), so any causal LM — and every delta method — classifies through its
-                 own head, whatever the number of tokens a word takes:
+Each class c is scored by the log-likelihood of its label word's whole token sequence y_c
+after the prompt x (a verbalizer, Schick & Schütze 2021), so any causal LM — and every
+delta method — classifies through its own head, whatever the number of tokens a word takes:
 
-                     s_c = norm( Σ_j log p(y_c,j | x, y_c,<j) )  →  cross-entropy over c
+    s_c = norm( Σ_j log p(y_c,j | x, y_c,<j) )  →  cross-entropy over c
 
-                 norm is a NORMALIZERS entry (sum, mean per token, mean per character). The
-                 prompt is computed once per example and the label tokens are read through
-                 its KV cache (model/continuations.py). With one token per label and "sum",
-                 s_c is the label logit minus the log-partition, so the loss is the
-                 cross-entropy of the label logits renormalised over the classes, in one
-                 forward pass.
+norm is a NORMALIZERS entry (sum, mean per token, mean per character). The prompt is
+computed once per example and the label tokens are read through its KV cache
+(model/continuations.py). With one token per label and "sum", s_c is the label logit minus
+the log-partition, so the loss is the cross-entropy of the label logits renormalised over
+the classes, in one forward pass.
 """
 
 from __future__ import annotations
