@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -11,6 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+import lmforge
 from lmforge.atomic import atomic_write_text
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -47,6 +51,26 @@ def update_section(section: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     else:
         new = old.rstrip() + "\n\n" + text
     atomic_write_text(path, new)
+
+
+def anchor() -> str:
+    """What a figure was measured on: lmforge's version and commit, torch, the machine."""
+    root = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(root), "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() or "unknown"
+    return (
+        f"lmforge {lmforge.__version__} at commit {commit}, torch {torch.__version__}, "
+        f"{platform.machine()}, {os.cpu_count()} cores"
+    )
+
+
+def publish(section: str, body: str, script: str, write: bool = True) -> None:
+    """Print a benchmark's section and (unless `write` is False) put it into BENCHMARKS.md
+    with the command that reproduces it (`script`: the file, e.g. benchmarks/decode.py)."""
+    print(body)
+    if write:
+        update_section(section, body + f"\n\nRun: `python {script}`")
+        print(f"\nwrote the '{section}' section of {BENCHMARKS_MD}")
 
 
 def child_result(cmd: list[str], env: dict[str, str] | None = None) -> dict:

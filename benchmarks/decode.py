@@ -39,7 +39,7 @@ from lmforge.chat import chat_format
 from lmforge.model.generate import SamplingConfig, generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS_MD, pair_ratio, update_section  # noqa: E402
+from common import pair_ratio, publish  # noqa: E402
 
 SECTION = "## Decoding"
 REQUESTS = [
@@ -306,10 +306,7 @@ def main() -> None:
             "minus a call for 1; kernel shares are torch.profiler self times of the same calls "
             "profiled; medians of 3 alternating rounds):\n\n" + "\n\n".join(parts)
         )
-    print(body)
-    if not args.no_write:
-        update_section(SECTION, body + "\n\nRun: `python benchmarks/decode.py`")
-        print(f"\nwrote the '{SECTION}' section of {BENCHMARKS_MD}")
+    publish(SECTION, body, "benchmarks/decode.py", write=not args.no_write)
 
 
 if __name__ == "__main__":

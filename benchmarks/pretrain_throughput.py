@@ -30,7 +30,7 @@ from lmforge.model import CausalLM, ModelConfig, preset
 from lmforge.train import default_objective  # the loop's own: the loss only
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS_MD, measure, pair_ratio, update_section  # noqa: E402
+from common import measure, pair_ratio, publish  # noqa: E402
 
 SECTION = "## Pretraining throughput"
 
@@ -136,10 +136,7 @@ def main() -> None:
         f"fp32 matmul peak {peak:.0f} GFLOP/s; {flops / 1e6:.1f} MFLOP per token."
     )
     body = table + "\n\n" + setup
-    print(body)
-    if not args.no_write:
-        update_section(SECTION, body + "\n\nRun: `python benchmarks/pretrain_throughput.py`")
-        print(f"\nwrote the '{SECTION}' section of {BENCHMARKS_MD}")
+    publish(SECTION, body, "benchmarks/pretrain_throughput.py", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ torch. An error a user can cause exits with code 2 and its fix spelt as this ver
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -108,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command: Command = args._command
     try:
-        code = command.run(_load(command, args))
+        config = _load(command, args)
+        if getattr(config, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+            # the same command in N ranks under torchrun, which sets WORLD_SIZE in each
+            from lmforge.train.launch import launch, without_flag
+
+            return launch(without_flag(argv, "--nproc"), config.nproc)
+        code = command.run(config)
         return code if isinstance(code, int) else 0
     except RunInterrupted as e:  # a checkpoint was saved; the same command resumes
         print(f"lmforge {path}: {e}", file=sys.stderr)

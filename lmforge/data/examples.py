@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lmforge.data.loader import Batch
+from lmforge.data.loader import Batch, rank_rows
 from lmforge.errors import DataError
 from lmforge.model.continuations import left_pad
 
@@ -37,6 +37,11 @@ class ExampleBatches:
             raise DataError(f"{len(rows)} examples cannot fill one batch of {batch_size}")
         self.rows, self.batch_size, self.pad_id, self.seed = rows, batch_size, pad_id, seed
         self.epoch, self.index = 0, 0
+        self.part = slice(0, batch_size)  # the rows of each batch this process trains on
+
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank `rank` of `world` its rows of every (global) batch."""
+        self.part = rank_rows(self.batch_size, rank, world)
 
     def _order(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
@@ -44,7 +49,7 @@ class ExampleBatches:
     def next_batch(self) -> Batch:
         if self.index + self.batch_size > len(self.rows):
             self.epoch, self.index = self.epoch + 1, 0
-        picks = self._order()[self.index : self.index + self.batch_size]
+        picks = self._order()[self.index : self.index + self.batch_size][self.part]
         self.index += self.batch_size
         return collate([self.rows[i] for i in picks], self.pad_id)
 

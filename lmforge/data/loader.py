@@ -12,6 +12,10 @@ Every batch is full (B, T), so shapes never change; the windows left over at the
 end of an epoch's permutation are dropped for that epoch only. labels == input_ids
 because the model shifts them internally. The position is (epoch, index) alone,
 so a checkpointed `state_dict()` restores the exact batch sequence.
+
+With several processes, B is the global batch: after `shard(rank, world)` a source serves
+rank r only rows [r·B/N, (r+1)·B/N) of each batch (and reads only their windows), while its
+position stays that of the global batch, so a checkpoint resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...  # JSON-able exact position
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    # Optional, for several processes: shard(rank, world) serves that rank's rows only.
+
+
+def rank_rows(batch_size: int, rank: int, world: int) -> slice:
+    """The rows of a global batch that rank `rank` of `world` trains on."""
+    if batch_size % world:
+        near = world * max(1, round(batch_size / world))
+        raise ConfigError(
+            f"train.batch_size {batch_size} is the global batch and must divide among {world} "
+            "processes",
+            fix=f"use a multiple of {world}, e.g. {{batch_size={near}}}",
+        )
+    per_rank = batch_size // world
+    return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
 class PackedBatches:
@@ -65,12 +84,17 @@ class PackedBatches:
         self.batches_per_epoch = self.num_windows // batch_size
         self.epoch = 0
         self.index = 0  # batches already drawn in this epoch
+        self.part = slice(0, batch_size)  # the rows of each batch this process trains on
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) cache
+
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank `rank` of `world` its rows of every batch."""
+        self.part = rank_rows(self.batch_size, rank, world)
 
     def next_batch(self) -> Batch:
         B, T = self.batch_size, self.seq_len
-        windows = self._permutation()[self.index * B : (self.index + 1) * B]  # (B,)
-        x = _gather(self.tokens, windows * T, T)  # (B, T)
+        windows = self._permutation()[self.index * B : (self.index + 1) * B][self.part]  # (B/N,)
+        x = _gather(self.tokens, windows * T, T)  # (B/N, T)
         self.index += 1
         if self.index == self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0

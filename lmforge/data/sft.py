@@ -50,7 +50,7 @@ from torch import Tensor
 
 from lmforge.chat import chat_format, chat_stop_tokens
 from lmforge.data.instruct import BadRecord, Conversation, validate_conversation
-from lmforge.data.loader import Batch
+from lmforge.data.loader import Batch, rank_rows
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.model.attention import packed_attention_mask
 from lmforge.model.loss import IGNORE_INDEX
@@ -336,10 +336,15 @@ class SFTBatches:
         self.examples, self.batch_size, self.pad_id = list(examples), batch_size, pad_id
         self.pack, self.max_length, self.seed, self.mask_dtype = pack, max_length, seed, mask_dtype
         self.epoch, self.index = 0, 0
+        self.part = slice(0, batch_size)  # the rows of each batch this process trains on
         self._rows: tuple[int, list[PackedRow]] | None = None  # (epoch, packed rows) cache
         if self._units() < batch_size:
             what = "packed rows" if pack else "examples"
             raise DataError(f"{self._units()} {what} cannot fill one batch of {batch_size}")
+
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank `rank` of `world` its rows of every (global) batch."""
+        self.part = rank_rows(self.batch_size, rank, world)
 
     def _order(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
@@ -364,8 +369,9 @@ class SFTBatches:
             rows = self._packed()[picks]
             if len(rows) < self.batch_size:
                 raise DataError(f"epoch {self.epoch} packs fewer than {self.batch_size} rows")
-            return collate_packed(rows, self.pad_id, self.max_length, self.mask_dtype)
-        return collate_padded([self.examples[i] for i in self._order()[picks]], self.pad_id)
+            return collate_packed(rows[self.part], self.pad_id, self.max_length, self.mask_dtype)
+        chosen = self._order()[picks][self.part]
+        return collate_padded([self.examples[i] for i in chosen], self.pad_id)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "pack": self.pack}

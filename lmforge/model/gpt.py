@@ -92,7 +92,8 @@ class Decoder(nn.Module):
 def _attention_mask(attention_mask: Tensor | None, T: int, past: int) -> Tensor | None:
     """Turn a (B, past+T) padding mask into a (B, 1, T, past+T) boolean causal mask.
 
-    None when nothing is padded, so the fused causal kernel can run. A 4-D mask
+    None when nothing is padded, so the fused causal kernel can run (a graph traced by
+    torch.compile cannot branch on values: there the mask is always built). A 4-D mask
     (for example block-diagonal over packed examples) is passed through as given.
     """
     if attention_mask is None:
@@ -100,7 +101,7 @@ def _attention_mask(attention_mask: Tensor | None, T: int, past: int) -> Tensor 
     if attention_mask.dim() == 4:
         return attention_mask
     keep = attention_mask.bool()
-    if bool(keep.all()):
+    if not torch.compiler.is_compiling() and bool(keep.all()):
         return None
     S = keep.shape[1]
     causal = torch.ones(T, S, dtype=torch.bool, device=keep.device).tril(past)  # (T, S)

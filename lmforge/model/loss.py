@@ -106,6 +106,7 @@ class LossPlan:
     compute_dtype: torch.dtype  # dtype of the products h·Wᵀ, z·W and zᵀ·h
     chunk_rows: int = 256  # rows per piece of a trained head
     budget: int = 1 << 20  # logits per vocabulary slice of a frozen head
+    traced: bool = False  # under torch.compile: h·Wᵀ then cross-entropy, fused by the compiler
 
 
 # Chunk sizes per device type: small pieces stay in a CPU's caches; a GPU wants big products.
@@ -116,11 +117,16 @@ BUDGETS: dict[str, int] = {"cpu": 1 << 20, "cuda": 1 << 26}
 def loss_plan(hidden: Tensor) -> LossPlan:
     """The one place where the head-and-loss path depends on the device: under autocast the
     products run in the autocast dtype (bf16 on CUDA: tensor cores, fp32 accumulation),
-    otherwise in the hidden state's dtype (fp32 on a CPU, as fast there as anything)."""
+    otherwise in the hidden state's dtype (fp32 on a CPU, as fast there as anything).
+
+    Under torch.compile the chunked autograd Functions would break the graph (their loops
+    pick rows by value), so the compiled step takes the plain product and cross-entropy,
+    which the compiler fuses into the graph; eager runs keep the chunks."""
     kind = hidden.device.type
     autocast = torch.is_autocast_enabled(kind)
     dtype = torch.get_autocast_dtype(kind) if autocast else hidden.dtype
-    return LossPlan(dtype, CHUNK_ROWS.get(kind, 256), BUDGETS.get(kind, 1 << 20))
+    traced = torch.compiler.is_compiling()
+    return LossPlan(dtype, CHUNK_ROWS.get(kind, 256), BUDGETS.get(kind, 1 << 20), traced)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -225,11 +231,15 @@ def linear_cross_entropy(
     in value and gradients up to float rounding. A trained weight goes by `plan.chunk_rows`
     rows at a time; a frozen one (no gradient) by vocabulary slices of at most `plan.budget`
     logits, and may be stored in another float dtype than `hidden` (see the module
-    docstring). The plan defaults to `loss_plan(hidden)`: the device's and autocast's.
-    `shift` is the distance to the predicted token, as for `causal_lm_loss`."""
+    docstring). The plan defaults to `loss_plan(hidden)`: the device's, autocast's and
+    torch.compile's. `shift` is the distance to the predicted token, as for `causal_lm_loss`."""
     plan = plan or loss_plan(hidden)
     targets = shift_labels(labels, shift)  # (B, T)
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
+    if plan.traced:
+        cd = plan.compute_dtype
+        logits = F.linear(h.to(cd), weight.to(cd)).float()  # (N, V)
+        return F.cross_entropy(logits, targets.reshape(-1), ignore_index=IGNORE_INDEX)
     if not weight.requires_grad:
         return _FrozenHeadCrossEntropy.apply(h, weight, targets.reshape(-1), plan)
     return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), plan)

@@ -26,7 +26,7 @@ from lmforge.errors import ConfigError
 from lmforge.hub import LOADERS, load_model, load_tokenizer
 from lmforge.model.continuations import NORMALIZERS
 from lmforge.peft import DeltaMethod, count_parameters
-from lmforge.recipes.finetune_tasks import FINETUNE_TASKS
+from lmforge.recipes.finetune_tasks import FINETUNE_TASKS, TaskData
 from lmforge.recipes.rundir import check_resume, save_config
 from lmforge.registry import Registry
 from lmforge.train import (
@@ -37,6 +37,7 @@ from lmforge.train import (
     train,
     validation_loss,
 )
+from lmforge.train.distributed import setup as setup_distributed
 
 # ── what trains: a delta method, or the whole model ─────────────────────────────────────────
 
@@ -108,6 +109,7 @@ class FinetuneDataConfig:
 @dataclass
 class FinetuneConfig:
     run_dir: str = "runs/finetune"  # where checkpoints, metrics, the delta and results go
+    nproc: int = 1  # processes on this machine: N > 1 runs this command under torchrun
     model: str = "smollm2-135m-instruct"  # embedded model name or transformers directory
     backend: str = arg("native", choices=LOADERS.names)  # native | hf
     method: str = arg("lora", choices=method_names)  # a delta method, full or none (evaluate)
@@ -119,6 +121,11 @@ class FinetuneConfig:
     def validate(self) -> None:
         training_mode(self.method)
         FINETUNE_TASKS.get(self.task).check(self)
+        if self.train.distributed == "fsdp":
+            raise ConfigError(
+                "finetune keeps the frozen base whole on every rank, so it runs under DDP",
+                fix="use {train.distributed=ddp}",
+            )
 
 
 def load_config(path: str | Path | None, overrides: list[str]) -> FinetuneConfig:
@@ -148,15 +155,13 @@ def task_objective(
 # ── the run ─────────────────────────────────────────────────────────────────────────────────
 
 
-def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Train (method "none": only evaluate) and write results.json; returns the results."""
-    mode, task = training_mode(cfg.method), FINETUNE_TASKS.get(cfg.task)
-    run_dir = Path(cfg.run_dir)
-    check_resume(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg)
+def _prepare(
+    cfg: FinetuneConfig, run_dir: Path, progress: bool
+) -> tuple[nn.Module, DeltaMethod | None, TaskData, Objective, dict[str, Any]]:
+    """The model (with its delta), the task's data, the objective trained and the results
+    so far."""
     tokenizer = load_tokenizer(cfg.model)
-    model, delta = mode.prepare(cfg)
+    model, delta = training_mode(cfg.method).prepare(cfg)
     trainable, total = count_parameters(model)
     if progress:
         print(
@@ -164,11 +169,27 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
             f"({100 * trainable / total:.3f}%)"
         )
     results: dict[str, Any] = {"method": cfg.method, "trainable": trainable, "total": total}
-    data = task.prepare(cfg, tokenizer, run_dir)
+    data = FINETUNE_TASKS.get(cfg.task).prepare(cfg, tokenizer, run_dir)
     results.update(data.facts)
     objective = task_objective(cfg, model, delta, tokenizer, data.objective)
+    return model, delta, data, objective, results
+
+
+def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train (method "none": only evaluate) and write results.json; returns the results.
+    Under torchrun each rank trains its rows of every batch (DDP); rank 0 prepares the model
+    and data first, then alone scores the test set and writes the delta and results."""
+    ctx = setup_distributed(cfg.train)  # one rank of several under torchrun, else alone
+    progress = progress and ctx.is_main
+    run_dir = Path(cfg.run_dir)
+    check_resume(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ctx.main_first():  # rank 0 converts an embedded model and builds shards first
+        if ctx.is_main:
+            save_config(cfg)
+        model, delta, data, objective, results = _prepare(cfg, run_dir, progress)
     start = time.time()
-    if mode.trains:
+    if training_mode(cfg.method).trains:
         result = train(
             model,
             data.train,
@@ -182,6 +203,8 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True) -> dict[str, Any]:
     else:
         results["val_loss"] = validation_loss(model, data.val, data.objective)[0]
     results["train_seconds"] = time.time() - start
+    if not ctx.is_main:  # rank 0 scores the model and writes what the run leaves
+        return results
     results.update(data.test(model))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if delta is not None:

@@ -40,6 +40,8 @@ from lmforge.train import (
     objective_tokens,
     train,
 )
+from lmforge.train.distributed import Dist, consolidated
+from lmforge.train.distributed import setup as setup_distributed
 from lmforge.train.growth import GrowthConfig, stage_shapes
 from lmforge.train.stages import train_in_stages
 
@@ -68,6 +70,7 @@ class TokenizerConfig:
 @dataclass
 class PretrainConfig:
     run_dir: str = "runs/pretrain"  # where everything of this run is written
+    nproc: int = 1  # processes on this machine: N > 1 runs this command under torchrun
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -95,7 +98,7 @@ def load_config(path: str | Path | None, overrides: list[str]) -> PretrainConfig
     try:
         return resolve_config(apply_overrides(raw, overrides, PretrainConfig))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{path}: {e.message}" if path else e.message, fix=e.fix) from None
 
 
 TOKENIZER_SOURCE = "tokenizer.source.json"  # what the run's own tokenizer was trained on
@@ -125,11 +128,11 @@ def prepare_tokenizer(
     return tokenizer
 
 
-def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult, Path]:
-    """Run (or resume) a pretraining run; returns the loop's result and the saved model dir.
-    A resume is checked against the run's own config before anything is written."""
-    run_dir = Path(cfg.run_dir)
-    resumes = check_resume(cfg, derived=frozenset({"model.vocab_size"}))
+def _prepare_data(
+    cfg: PretrainConfig, run_dir: Path, resumes: bool, progress: bool
+) -> tuple[Tokenizer, Path]:
+    """The tokenizer and the token shards' directory (built, or reused as they are); fills in
+    the vocabulary size."""
     corpus = load_corpus(cfg.data.corpus, skip_bad=cfg.data.skip_bad)
     if progress and (corpus.skipped_files or corpus.skipped_lines):
         print(corpus.summary())
@@ -149,7 +152,36 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
         progress=progress,
         must_reuse=resumes,
     )
-    save_config(cfg)
+    return tokenizer, shards_dir
+
+
+def _check_shardable(cfg: PretrainConfig, ctx: Dist) -> None:
+    """Refuse, before anything is written, what several processes do not do yet."""
+    if ctx.mode != "none" and cfg.grow.enabled:
+        raise ConfigError(
+            "growth rebuilds the model between stages, which runs in one process only",
+            fix="drop {grow.at}, or train with {distributed=none} in one process",
+        )
+    if ctx.mode == "fsdp" and cfg.train.objective == "multi-token":
+        raise ConfigError(
+            "the multi-token heads are not gathered from FSDP's shards for the export",
+            fix="use {distributed=ddp}",
+        )
+
+
+def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult, Path]:
+    """Run (or resume) a pretraining run; returns the loop's result and the saved model dir.
+    A resume is checked against the run's own config before anything is written. Under
+    torchrun every rank checks; rank 0 writes the tokenizer, shards and config first."""
+    ctx = setup_distributed(cfg.train)  # one rank of several under torchrun, else alone
+    _check_shardable(cfg, ctx)
+    progress = progress and ctx.is_main
+    run_dir = Path(cfg.run_dir)
+    resumes = check_resume(cfg, derived=frozenset({"model.vocab_size"}))
+    with ctx.main_first():  # rank 0 trains the tokenizer and builds the shards, the rest read them
+        tokenizer, shards_dir = _prepare_data(cfg, run_dir, resumes, progress)
+    if ctx.is_main:
+        save_config(cfg)
     train_tokens, val_tokens, shards = load_shards(shards_dir)
     if progress:
         with torch.device("meta"):
@@ -164,7 +196,9 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> tuple[TrainResult
     )
     result, model = train_model(cfg, tokenizer, data, val, progress)
     model_dir = run_dir / "model"
-    save_hf_dir(model, model_dir, tokenizer=tokenizer)
+    whole = consolidated(model, lambda: CausalLM(cfg.model), ctx)  # rank 0: every weight whole
+    if whole is not None:
+        save_hf_dir(whole, model_dir, tokenizer=tokenizer)
     return result, model_dir
 
 

@@ -5,9 +5,9 @@
 
 A run with checkpoints resumes only under its own settings. A few settings do not change
 what the run computes and may differ (RESUMABLE: train for longer, validate, log or save
-at another cadence, on another device); anything else — tokenizer, corpus, shapes,
-sequence length, seed, optimizer, schedule, method — is refused before anything is
-written, naming every field that differs and the two ways out.
+at another cadence, on another device or number of processes, sharded or not); anything
+else — tokenizer, corpus, shapes, sequence length, seed, optimizer, schedule, method — is
+refused before anything is written, naming every field that differs and the two ways out.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ RESUMABLE = frozenset(
         "train.save_every",
         "train.keep_last",
         "train.device",
+        "train.distributed",
+        "nproc",
         "train.resume_from",
         "sample_prompt",
         "sample_tokens",

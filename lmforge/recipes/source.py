@@ -20,6 +20,7 @@ from lmforge.hub import LOADERS, GenerationDefaults, load_model, load_tokenizer
 from lmforge.model.generate import SamplingConfig
 from lmforge.peft import load_adapter
 from lmforge.tokenizer import Tokenizer
+from lmforge.train.config import resolve_device
 
 
 @dataclass
@@ -28,8 +29,10 @@ class ModelSource:
     backend: str = arg("native", choices=LOADERS.names)  # native | hf (transformers' model)
     adapter: str = ""  # a trained delta: a finetune run directory, its delta/ or a peft adapter
     force: bool = False  # apply the adapter even to another base than the one it was trained on
+    device: str = "cpu"  # where the model runs: cpu | cuda | cuda:N | auto (cuda if there is one)
 
     def validate(self) -> None:
+        resolve_device(self.device)  # a CUDA device asked for where there is none: refused now
         if self.backend not in LOADERS:
             raise ConfigError(
                 f"backend {self.backend!r} is unknown",
@@ -38,15 +41,16 @@ class ModelSource:
 
 
 def load_source(source: ModelSource, *, merge: bool = False) -> tuple[nn.Module, Tokenizer]:
-    """(model in eval mode with the adapter applied, tokenizer); `merge` folds a mergeable
-    delta into the base weights, so generation runs at the base model's speed."""
+    """(model in eval mode on `source.device` with the adapter applied, tokenizer); `merge`
+    folds a mergeable delta into the base weights, so generation runs at the base model's
+    speed."""
     model = load_model(source.model, backend=source.backend)
     if source.adapter:
         delta = load_adapter(source.adapter, model, force=source.force)
         if merge and delta.mergeable:
             delta.merge()
         model = delta.model
-    return model.eval(), load_tokenizer(source.model)
+    return model.to(resolve_device(source.device)).eval(), load_tokenizer(source.model)
 
 
 @dataclass

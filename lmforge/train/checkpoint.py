@@ -19,20 +19,26 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lmforge.atomic import fsync_dir
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, CheckpointWarning
+from lmforge.train.snapshot import (
+    cpu_tensor,
+    restore_optimizer,
+    rng_state,
+    split_optimizer,
+)
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -92,6 +98,45 @@ def resume_candidates(run_dir: str | Path, resume_from: str) -> list[Path]:
     return [chosen]
 
 
+def resume_from_checkpoint(
+    run_dir: Path, resume_from: str, load: Callable[[Path], dict[str, Any]]
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint train.resume_from names, loaded by `load`; an unreadable newest one
+    falls back to the one before it, with a warning naming both. None: start afresh."""
+    candidates = resume_candidates(run_dir, resume_from)
+    if resume_from == "none" and list_checkpoints(run_dir):
+        raise CheckpointError(
+            f"{run_dir} already holds checkpoints (newest: {list_checkpoints(run_dir)[-1].name}) "
+            "and train.resume_from is none",
+            fix="resume them with {resume_from=latest}, or start over in a new {run_dir}",
+        )
+    failed: list[tuple[Path, CheckpointError]] = []
+    for ckpt in candidates:
+        try:
+            loaded = load(ckpt)
+        except CheckpointError as e:
+            if resume_from != "latest":
+                raise
+            failed.append((ckpt, e))
+            continue
+        if "data" not in loaded["extra"] or "loop" not in loaded["extra"]:
+            raise CheckpointError(
+                f"{ckpt} was not written by the training loop (no data position)",
+                fix="move it out of the run directory, or start a new {run_dir}",
+            )
+        for bad, error in failed:
+            warnings.warn(
+                f"{bad} is unreadable ({error}); resuming from {ckpt} instead",
+                CheckpointWarning,
+                stacklevel=3,
+            )
+        return ckpt, loaded
+    if failed:
+        names = ", ".join(str(bad) for bad, _ in failed)
+        raise CheckpointError(f"no checkpoint of {run_dir} is readable ({names})")
+    return None
+
+
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints (0 keeps all) and stale temp dirs."""
     root = Path(run_dir) / CHECKPOINTS
@@ -117,7 +162,7 @@ def model_signature(model: nn.Module) -> dict[str, list[int]]:
     return {name: list(p.shape) for name, p in trainable_parameters(model).items()}
 
 
-def _check_signature(saved: dict[str, list[int]], model: nn.Module, path: Path) -> None:
+def check_signature(saved: dict[str, list[int]], model: nn.Module, path: Path) -> None:
     current = model_signature(model)
     if saved == current:
         return
@@ -142,113 +187,6 @@ def _check_signature(saved: dict[str, list[int]], model: nn.Module, path: Path) 
         )
 
 
-def _cpu_tensor(t: Tensor) -> Tensor:
-    """A detached CPU tensor that owns its storage (safetensors refuses views of shared memory)."""
-    t = t.detach().to("cpu").contiguous()
-    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
-        t = t.clone()
-    return t
-
-
-# ---------------------------------------------------------------- optimizer state
-
-
-def _optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """Parameter names in the order the optimizer's state_dict numbers its parameters."""
-    by_id = {id(p): name for name, p in model.named_parameters()}
-    names = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in by_id:
-                raise CheckpointError(
-                    "the optimizer holds a parameter that is not part of the model; "
-                    "build the optimizer over model.parameters() only"
-                )
-            names.append(by_id[id(p)])
-    return names
-
-
-def _split_optimizer(
-    model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Optimizer state as ("state.<name>.<key>" tensors, JSON for everything else)."""
-    names = _optimizer_names(model, optimizer)
-    sd = optimizer.state_dict()
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, entry in sd["state"].items():
-        name = names[index]
-        for key, value in entry.items():
-            if isinstance(value, Tensor):
-                tensors[f"state.{name}.{key}"] = _cpu_tensor(value)
-            else:
-                scalars.setdefault(name, {})[key] = value
-    groups = []
-    for group in sd["param_groups"]:
-        # A tensor hyperparameter (lr as a tensor, for capturable steps) is stored as its value.
-        plain = {k: v.item() if isinstance(v, Tensor) else v for k, v in group.items()}
-        groups.append({**plain, "params": [names[i] for i in group["params"]]})
-    return tensors, {"state": scalars, "param_groups": groups}
-
-
-def _restore_optimizer(
-    optimizer: torch.optim.Optimizer,
-    model: nn.Module,
-    tensors: dict[str, Tensor],
-    saved: dict[str, Any],
-    path: Path,
-) -> None:
-    names = _optimizer_names(model, optimizer)
-    index = {name: i for i, name in enumerate(names)}
-    saved_names = [n for g in saved["param_groups"] for n in g["params"]]
-    if saved_names != names:
-        raise CheckpointError(
-            f"{path / STATE_FILE}: the optimizer was saved over other parameters or groups "
-            f"({len(saved_names)} saved, {len(names)} now); build it the same way as the saved run"
-        )
-    state: dict[int, dict[str, Any]] = {}
-    for name, entry in saved["state"].items():
-        state.setdefault(index[name], {}).update(entry)
-    for key, value in tensors.items():
-        if key.startswith("state."):
-            # The key is state.<param name>.<state key>; param names contain dots, state keys don't.
-            name, field = key[len("state.") :].rsplit(".", 1)
-            state.setdefault(index[name], {})[field] = value
-    groups = []
-    for group in saved["param_groups"]:
-        restored = {k: tuple(v) if k == "betas" else v for k, v in group.items()}
-        groups.append({**restored, "params": [index[n] for n in group["params"]]})
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-# ---------------------------------------------------------------- random number generators
-
-
-def _rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """torch (and CUDA) states as uint8 tensors; python and numpy states as JSON."""
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return tensors, {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-    }
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Put back the RNG states `load_checkpoint` returned under "rng"."""
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
 # ---------------------------------------------------------------- save
 
 
@@ -261,17 +199,55 @@ def _write(
     tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict
 ) -> None:
     """Fill the temporary directory; state.json goes last as the 'complete' marker."""
-    rng_tensors, state["rng"] = _rng_state()
-    weights = {name: _cpu_tensor(p) for name, p in trainable_parameters(model).items()}
+    rng_tensors, state["rng"] = rng_state()
+    weights = {name: cpu_tensor(p) for name, p in trainable_parameters(model).items()}
     save_file(weights, str(tmp / MODEL_FILE))
     opt_tensors, state["optimizer"] = ({}, None)
     if optimizer is not None:
-        opt_tensors, state["optimizer"] = _split_optimizer(model, optimizer)
+        opt_tensors, state["optimizer"] = split_optimizer(model, optimizer)
     save_file({**opt_tensors, **rng_tensors}, str(tmp / OPTIMIZER_FILE))
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
         _fsync_file(tmp / name)
+    write_state(tmp, state)
+
+
+def write_state(tmp: Path, state: dict[str, Any]) -> None:
+    """state.json, fsynced with its directory: the last file of a checkpoint."""
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    _fsync_file(tmp / STATE_FILE)
     fsync_dir(tmp)
+
+
+def new_state(step: int, model: nn.Module, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON part of the checkpoint of `step` (`extra` must be JSON-able)."""
+    state = {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "signature": model_signature(model),
+        "extra": extra or {},
+    }
+    try:
+        json.dumps(state["extra"])
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint extra for step {step} is not JSON-able: {e}") from None
+    return state
+
+
+def begin_write(final: Path) -> Path:
+    """A fresh temporary directory beside `final` for its files."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run
+    return tmp
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Rename the complete temporary directory into place (atomic)."""
+    if final.exists():  # saving a step again (a rerun from an earlier step)
+        old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def save_checkpoint(
@@ -288,26 +264,11 @@ def save_checkpoint(
     `extra` (JSON-able: data position, loop counters, ...) comes back from `load_checkpoint`.
     """
     final = checkpoint_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "format": FORMAT_VERSION,
-        "step": step,
-        "signature": model_signature(model),
-        "extra": extra or {},
-    }
+    state = new_state(step, model, extra)
+    tmp = begin_write(final)
     try:
-        json.dumps(state["extra"])
-    except TypeError as e:
-        raise CheckpointError(f"checkpoint extra for step {step} is not JSON-able: {e}") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run
         _write(tmp, model, optimizer, state)
-        if final.exists():  # saving a step again (a rerun from an earlier step)
-            old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=final.parent))
-            os.replace(final, old / final.name)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+        commit(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -327,7 +288,7 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} is corrupt or unreadable ({e})") from e
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def read_state(path: Path) -> dict[str, Any]:
     file = path / STATE_FILE
     try:
         state = json.loads(file.read_text(encoding="utf-8"))
@@ -351,8 +312,8 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    state = _read_state(path)  # every file is read and checked before anything is copied
-    _check_signature(state["signature"], model, path)
+    state = read_state(path)  # every file is read and checked before anything is copied
+    check_signature(state["signature"], model, path)
     weights = _read_tensors(path / MODEL_FILE)
     tensors = _read_tensors(path / OPTIMIZER_FILE)
     params = trainable_parameters(model)
@@ -365,7 +326,7 @@ def load_checkpoint(
     if optimizer is not None:
         if state.get("optimizer") is None:
             raise CheckpointError(f"{path} was saved without optimizer state; load weights only")
-        _restore_optimizer(optimizer, model, tensors, state["optimizer"], path)
+        restore_optimizer(optimizer, model, tensors, state["optimizer"], path / STATE_FILE)
     if "rng.torch" not in tensors:
         raise CheckpointError(f"{path / OPTIMIZER_FILE} lacks the torch RNG state (rng.torch)")
     cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))

@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | ...
     precision: str = "auto"  # auto | fp32 | bf16 (autocast)
     compile: bool = False  # run the model through torch.compile
+    distributed: str = "auto"  # none | ddp | fsdp (several processes) | auto: ddp under torchrun
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     resume_from: str = "latest"  # latest (newest readable checkpoint) | step-N | none (fresh)
     objective: str = "causal-lm"  # causal-lm | span-corruption | prefix-lm | ul2 | multi-token
@@ -145,9 +146,18 @@ def resolve_device(name: str) -> torch.device:
     """ "auto" → cuda when available, else cpu; a CUDA device that is not there is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device {name!r} is not a device name torch knows",
+            fix="use {device=cpu}, {device=cuda}, {device=cuda:0} or {device=auto}",
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available; use auto or cpu")
+        raise ConfigError(
+            f"device {name!r} needs CUDA, which is not available here",
+            fix="use {device=auto} or {device=cpu}",
+        )
     return device
 
 

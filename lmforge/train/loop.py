@@ -12,6 +12,11 @@
     final log, eval and checkpoint; loss.png
     SIGTERM / SIGINT: checkpoint at the next step boundary, then RunInterrupted (signals.py)
 
+Several processes (train.distributed, distributed.py): each rank wraps the model (DDP, FSDP),
+draws its rows of every global batch and backpropagates its share of the global mean loss;
+the ranks agree at each step boundary whether a signal or a callback stops the run, write
+sharded checkpoints together (sharded.py), and only rank 0 writes metrics and plots.
+
 What plugs in: an objective (loss of a batch; if it has them, its `validation` is what
 validation reports and `at_step(step)` runs before each update), callbacks (on_step_end /
 on_eval / on_save, each given a TrainState; setting `state.stop = True` ends the run after
@@ -30,36 +35,28 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from lmforge.errors import (
-    CheckpointError,
-    CheckpointWarning,
-    RunInterrupted,
-    TrainingDivergedError,
-)
+from lmforge.errors import RunInterrupted, TrainingDivergedError
 from lmforge.model.host import set_gradient_checkpointing
-from lmforge.train.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    restore_rng,
-    resume_candidates,
-)
-from lmforge.train.checkpoint import save_checkpoint as write_checkpoint
-from lmforge.train.config import TrainConfig, autocast, resolve_device
+from lmforge.train.checkpoint import resume_from_checkpoint, save_checkpoint
+from lmforge.train.config import TrainConfig, autocast
+from lmforge.train.distributed import full_value, setup
 from lmforge.train.metrics import MetricsLog, plot_losses
 from lmforge.train.optim import build_optimizer, param_groups
 from lmforge.train.schedule import lr_at
+from lmforge.train.sharded import load_any, save_sharded
 from lmforge.train.signals import GracefulStop
+from lmforge.train.snapshot import restore_rng
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
 from lmforge.train.validation import default_objective, to_device, validation_loss
 
@@ -71,13 +68,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _count_tokens(batch: Batch) -> int:
-    mask = batch.get("attention_mask")
-    if isinstance(mask, Tensor) and mask.dim() == 2:  # a padding mask: count the real tokens
-        return int(mask.sum())
-    return batch["input_ids"].numel()  # no mask, or a (B, 1, T, T) mask over packed rows
-
-
 class _Run:
     """The mutable state of one `train` call; each method is one phase of a step."""
 
@@ -87,12 +77,15 @@ class _Run:
         self.objective = objective or default_objective
         self.val_objective = getattr(self.objective, "validation", self.objective)
         self.at_step = getattr(self.objective, "at_step", lambda step: None)
-        self.device = resolve_device(config.device)
+        self.dist = setup(config)
+        self.device = self.dist.device
         model.to(self.device)
         model.train()
         if config.gradient_checkpointing:
             set_gradient_checkpointing(model)
-        self.forward_model = torch.compile(model) if config.compile else model
+        self.wrapped = self.dist.wrap(model, config.precision)  # model, DDP(model) or sharded
+        self.forward_model = torch.compile(self.wrapped) if config.compile else self.wrapped
+        self.data = self.dist.shard(data)
         self.optimizer = build_optimizer(
             config.optimizer,
             param_groups(model, config.weight_decay),
@@ -101,7 +94,7 @@ class _Run:
             eps=config.eps,
             **config.optimizer_options,
         )
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl" if self.dist.is_main else None)
         self.history: list[dict[str, Any]] = []
         self.state = TrainState(
             step=0,
@@ -139,41 +132,12 @@ class _Run:
         restore_rng(loaded["rng"])  # last: nothing above may draw from the restored streams
 
     def resume(self) -> tuple[Path, dict[str, Any]] | None:
-        """The checkpoint train.resume_from names, loaded; an unreadable newest one falls back
-        to the one before it, with a warning naming both."""
-        chosen = self.config.resume_from
-        candidates = resume_candidates(self.run_dir, chosen)
-        if chosen == "none" and list_checkpoints(self.run_dir):
-            raise CheckpointError(
-                f"{self.run_dir} already holds checkpoints (newest: "
-                f"{list_checkpoints(self.run_dir)[-1].name}) and train.resume_from is none",
-                fix="resume them with {resume_from=latest}, or start over in a new {run_dir}",
-            )
-        failed: list[tuple[Path, CheckpointError]] = []
-        for ckpt in candidates:
-            try:
-                loaded = load_checkpoint(ckpt, self.model, self.optimizer)
-            except CheckpointError as e:
-                if chosen != "latest":
-                    raise
-                failed.append((ckpt, e))
-                continue
-            if "data" not in loaded["extra"] or "loop" not in loaded["extra"]:
-                raise CheckpointError(
-                    f"{ckpt} was not written by the training loop (no data position); move it "
-                    "out of the run directory or start a new --run_dir"
-                )
-            for bad, error in failed:
-                warnings.warn(
-                    f"{bad} is unreadable ({error}); resuming from {ckpt} instead",
-                    CheckpointWarning,
-                    stacklevel=2,
-                )
-            return ckpt, loaded
-        if failed:
-            names = ", ".join(str(bad) for bad, _ in failed)
-            raise CheckpointError(f"no checkpoint of {self.run_dir} is readable ({names})")
-        return None
+        sharded = self.dist.strategy.sharded
+        return resume_from_checkpoint(
+            self.run_dir,
+            self.config.resume_from,
+            lambda ckpt: load_any(ckpt, self.model, self.optimizer, sharded_run=sharded),
+        )
 
     # ------------------------------------------------------------ one update
 
@@ -196,15 +160,16 @@ class _Run:
         self.at_step(step)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
-        for _ in range(cfg.grad_accum):
+        for i in range(cfg.grad_accum):
             batch = self.data.next_batch()
-            s.tokens_seen += _count_tokens(batch)
-            with autocast(cfg.precision, self.device):
-                loss = self.objective(self.forward_model, to_device(batch, self.device))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise self.diverged(step, "loss", value, lr)
-            (loss / cfg.grad_accum).backward()
+            with self.dist.strategy.accumulate(self.wrapped, i == cfg.grad_accum - 1):
+                with autocast(cfg.precision, self.device):
+                    loss = self.objective(self.forward_model, to_device(batch, self.device))
+                loss, value, tokens = self.dist.share_loss(loss, batch)
+                if not math.isfinite(value):
+                    raise self.diverged(step, "loss", value, lr)
+                (loss / cfg.grad_accum).backward()
+            s.tokens_seen += tokens
             loss_value += value / cfg.grad_accum
             for name, measured in getattr(self.objective, "step_metrics", {}).items():
                 self.metric_sums[name] = self.metric_sums.get(name, 0.0) + measured / cfg.grad_accum
@@ -223,8 +188,8 @@ class _Run:
         if not params:
             return 0.0
         if self.config.grad_clip > 0:
-            return float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+            return full_value(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+        return full_value(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
     # ------------------------------------------------------------ log, eval, save
 
@@ -262,6 +227,7 @@ class _Run:
             device=self.device,
             precision=self.config.precision,
         )
+        self.dist.strategy.settle(self.wrapped)
         self.last_eval = s.step
         self.record(val_loss=s.val_loss, val_ppl=s.val_ppl)
         self.notify("on_eval")
@@ -280,9 +246,11 @@ class _Run:
             "last_eval": self.last_eval,
         }
         extra = {"data": self.data.state_dict(), "loop": loop}
-        s.checkpoint = write_checkpoint(
-            self.run_dir, s.step, self.model, self.optimizer, extra, keep_last=self.config.keep_last
-        )
+        args = (self.run_dir, s.step, self.model, self.optimizer, extra)
+        if self.dist.strategy.sharded:
+            s.checkpoint = save_sharded(*args, self.dist, keep_last=self.config.keep_last)
+        else:
+            s.checkpoint = save_checkpoint(*args, keep_last=self.config.keep_last)
         self.last_save = s.step
         self.plot()
         self.notify("on_save")
@@ -298,19 +266,20 @@ class _Run:
             self.save()
         self.notify("on_step_end")
 
-    def interrupted(self, signals: GracefulStop) -> None:
+    def interrupted(self, signal_number: int) -> None:
         """Save the step just finished (nothing is lost) and stop with a message."""
         if self.last_save != self.state.step:
             self.save()
         self.plot()
         raise RunInterrupted(
-            f"stopped by {signals.name} after step {self.state.step}; checkpoint "
-            f"{self.state.checkpoint} holds it. Run the same command again to resume.",
-            signals.received,
+            f"stopped by {signal.Signals(signal_number).name} after step {self.state.step}; "
+            f"checkpoint {self.state.checkpoint} holds it. Run the same command again to resume.",
+            signal_number,
         )
 
     def plot(self) -> None:
-        plot_losses(self.history, self.run_dir / "loss.png", title=self.run_dir.name)
+        if self.dist.is_main:
+            plot_losses(self.history, self.run_dir / "loss.png", title=self.run_dir.name)
 
     def notify(self, event: str) -> None:
         for callback in self.callbacks:
@@ -329,18 +298,21 @@ class _Run:
         bar = tqdm(
             total=cfg.max_steps,
             initial=s.step,
-            disable=not progress,
+            disable=not progress or not self.dist.is_main,
             unit="step",
             desc=self.run_dir.name,
             dynamic_ncols=True,
         )
         try:
             with GracefulStop() as signals:
-                while s.step < cfg.max_steps and not s.stop and not signals.received:
+                while True:  # every rank takes the same decision at each step boundary
+                    received, s.stop = self.dist.agree(signals.received or 0, s.stop)
+                    if received or s.stop or s.step >= cfg.max_steps:
+                        break
                     self.step()
                     self.after_step(bar)
-                if signals.received:
-                    self.interrupted(signals)
+                if received:
+                    self.interrupted(received)
             self.log(bar)
             if self.val_data is not None and self.last_eval != s.step:
                 self.eval()

@@ -20,15 +20,16 @@ from lmforge.plots import plot_curves
 
 
 class MetricsLog:
-    """Append-only JSONL event log of one run."""
+    """Append-only JSONL event log of one run; with path None (a process other than rank 0 of
+    several) it writes and reads nothing."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
         self._file: TextIO | None = None
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete record in the file (a torn or undecodable line is skipped)."""
-        if not self.path.is_file():
+        if self.path is None or not self.path.is_file():
             return []
         records = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -43,12 +44,16 @@ class MetricsLog:
     def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """Keep only records up to and including `step`; return them."""
         self.close()
+        if self.path is None:
+            return []
         kept = [r for r in self.read() if r["step"] <= step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         atomic_write_text(self.path, text)
         return kept
 
     def append(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)

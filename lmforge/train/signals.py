@@ -4,7 +4,10 @@ SIGTERM (what a scheduler or `docker stop` sends) and SIGINT (Ctrl-C) only set
 `GracefulStop.received`; the loop sees it at the next step boundary, writes a checkpoint and
 stops. A second signal stops at once (KeyboardInterrupt), as an impatient user expects.
 Handlers are installed only in the main thread (Python delivers signals there alone) and the
-previous ones are restored on exit.
+previous ones are restored on exit. With several processes a signal may reach the ranks at
+different moments; the loop takes the largest signal number over the ranks at every step
+boundary (`Dist.agree`), so every rank stops after the same step and they write one
+checkpoint together.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from lmforge.train.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
     load_checkpoint,
-    restore_rng,
     resume_candidates,
     save_checkpoint,
 )
@@ -34,6 +33,7 @@ from lmforge.train.config import TrainConfig
 from lmforge.train.growth import GrowthConfig, grow
 from lmforge.train.loop import train
 from lmforge.train.optim import build_optimizer, param_groups
+from lmforge.train.snapshot import restore_rng
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
 
 

@@ -18,9 +18,9 @@ from lmforge.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    restore_rng,
     save_checkpoint,
 )
+from lmforge.train.snapshot import restore_rng
 
 
 def make_model(seed: int = 0, **overrides) -> CausalLM:
