@@ -197,7 +197,10 @@ def validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
         if role == "system" and i > 0:
             raise DataError(f"messages[{i}].role is 'system'; a system message may only be first")
         content = message.get("content")
-        if not isinstance(content, str):
+        calls = message.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, Sequence)):
+            raise DataError(f"messages[{i}].tool_calls must be a list on an assistant message")
+        if not isinstance(content, str) and not (calls and content is None):
             kind = type(content).__name__
             raise DataError(f"messages[{i}].content must be a string, got {kind}")
 
@@ -216,10 +219,15 @@ def chat_format(
     *,
     add_generation_prompt: bool = True,
     template: str | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    **variables: Any,
 ) -> str:
     """The prompt string for `messages` in the model's chat format (see `chat_template_for`).
 
-    With add_generation_prompt, the text ends where the assistant's reply begins.
+    With add_generation_prompt, the text ends where the assistant's reply begins. `tools`
+    (OpenAI `tools` entries) and `variables` reach the template as transformers'
+    `apply_chat_template(tools=..., **kwargs)` passes them; an assistant message may carry
+    `tool_calls` instead of content.
     """
     validate_messages(messages)
     return render(
@@ -228,6 +236,8 @@ def chat_format(
         add_generation_prompt=add_generation_prompt,
         bos_token=tokenizer.bos_token or "",
         eos_token=_token(tokenizer, tokenizer.eos_id),
+        tools=list(tools) if tools is not None else None,
+        **variables,
     )
 
 

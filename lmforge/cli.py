@@ -179,8 +179,10 @@ def _finetune() -> Command:
 
     def run(cfg: FinetuneConfig) -> None:
         results = finetune(cfg)
-        shown = {k: v for k, v in results.items() if k in ("test_accuracy", "val_loss")}
-        print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        wanted = ("test_accuracy", "val_loss")  # val_loss is None without held-out data
+        shown = {k: v for k, v in results.items() if k in wanted and v is not None}
+        text = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        print(f"results: {text or 'no metric'} ({cfg.run_dir}/results.json)")
 
     return Command("", FinetuneConfig, run)
 
@@ -212,6 +214,18 @@ def _chat() -> Command:
     from lmforge.recipes.chat import ChatConfig, run_chat
 
     return Command("", ChatConfig, run_chat)
+
+
+@verb("agent", "answer with tools (calculator, python, read_file, search) step by step (ReAct)")
+def _agent() -> Command:
+    from lmforge.recipes.agent import AgentConfig, run_agent
+
+    def run(cfg: AgentConfig) -> None:
+        log = run_agent(cfg)
+        done = log.stop_reason == "answer"
+        print(f"answer: {log.answer}" if done else f"no answer ({log.stop_reason})")
+
+    return Command("", AgentConfig, run)
 
 
 @verb("tokenizer", "tokenizer tools: `lmforge tokenizer train ...`")

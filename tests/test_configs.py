@@ -9,6 +9,7 @@ import lmforge
 from lmforge import peft
 from lmforge.config import load
 from lmforge.recipes import align, finetune, pretrain
+from lmforge.recipes.agent import AgentConfig
 from lmforge.recipes.chat import ChatConfig
 from lmforge.recipes.data import builders
 from lmforge.recipes.eval import EvalConfig
@@ -58,6 +59,7 @@ KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": c
 KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
 KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
 KINDS |= {"rag": check_rag, "align": check_align}
+KINDS |= {"agent": lambda p: load(AgentConfig, p).validate()}
 KINDS |= {"serve": lambda p: load(ServeConfig, p), "export": lambda p: load(ExportConfig, p)}
 
 

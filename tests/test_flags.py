@@ -20,6 +20,7 @@ TYPOS = {
     "eval": (["eval", "--shot", "2"], "did you mean --shots?"),
     "generate": (["generate", "hello", "--max-new-token", "3"], "did you mean --max-new-tokens?"),
     "chat": (["chat", "--sytem", "Be brief."], "did you mean --system?"),
+    "agent": (["agent", "x", "--max_step", "2"], "did you mean --max_steps?"),
     "tokenizer": (["tokenizer", "train", "x.txt", "--vocab_sise=9"], "--vocab_size=9?"),
     "data": (["data", "stats", "x.jsonl", "--skip_bd"], "did you mean --skip_bad?"),
     "assets": (["assets", "--verbose"], "unknown flag --verbose; `lmforge assets --help`"),
@@ -98,9 +99,10 @@ def test_help_lists_the_registries_including_new_entries(monkeypatch, capsys):
     text = _help(capsys, "eval")
     assert "a task, a task file (.yaml/.jsonl) or list (registered: arithmetic," in text
     assert "bbc-news" in text and "toy-eval)" in text
+    text = _help(capsys, "lab")
     assert (
-        "(registered: alignment, instruct, knowledge, peft-compare, prompting, qlora, warmup)"
-        in _help(capsys, "lab")
+        "(registered: alignment, instruct, knowledge, peft-compare, prompting, qlora, tools, "
+        "warmup)" in text
     )
     text = _help(capsys, "data")
     assert "formats: alpaca, openai, sharegpt; builders: bbc-news, flan, self-instruct" in text

@@ -7,6 +7,7 @@ from lmforge.lab import (  # noqa: F401
     peft_compare,
     prompting,
     qlora,
+    tools,
     warmup,
 )
 from lmforge.lab.base import (

@@ -37,6 +37,9 @@ from lmforge.model.host import host_for
 
 FinishReason = Literal["eos", "stop", "length"]
 Decode = Callable[[list[int]], str]
+# (logits (B', V) of the rows still generating, their indices in the batch, the tokens each
+# has generated so far) → logits; applied before the other processing (e.g. a grammar mask).
+LogitsProcessor = Callable[[Tensor, list[int], list[list[int]]], Tensor]
 REPLACEMENT_CHAR = "\ufffd"  # what a byte-level decoder shows for an incomplete character
 
 
@@ -228,6 +231,7 @@ def _decode_loop(
     decode: Decode | None,
     truncate: bool,
     live: bool,
+    processor: LogitsProcessor | None = None,
 ) -> Iterator[list[Row]]:
     """Yield the rows after every step (the same list, updated in place).
 
@@ -243,6 +247,7 @@ def _decode_loop(
     generator = None if config.seed is None else torch.Generator(device).manual_seed(config.seed)
     rows = [Row(len(p)) for p in prompts]
     active = list(rows)  # the rows still generating, in batch order
+    batch_index = list(range(len(rows)))  # their places in the batch
     ids, mask = _left_pad(prompts, pad_token_id, device)  # (B, L)
     cache = host.new_cache(len(prompts), ids.shape[1] + config.max_new_tokens)
     logits, cache = host.step(ids, mask, _positions(mask, ids.shape[1]), cache)  # (B, V)
@@ -250,6 +255,8 @@ def _decode_loop(
     if config.repetition_penalty != 1.0:
         seen = _seen_matrix(ids, mask, logits.shape[-1])
     while True:
+        if processor is not None:
+            logits = processor(logits, batch_index, [row.tokens for row in active])
         new = choose_tokens(logits, seen, config, generator)  # (B,)
         for row, token in zip(active, new.tolist()):
             advance(row, token, config, eos, decode, live)
@@ -263,6 +270,7 @@ def _decode_loop(
             mask, new = mask[index], new[index]
             seen = seen[index] if seen is not None else None
             active = [active[j] for j in keep]
+            batch_index = [batch_index[j] for j in keep]
         if seen is not None:
             seen[torch.arange(len(active), device=device), new] = True
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)  # (B', S+1)
@@ -279,14 +287,18 @@ def generate(
     pad_token_id: int = 0,
     decode: Decode | None = None,
     truncate: bool = False,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
-    """Continue every prompt (token ids) in one batch; one result per prompt, in order."""
+    """Continue every prompt (token ids) in one batch; one result per prompt, in order.
+
+    `logits_processor` sees each step's logits first (see LogitsProcessor)."""
     if not prompts:
         return []
     with _eval_mode(model):
         *_, rows = _decode_loop(
-            model, prompts, config, eos_token_id, pad_token_id, decode, truncate, live=False
-        )
+            model, prompts, config, eos_token_id, pad_token_id, decode, truncate, False,
+            logits_processor,
+        )  # fmt: skip
     results = []
     for row in rows:
         text = row.text
@@ -323,6 +335,7 @@ def stream(
     decode: Decode,
     pad_token_id: int = 0,
     truncate: bool = False,
+    logits_processor: LogitsProcessor | None = None,
 ) -> Iterator[str]:
     """Yield the text of one continuation piece by piece, as soon as it is stable.
 
@@ -330,8 +343,9 @@ def stream(
     shown = 0
     with _eval_mode(model):
         for rows in _decode_loop(
-            model, [prompt], config, eos_token_id, pad_token_id, decode, truncate, live=True
-        ):
+            model, [prompt], config, eos_token_id, pad_token_id, decode, truncate, True,
+            logits_processor,
+        ):  # fmt: skip
             row = rows[0]
             text = row.text or ""
             end = len(text) if row.finish_reason else stable_end(text, config.stop)

@@ -296,6 +296,34 @@ def test_stream_equals_generate_on_random_model():
     assert len(text) == 30
 
 
+def test_logits_processor_sees_each_rows_place_and_tokens_and_steers_them():
+    """A processor that forces "!" as row 1's third token; row 0 ends at its eos meanwhile."""
+    seen: list[tuple[list[int], list[list[int]]]] = []
+
+    def force(logits: torch.Tensor, rows: list[int], generated: list[list[int]]) -> torch.Tensor:
+        seen.append((list(rows), [list(g) for g in generated]))
+        for i, (row, tokens) in enumerate(zip(rows, generated)):
+            if row == 1 and len(tokens) == 2:
+                logits[i] = float("-inf")
+                logits[i, TOK[b"!"]] = 0.0
+        return logits
+
+    config = SamplingConfig(max_new_tokens=5, temperature=0.0)
+    prompts = [ids(b"w"), ids(b"w")]
+    a, b = generate(
+        scripted_model(), prompts, config, eos_token_id=TOK[b"l"], decode=decode,
+        logits_processor=force,
+    )  # fmt: skip
+    assert (a.text, a.finish_reason) == ("or", "eos")
+    assert (b.text, b.finish_reason) == ("or!wo", "length")  # "!" then the cycle goes on
+    assert seen[0] == ([0, 1], [[], []])
+    assert seen[3] == ([1], [ids(b"o", b"r", b"!")])  # row 0 left the batch at its eos
+    pieces = list(
+        stream(scripted_model(), ids(b"w"), config, decode=decode, logits_processor=force)
+    )
+    assert "".join(pieces) == "orld "  # the stream's only row is row 0: never forced
+
+
 # --- errors -------------------------------------------------------------------------------
 
 
