@@ -79,3 +79,40 @@ def child_result(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     environ = {**os.environ, **(env or {})}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=environ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def training_steps(
+    loss_fn: Callable[[], object], params: list, warmup: int, steps: int, lr: float = 1e-4
+) -> dict:
+    """`warmup + steps` AdamW steps (loss, backward, update) in this process: the seconds of
+    each measured step, the first loss, peak RSS (MB) and the trainable parameter count."""
+    import resource
+
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=lr)
+    times, losses = [], []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    return {
+        "times": times,
+        "first_loss": losses[0],
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable": sum(p.numel() for p in params),
+    }
+
+
+def alternating(sides: tuple[str, str], rounds: int, run: Callable[[str], dict]) -> dict:
+    """`rounds` child runs per side, in the order A B, B A, A B, ...: side → list of results."""
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for i in range(rounds):
+        for side in sides if i % 2 == 0 else sides[::-1]:
+            runs[side].append(run(side))
+    return runs

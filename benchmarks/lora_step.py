@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
-import time
 
 import torch
 
@@ -65,28 +63,13 @@ def child(side: str, args: argparse.Namespace) -> None:
         0, 49152, (args.batch_size, args.seq_len), generator=torch.Generator().manual_seed(1)
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    times, losses = [], []
-    for i in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        loss = default_objective(model, {"input_ids": batch, "labels": batch})
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-        losses.append(loss.item())
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "times": times,
-                "first_loss": losses[0],
-                "rss_mb": rss_mb,
-                "trainable": sum(p.numel() for p in params),
-            }
-        )
+    inputs = {"input_ids": batch, "labels": batch}
+    from common import training_steps
+
+    result = training_steps(
+        lambda: default_objective(model, inputs), params, args.warmup, args.steps
     )
+    print(json.dumps(result))
 
 
 def run_child(side: str, args: argparse.Namespace) -> dict:
@@ -118,13 +101,9 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    from common import pair_ratio, update_section
+    from common import alternating, pair_ratio, update_section
 
-    runs: dict[str, list[dict]] = {"lmforge": [], "peft": []}
-    for i in range(args.rounds):
-        for side in ("lmforge", "peft") if i % 2 == 0 else ("peft", "lmforge"):
-            runs[side].append(run_child(side, args))
-            print(f"round {i + 1}: {side} done", file=sys.stderr)
+    runs = alternating(("lmforge", "peft"), args.rounds, lambda side: run_child(side, args))
     first = {s: r[0]["first_loss"] for s, r in runs.items()}
     if abs(first["lmforge"] - first["peft"]) > 1e-3:
         raise SystemExit(f"the two sides disagree: first losses {first}")

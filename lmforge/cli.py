@@ -149,6 +149,14 @@ def verb(name: str, help: str) -> Callable[[Callable[[], Command | Group]], Call
     return register
 
 
+def _actions(actions: Registry) -> Group:
+    """A verb whose sub-commands are the Action entries of its recipe's ACTIONS registry."""
+    children = {name: actions.get(name) for name in actions}
+    return Group(
+        "", {n: Command(a.help, a.config, a.run, fixed=a.fixed) for n, a in children.items()}
+    )
+
+
 @verb("pretrain", "train a native language model from scratch on a corpus")
 def _pretrain() -> Command:
     from lmforge.model.config import PRESETS
@@ -245,8 +253,14 @@ def _data() -> Group:
 def _rag() -> Group:
     from lmforge.recipes.rag import ACTIONS
 
-    actions = {name: ACTIONS.get(name) for name in ACTIONS}
-    return Group("", {n: Command(a.help, a.config, a.run) for n, a in actions.items()})
+    return _actions(ACTIONS)
+
+
+@verb("align", "align a model: `lmforge align reward|dpo|ppo|grpo|build-preferences ...`")
+def _align() -> Group:
+    from lmforge.recipes.align import ACTIONS
+
+    return _actions(ACTIONS)
 
 
 @verb("export", "write a model or delta for transformers/vLLM, peft or llama.cpp/Ollama (gguf)")

@@ -10,14 +10,14 @@ VOCAB, T = 61, 10
 BACKENDS = ["native", "hf"]
 
 
-def make(backend: str, width: int = 64, layers: int = 2) -> nn.Module:
+def make(backend: str, width: int = 64, layers: int = 2, vocab: int = VOCAB) -> nn.Module:
     """A tiny model with fixed weights: the same call gives the same model."""
     torch.manual_seed(0)
     if backend == "native":
-        model = CausalLM(preset("tiny", vocab_size=VOCAB, d_model=width, n_layer=layers))
+        model = CausalLM(preset("tiny", vocab_size=vocab, d_model=width, n_layer=layers))
     else:
         config = LlamaConfig(
-            vocab_size=VOCAB,
+            vocab_size=vocab,
             hidden_size=width,
             intermediate_size=2 * width,
             num_hidden_layers=layers,

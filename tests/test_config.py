@@ -61,6 +61,26 @@ def test_ill_typed_field_is_named(data, where):
         from_dict(Outer, data)
 
 
+@dataclass
+class Checked:
+    inner: Inner = field(default_factory=Inner)
+
+    def validate(self) -> None:
+        if self.inner.steps < 1:
+            raise ConfigError("steps must be positive", fix="{inner.steps=1}")
+
+
+def test_a_validate_error_keeps_its_fix_through_from_dict_and_load(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        from_dict(Checked, {"inner": {"steps": 0}})
+    assert (e.value.message, e.value.fix) == ("steps must be positive", "{inner.steps=1}")
+    (tmp_path / "c.yaml").write_text("inner: {steps: 0}\n")
+    with pytest.raises(ConfigError) as e:
+        load(Checked, tmp_path / "c.yaml")
+    assert e.value.message == f"{tmp_path / 'c.yaml'}: steps must be positive"
+    assert e.value.render(lambda name, value: f"--{name}={value}").endswith("; --inner.steps=1")
+
+
 def test_parse_value_reads_numbers_booleans_lists():
     assert parse_value("3e-4") == 3e-4
     assert parse_value("10") == 10

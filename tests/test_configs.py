@@ -8,7 +8,7 @@ import yaml
 import lmforge
 from lmforge import peft
 from lmforge.config import load
-from lmforge.recipes import finetune, pretrain
+from lmforge.recipes import align, finetune, pretrain
 from lmforge.recipes.agent import AgentConfig
 from lmforge.recipes.chat import ChatConfig
 from lmforge.recipes.data import builders
@@ -17,7 +17,7 @@ from lmforge.recipes.export import ExportConfig
 from lmforge.recipes.generate import GenerateConfig
 from lmforge.recipes.moefy import MoefyConfig
 from lmforge.recipes.quickstart import QUICKSTART
-from lmforge.recipes.rag import ACTIONS
+from lmforge.recipes.rag import ACTIONS as RAG_ACTIONS
 from lmforge.recipes.serve import ServeConfig
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -41,14 +41,26 @@ def check_data(path):
 
 
 def check_rag(path):
-    action = ACTIONS.get(path.stem.split("-")[1])  # rag-ACTION-....yaml
+    action = RAG_ACTIONS.get(path.stem.split("-")[1])  # rag-ACTION-....yaml
     load(action.config, path)
+
+
+def check_align(path):
+    action = align.ACTIONS.get(path.stem.removeprefix("align-"))  # align-ACTION.yaml
+    cfg = load(action.config, path, [f"{k}={v}" for k, v in action.fixed.items()])
+    cfg.validate()
+    cfg.train.validate()
+    if cfg.delta_method != "full":
+        peft.build(cfg.delta_method, cfg.delta)
+    if cfg.method in ("ppo", "grpo"):
+        assert cfg.rollout.steps_per_rollout(cfg.train.batch_size, cfg.train.grad_accum) >= 1
 
 
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": check_finetune}
 KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
 KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
 KINDS |= {"rag": check_rag, "moefy": lambda p: load(MoefyConfig, p).validate()}
+KINDS |= {"align": check_align}
 KINDS |= {"agent": lambda p: load(AgentConfig, p).validate()}
 KINDS |= {"serve": lambda p: load(ServeConfig, p), "export": lambda p: load(ExportConfig, p)}
 

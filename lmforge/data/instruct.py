@@ -244,6 +244,38 @@ class InstructionSet:
         return iter(self.records)
 
 
+def parse_files(
+    paths: str | Path | Iterable[str | Path],
+    parse: Callable[[Any], Any],
+    skipped: list[Skipped],
+    *,
+    skip_bad: bool = False,
+    what: str = "instruction",
+) -> Iterator[tuple[str, Any]]:
+    """(file:line, parse(record)) for every record of the files (type by suffix). A record
+    `parse` rejects with BadRecord raises DataError naming its place, or with skip_bad is
+    appended to `skipped`."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DataError(f"{what} file {path} does not exist")
+        empty = True
+        for raw in reader_for(path)(path):
+            empty = False
+            try:
+                if raw.error is not None:
+                    raise BadRecord(raw.error)
+                item = parse(raw.value)
+            except BadRecord as e:
+                if not skip_bad:
+                    raise DataError(f"{raw.where}: {e}", fix=SKIP_HINT) from None
+                skipped.append(Skipped(raw.where, str(e), raw.value or raw.text or None))
+                continue
+            yield raw.where, item
+        if empty:
+            raise DataError(f"{what} file {path} is empty: it holds no records")
+
+
 def read_instructions(
     paths: str | Path | Iterable[str | Path],
     *,
@@ -256,28 +288,12 @@ def read_instructions(
     A record without its own `meta` gets `{source: "import", origin: file:line, format}`."""
     if format is not None:
         FORMATS.get(format)  # an unknown name fails before any file is read
-    paths = [paths] if isinstance(paths, str | Path) else list(paths)
     out = InstructionSet()
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"instruction file {path} does not exist")
-        empty = True
-        for raw in reader_for(path)(path):
-            empty = False
-            try:
-                if raw.error is not None:
-                    raise BadRecord(raw.error)
-                conv, name = parse_record(raw.value, format)
-            except BadRecord as e:
-                if not skip_bad:
-                    raise DataError(f"{raw.where}: {e}", fix=SKIP_HINT) from None
-                out.skipped.append(Skipped(raw.where, str(e), raw.value or raw.text or None))
-                continue
-            conv.meta = conv.meta or {"source": "import", "origin": raw.where, "format": name}
-            out.records.append(conv)
-            out.formats[name] += 1
-        if empty:
-            raise DataError(f"instruction file {path} is empty: it holds no records")
+    parsed = parse_files(paths, lambda v: parse_record(v, format), out.skipped, skip_bad=skip_bad)
+    for where, (conv, name) in parsed:
+        conv.meta = conv.meta or {"source": "import", "origin": where, "format": name}
+        out.records.append(conv)
+        out.formats[name] += 1
     if dedup:
         out.records, out.duplicates = deduplicate(out.records)
     return out

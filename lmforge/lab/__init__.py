@@ -1,6 +1,7 @@
 """Built-in experiments; importing this package registers all of them."""
 
 from lmforge.lab import (  # noqa: F401
+    alignment,
     instruct,
     knowledge,
     moe,

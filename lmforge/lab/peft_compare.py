@@ -163,9 +163,15 @@ def run_one(run: Run, out_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """`lmforge finetune` with FinetuneConfig `cfg` in a child process (so its peak memory is
-    its own); its results.json, or {"error": last line of its log}. A run directory that
-    already holds the results of the same config is reused, so a stopped lab resumes."""
+    """`lmforge finetune` with FinetuneConfig `cfg` in a child process (see `verb_child`)."""
+    return verb_child(["finetune"], cfg, run_dir)
+
+
+def verb_child(command: list[str], cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """`lmforge COMMAND... --config` with config dataclass `cfg` in a child process (so its
+    peak memory is its own); its results.json, or {"error": last line of its log}. A run
+    directory that already holds the results of the same config is reused, so a stopped lab
+    resumes."""
     config, results = run_dir / "lab-config.yaml", run_dir / "results.json"
     if results.exists() and config.exists():
         done = to_dict(from_dict(type(cfg), read_yaml(config)))  # fields added later: defaults
@@ -175,14 +181,7 @@ def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
     save_yaml(cfg, config)
     with open(run_dir / "log.txt", "w") as log:
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lmforge",
-                "finetune",
-                "--config",
-                str(run_dir / "lab-config.yaml"),
-            ],
+            [sys.executable, "-m", "lmforge", *command, "--config", str(config)],
             stdout=log,
             stderr=log,
         )

@@ -73,6 +73,7 @@ class GenerationResult:
     text: str | None  # decode(token_ids), cut before a stop string; None without decode
     finish_reason: FinishReason  # "eos", "stop" (a stop string appeared) or "length"
     prompt_length: int  # tokens of the prompt that were read (after truncation)
+    eos_token: int | None = None  # the EOS id that ended the row (finish_reason "eos")
 
 
 # --- logits processors: (B, V) float logits in, (B, V) out ---------------------------------
@@ -185,6 +186,7 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     text: str | None = None
     finish_reason: FinishReason | None = None
+    eos_token: int | None = None
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
@@ -197,7 +199,7 @@ def advance(
 ) -> None:
     """Append one token to a row and decide whether the row is finished."""
     if token in eos:
-        row.finish_reason = "eos"
+        row.finish_reason, row.eos_token = "eos", token
         return
     row.tokens.append(token)
     if decode is not None and (live or config.stop):
@@ -302,7 +304,9 @@ def generate(
         text = row.text
         if decode is not None and row.finish_reason != "stop":
             text = decode(row.tokens)
-        results.append(GenerationResult(row.tokens, text, row.finish_reason, row.prompt_length))
+        results.append(
+            GenerationResult(row.tokens, text, row.finish_reason, row.prompt_length, row.eos_token)
+        )
     return results
 
 

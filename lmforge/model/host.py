@@ -90,6 +90,10 @@ class ModelHost(Protocol):
 
     def embeddings(self) -> nn.Embedding: ...
 
+    def head(self) -> nn.Module:
+        """The output projection (hidden state → logits), at `lm_head` in both kinds."""
+        ...
+
     def set_gradient_checkpointing(self, enabled: bool) -> None: ...
 
     def new_cache(self, batch: int, capacity: int) -> Any:
@@ -143,6 +147,9 @@ class _Layout:
 
     def embeddings(self) -> nn.Embedding:
         return self.plain.get_input_embeddings()
+
+    def head(self) -> nn.Module:
+        return self.plain.lm_head
 
     def cache_length(self, cache: Any) -> int:
         return 0 if cache is None else int(cache.get_seq_length())

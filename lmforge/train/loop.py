@@ -21,8 +21,10 @@ sharded checkpoints together (sharded.py), and only rank 0 writes metrics and pl
 What plugs in: an objective (loss of a batch; if it has them, its `validation` is what
 validation reports and `at_step(step)` runs before each update), callbacks (on_step_end /
 on_eval / on_save, each given a TrainState; setting `state.stop = True` ends the run after
-this step), and any BatchSource. Only parameters with requires_grad are optimised and
-checkpointed, so a delta-tuning method freezes the base and hands the same model to this loop.
+this step), and any BatchSource. An objective's `step_metrics` (a dict of floats it leaves
+after each training call: rewards, KL...) are averaged like the loss and logged beside it.
+Only parameters with requires_grad are optimised and checkpointed, so a delta-tuning method
+freezes the base and hands the same model to this loop.
 
 Resume is exact: everything a step reads (weights, optimizer moments, lr step, torch/numpy/
 python RNG, data position, the loss accumulator of the next log line) is in the checkpoint,
@@ -104,8 +106,9 @@ class _Run:
             model=model,
             optimizer=self.optimizer,
         )
-        # Loss accumulated since the last log line; saved so a resumed log line is the same.
+        # Loss and step_metrics since the last log line; saved so a resumed log line is the same.
         self.loss_sum, self.loss_count = 0.0, 0
+        self.metric_sums: dict[str, float] = {}
         self.last_eval, self.last_save = -1, -1
         self.elapsed_before = 0.0
 
@@ -126,6 +129,7 @@ class _Run:
         s.val_loss, s.val_ppl = loop["val_loss"], loop["val_ppl"]
         self.loss_sum, self.loss_count = loop["loss_sum"], loop["loss_count"]
         self.aux.load_state_dict(loop.get("aux", {}))
+        self.metric_sums = dict(loop.get("metric_sums", {}))
         self.last_eval, self.last_save = loop["last_eval"], s.step
         self.elapsed_before = loop["elapsed"]
         self.history = self.metrics.truncate_after(s.step)
@@ -177,6 +181,8 @@ class _Run:
                 (loss / cfg.grad_accum).backward()
             s.tokens_seen += tokens
             loss_value += value / cfg.grad_accum
+            for name, measured in getattr(self.objective, "step_metrics", {}).items():
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + measured / cfg.grad_accum
         grad_norm = self.clip()
         if not math.isfinite(grad_norm):
             raise self.diverged(step, "gradient norm", grad_norm, lr)
@@ -216,8 +222,9 @@ class _Run:
         rate = (s.tokens_seen - self.mark_tokens) / max(self.step_time - self.mark_time, 1e-9)
         self.mark_tokens, self.mark_time = s.tokens_seen, self.step_time
         loss = self.loss_sum / self.loss_count
-        self.loss_sum, self.loss_count = 0.0, 0
-        self.record(loss=loss, tokens_per_s=rate, **self.aux.metrics())
+        measured = {k: v / self.loss_count for k, v in self.metric_sums.items()}
+        self.loss_sum, self.loss_count, self.metric_sums = 0.0, 0, {}
+        self.record(loss=loss, **measured, tokens_per_s=rate, **self.aux.metrics())
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{s.lr:.2e}", tok_s=f"{rate:.0f}")
 
     def eval(self) -> None:
@@ -243,6 +250,7 @@ class _Run:
             "elapsed": s.elapsed,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
+            "metric_sums": self.metric_sums,
             "val_loss": s.val_loss,
             "val_ppl": s.val_ppl,
             "last_eval": self.last_eval,

@@ -31,8 +31,8 @@ from lmforge.train.checkpoint import (
 )
 from lmforge.train.config import TrainConfig
 from lmforge.train.growth import GrowthConfig, grow
-from lmforge.train.loop import param_groups, train
-from lmforge.train.optim import build_optimizer
+from lmforge.train.loop import train
+from lmforge.train.optim import build_optimizer, param_groups
 from lmforge.train.snapshot import restore_rng
 from lmforge.train.state import Batch, BatchSource, Objective, TrainResult, TrainState
 

@@ -420,3 +420,48 @@ def test_config_loads_through_lmforge_config():
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
     with pytest.raises(ConfigError, match="train.lr must be positive"):
         from_dict(TrainConfig, {"lr": -1.0}, "train")
+
+
+class Measuring:
+    """An objective that reports more than its loss: the loss itself and the step's index."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.step_metrics: dict[str, float] = {}
+
+    def __call__(self, model, batch):
+        loss = model(**batch).loss
+        self.calls += 1
+        self.step_metrics = {"double": 2 * float(loss), "call": float(self.calls)}
+        return loss
+
+
+def test_objective_step_metrics_are_averaged_per_log_line_and_resume_exactly(tmp_path):
+    cfg = config(max_steps=6, log_every=3, grad_accum=2, save_every=2)
+    result = train(
+        make_model(), RandomTokens(), cfg, tmp_path / "a", objective=Measuring(), progress=False
+    )
+    lines = [r for r in result.history if "loss" in r]
+    assert [r["step"] for r in lines] == [3, 6]
+    for r in lines:
+        assert r["double"] == pytest.approx(2 * r["loss"], rel=1e-6)
+    # calls 1..6 (steps 1-3), each micro-batch weighted 1/grad_accum, averaged over 3 steps
+    assert lines[0]["call"] == pytest.approx(sum(range(1, 7)) / 6)
+    with pytest.raises(KeyboardInterrupt):  # stop after step 4: a log line is half summed
+        train(
+            make_model(),
+            RandomTokens(),
+            cfg,
+            tmp_path / "b",
+            objective=Measuring(),
+            callbacks=[Recorder(fail_at=5)],
+            progress=False,
+        )
+    resumed = Measuring()
+    resumed.calls = 8  # the calls of steps 1-4, as an uninterrupted objective would count
+    again = train(
+        make_model(), RandomTokens(), cfg, tmp_path / "b", objective=resumed, progress=False
+    )
+    resumed_lines = [r for r in again.history if "loss" in r]
+    for key in ("step", "loss", "double", "call"):
+        assert [r[key] for r in resumed_lines] == [r[key] for r in lines], key
