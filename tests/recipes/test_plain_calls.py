@@ -111,7 +111,7 @@ def test_tokenizer_from_files_equals_the_one_from_their_texts(tmp_path):
 
 def test_lab_list(capsys):
     assert run_lab(LabConfig("list")) is None
-    assert capsys.readouterr().out.splitlines()[0].startswith("instruct ")
+    assert capsys.readouterr().out.splitlines()[0].startswith("alignment ")
 
 
 # ── a new finetune task is one registry entry ───────────────────────────────────────────────
