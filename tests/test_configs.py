@@ -16,6 +16,7 @@ from lmforge.recipes.export import ExportConfig
 from lmforge.recipes.generate import GenerateConfig
 from lmforge.recipes.quickstart import QUICKSTART
 from lmforge.recipes.rag import ACTIONS
+from lmforge.recipes.scaling import ACTIONS as SCALING_ACTIONS
 from lmforge.recipes.serve import ServeConfig
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -43,10 +44,15 @@ def check_rag(path):
     load(action.config, path)
 
 
+def check_scaling(path):
+    action = SCALING_ACTIONS.get(path.stem.split("-")[1])  # scaling-ACTION-....yaml
+    load(action.config, path)
+
+
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": check_finetune}
 KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
 KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
-KINDS |= {"rag": check_rag}
+KINDS |= {"rag": check_rag, "scaling": check_scaling}
 KINDS |= {"serve": lambda p: load(ServeConfig, p), "export": lambda p: load(ExportConfig, p)}
 
 

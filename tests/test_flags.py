@@ -26,6 +26,7 @@ TYPOS = {
     "quickstart": (["quickstart", "--step", "3"], "did you mean --steps?"),
     "lab": (["lab", "list", "--quik"], "did you mean --quick?"),
     "rag": (["rag", "ask", "--qustion", "x"], "unknown flag --qustion; `lmforge rag ask --help`"),
+    "scaling": (["scaling", "fit", "--bootstap", "9"], "did you mean --bootstrap?"),
     "export": (["export", "runs/ft", "--formt", "gguf"], "did you mean --format?"),
     "serve": (["serve", "--adaptr", "sql=runs/ft"], "did you mean --adapter?"),
 }
@@ -41,7 +42,7 @@ def test_an_unknown_flag_is_answered_with_the_closest_one(verb, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(
-        f"lmforge {' '.join(argv[:2]) if verb in ('data', 'tokenizer', 'rag') else verb}"
+        f"lmforge {' '.join(argv[:2]) if verb in ('data', 'tokenizer', 'rag', 'scaling') else verb}"
     )
     assert expected in err and "unrecognized arguments" not in err
 

@@ -1,6 +1,17 @@
 """Built-in experiments; importing this package registers all of them."""
 
-from lmforge.lab import instruct, knowledge, peft_compare, prompting, qlora, warmup  # noqa: F401
+from lmforge.lab import (  # noqa: F401
+    inheritance,
+    instruct,
+    knowledge,
+    objectives,
+    peft_compare,
+    prompting,
+    qlora,
+    scaling,
+    stacking,
+    warmup,
+)
 from lmforge.lab.base import (
     LABS,
     Experiment,
