@@ -98,9 +98,9 @@ def test_help_lists_the_registries_including_new_entries(monkeypatch, capsys):
     text = _help(capsys, "eval")
     assert "a task, a task file (.yaml/.jsonl) or list (registered: arithmetic," in text
     assert "bbc-news" in text and "toy-eval)" in text
-    assert "(registered: instruct, knowledge, peft-compare, prompting, qlora, warmup)" in _help(
-        capsys, "lab"
-    )
+    labs = "inheritance, instruct, knowledge, objectives, peft-compare, prompting, qlora, "
+    labs += "scaling, stacking, warmup"
+    assert f"(registered: {labs})" in _help(capsys, "lab")
     text = _help(capsys, "data")
     assert "formats: alpaca, openai, sharegpt; builders: bbc-news, flan, self-instruct" in text
     assert "--format STR one format for all (default: detect) (registered: alpaca" in (

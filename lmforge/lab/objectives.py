@@ -19,8 +19,10 @@ from tqdm import tqdm
 from lmforge.lab.base import experiment
 from lmforge.lab.pretraining import (
     corpus_source,
+    decoder,
     flops_per_token,
     pretrain_run,
+    schedule,
     shared_tokenizer,
     val_curve,
     vocab_of,
@@ -47,25 +49,10 @@ def corpus_runs(out_dir: Path, corpus: str, quick: bool) -> dict[str, tuple]:
     shared_tokenizer(out_dir, source, 512)
     vocab, seq, width = vocab_of(out_dir), 64, 64 if quick else 128
     steps = 40 if quick else 800
-    model = {
-        "n_layer": 2 if quick else 4,
-        "d_model": width,
-        "n_head": width // 16,
-        "n_kv_head": width // 16,
-        "max_seq_len": seq,
-    }
+    model = decoder(2 if quick else 4, width, seq)
     curves = {}
     for name, options in tqdm(OBJECTIVES.items(), desc=f"objectives on {corpus}", unit="run"):
-        train = {
-            "max_steps": steps,
-            "batch_size": 16,
-            "lr": 3e-3,
-            "warmup_steps": steps // 20,
-            "eval_every": max(1, steps // 20),
-            "eval_batches": 4 if quick else 20,
-            "objective": name,
-            "objective_options": options,
-        }
+        train = {**schedule(steps, quick, 20), "objective": name, "objective_options": options}
         _, run_dir = pretrain_run(out_dir, name, source, model, train)
         s, losses, _ = val_curve(run_dir)
         per_token = flops_per_token(model, vocab, seq) + extra_head_flops(name, width, vocab)

@@ -92,3 +92,27 @@ def flops_per_token(model: dict, vocab_size: int, seq_len: int, training: bool =
 
 def vocab_of(out_dir: Path) -> int:
     return Tokenizer.from_file(out_dir / "tokenizer.json").vocab_size
+
+
+def decoder(depth: int, width: int, seq: int) -> dict[str, int]:
+    """A lab model's shape: heads of 16 dimensions."""
+    heads = width // 16
+    return {
+        "n_layer": depth,
+        "d_model": width,
+        "n_head": heads,
+        "n_kv_head": heads,
+        "max_seq_len": seq,
+    }
+
+
+def schedule(steps: int, quick: bool, evals: int = 30) -> dict[str, Any]:
+    """A lab run's updates: batches of 16, lr 3e-3 with 5% warmup, `evals` evaluations."""
+    return {
+        "max_steps": steps,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "warmup_steps": steps // 20,
+        "eval_every": max(1, steps // (10 if quick else evals)),
+        "eval_batches": 4 if quick else 20,
+    }

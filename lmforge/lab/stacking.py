@@ -20,9 +20,11 @@ from tqdm import tqdm
 from lmforge.lab.base import experiment
 from lmforge.lab.pretraining import (
     corpus_source,
+    decoder,
     first_reach,
     flops_per_token,
     pretrain_run,
+    schedule,
     shared_tokenizer,
     val_curve,
     vocab_of,
@@ -66,21 +68,7 @@ def run(out_dir: Path, quick: bool) -> Report:
     seq = 64
     source = corpus_source(out_dir, "shakespeare", quick)
     shared_tokenizer(out_dir, source, 512)
-    model = {
-        "n_layer": depth,
-        "d_model": width,
-        "n_head": width // 16,
-        "n_kv_head": width // 16,
-        "max_seq_len": seq,
-    }
-    train = {
-        "max_steps": steps,
-        "batch_size": 16,
-        "lr": 3e-3,
-        "warmup_steps": steps // 20,
-        "eval_every": max(1, steps // 30),
-        "eval_batches": 4 if quick else 20,
-    }
+    model, train = decoder(depth, width, seq), schedule(steps, quick)
     tokens_per_step = 16 * seq
     full = flops_per_token(model, vocab_of(out_dir), seq) * tokens_per_step
     half = (
@@ -96,6 +84,15 @@ def run(out_dir: Path, quick: bool) -> Report:
         s, losses, seconds = val_curve(run_dir)
         curves[name] = (s, losses, cumulative_flops(s, per_step))
         wall[name] = seconds
+    setup = (
+        f"Setup: {depth} layers × {width} (the stacked run: {depth // 2} layers until update "
+        f"{grow_at}), {steps} updates of 16×{seq} tokens of {'a slice of ' if quick else ''}"
+        "Shakespeare, AdamW, cosine schedule over the whole run."
+    )
+    return write_report(out_dir, curves, wall, setup)
+
+
+def write_report(out_dir: Path, curves: dict, wall: dict, setup: str) -> Report:
     target = curves["scratch"][1][-1]
     gain = saving(curves["scratch"], curves["stacked"], target)
     at = first_reach(curves["stacked"][0], curves["stacked"][1], target)
@@ -117,11 +114,7 @@ def run(out_dir: Path, quick: bool) -> Report:
     )
     report = Report("Progressive stacking", out_dir)
     report.text(__doc__.split("\n\n", 1)[1])
-    report.text(
-        f"Setup: {depth} layers × {width} (the stacked run: {depth // 2} layers until update "
-        f"{grow_at}), {steps} updates of 16×{seq} tokens of {'a slice of ' if quick else ''}"
-        "Shakespeare, AdamW, cosine schedule over the whole run."
-    )
+    report.text(setup)
     report.table(
         [
             "run",
