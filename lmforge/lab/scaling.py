@@ -26,8 +26,8 @@ from lmforge.recipes.scaling import (
 from lmforge.report import Report
 
 LADDER = {  # (layers, widths, predicted run (layers, width), tokens per parameter)
-    "quick": ([1, 2, 1, 2, 1, 2], [16, 16, 24, 24, 32, 32], (2, 48), 1.0),
-    "full": ([1, 1, 1, 1, 1, 2], [16, 24, 32, 40, 48, 48], (2, 96), 20.0),
+    "quick": ([1, 2, 1, 2, 1, 2], [16, 16, 32, 32, 48, 48], (2, 64), 0.5),
+    "full": ([1, 2, 1, 2, 1, 2], [16, 16, 32, 32, 48, 48], (2, 96), 20.0),
 }
 
 
