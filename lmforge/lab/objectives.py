@@ -5,8 +5,9 @@ next-token validation loss.
 The claim (Tay et al. 2022, UL2; Gloeckle et al. 2024): a better objective buys more per
 FLOP. Denoising trains the decoder on spans and bidirectional prefixes, the unified
 text-to-text form of T5 and BART; multi-token heads ask the shared trunk for tokens t+1..t+4.
-Each run has the same model, data, updates and schedule; its compute is the trunk's FLOPs
-per token plus, for multi-token, the extra heads' (one unembedding each).
+Each run has the same model, data and schedule shape and the same training FLOPs: the
+trunk's FLOPs per token plus, for multi-token, the extra heads' (one unembedding each), so
+multi-token gets proportionally fewer updates.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ def corpus_runs(out_dir: Path, corpus: str, quick: bool) -> dict[str, tuple]:
     source = corpus_source(out_dir, corpus, quick)
     shared_tokenizer(out_dir, source, 512)
     vocab, seq, width = vocab_of(out_dir), 64, 64 if quick else 128
-    steps = 40 if quick else 800
+    steps = 40 if quick else 800  # causal-lm's; a costlier objective gets fewer (equal FLOPs)
     model = decoder(2 if quick else 4, width, seq)
+    base = flops_per_token(model, vocab, seq)
     curves = {}
     for name, options in tqdm(OBJECTIVES.items(), desc=f"objectives on {corpus}", unit="run"):
-        train = {**schedule(steps, quick, 20), "objective": name, "objective_options": options}
+        per_token = base + extra_head_flops(name, width, vocab)
+        updates = round(steps * base / per_token)
+        train = {**schedule(updates, quick, 20), "objective": name, "objective_options": options}
         _, run_dir = pretrain_run(out_dir, name, source, model, train)
         s, losses, _ = val_curve(run_dir)
-        per_token = flops_per_token(model, vocab, seq) + extra_head_flops(name, width, vocab)
         curves[name] = (s, losses, [step * 16 * seq * per_token for step in s])
     return curves
 
@@ -77,7 +80,7 @@ def run(out_dir: Path, quick: bool) -> Report:
         report.table(
             ["objective", "next-token val loss", "training FLOPs"],
             [[n, f"{r['val_loss']:.4f}", f"{r['flops']:.3g}"] for n, r in results[corpus].items()],
-            f"{corpus}{' (a slice)' if quick else ''}: after the same updates",
+            f"{corpus}{' (a slice)' if quick else ''}: at equal training FLOPs",
         )
         report.text(f"Lowest next-token loss on {corpus}: {best}.")
         figure = report.figure(f"{corpus}.png", f"{corpus}: next-token validation loss per FLOP")
