@@ -113,8 +113,12 @@ def plot_scaling(
         ax.scatter(
             [measured[0]], [measured[1]], marker="*", s=140, color="tab:red", label="measured"
         )
+    from matplotlib.ticker import ScalarFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())  # losses as 4.0, not 4×10⁰
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
