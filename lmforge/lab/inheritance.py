@@ -24,12 +24,12 @@ from lmforge.lab.pretraining import (
     flops_per_token,
     pretrain_run,
     schedule,
-    shared_tokenizer,
     val_curve,
     vocab_of,
 )
 from lmforge.lab.stacking import cumulative_flops, saving
 from lmforge.plots import plot_curves
+from lmforge.recipes.scaling import shared_tokenizer
 from lmforge.report import Report
 
 

@@ -36,15 +36,6 @@ def corpus_source(out_dir: Path, corpus: str, quick: bool) -> str:
     return str(path)
 
 
-def shared_tokenizer(out_dir: Path, source: str, vocab_size: int) -> Path:
-    path = out_dir / "tokenizer.json"
-    if not path.exists():
-        texts = list(load_corpus(source).texts())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Tokenizer.train(texts, vocab_size=vocab_size).save(path)
-    return path
-
-
 def pretrain_run(
     out_dir: Path, name: str, source: str, model: dict, train: dict, **more: Any
 ) -> tuple[TrainResult, Path]:

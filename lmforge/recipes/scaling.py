@@ -112,20 +112,23 @@ def rung_budget(settings: RungSettings, config: ModelConfig) -> dict[str, Any]:
     return {"params": params, "tokens": tokens, "steps": steps, "flops": per_token * tokens}
 
 
-def shared_tokenizer(settings: RungSettings) -> Path:
-    """DIR/tokenizer.json, trained once on the corpus and shared by every rung."""
-    path = Path(settings.out) / "tokenizer.json"
+def shared_tokenizer(out: str | Path, corpus: str, vocab_size: int) -> Path:
+    """OUT/tokenizer.json, trained once on the corpus and shared by every run under OUT."""
+    path = Path(out) / "tokenizer.json"
     if not path.exists():
-        texts = list(load_corpus(settings.corpus).texts())
+        texts = list(load_corpus(corpus).texts())
         path.parent.mkdir(parents=True, exist_ok=True)
-        Tokenizer.train(texts, vocab_size=settings.vocab_size).save(path)
+        Tokenizer.train(texts, vocab_size=vocab_size).save(path)
     return path
+
+
+MODEL_FIELDS = ("d_model", "n_layer", "n_head", "n_kv_head", "max_seq_len")
 
 
 def train_rung(settings: RungSettings, n_layer: int, width: int, progress: bool) -> dict[str, Any]:
     """One pretraining run on its compute-optimal budget; its row of the ladder."""
     out = Path(settings.out)
-    tokenizer = shared_tokenizer(settings)
+    tokenizer = shared_tokenizer(out, settings.corpus, settings.vocab_size)
     vocab = Tokenizer.from_file(tokenizer).vocab_size
     config = shape(settings, n_layer, width, vocab)
     budget = rung_budget(settings, config)
@@ -154,9 +157,6 @@ def train_rung(settings: RungSettings, n_layer: int, width: int, progress: bool)
     }
     result, _ = pretrain(resolve_config(raw), progress=progress)
     return {"name": name, "layers": n_layer, "width": width, **budget, "val_loss": result.val_loss}
-
-
-MODEL_FIELDS = ("d_model", "n_layer", "n_head", "n_kv_head", "max_seq_len")
 
 
 def read_ladder(out: str | Path) -> list[dict[str, Any]]:
@@ -251,7 +251,7 @@ def scaling_predict(cfg: ScalingPredictConfig, progress: bool = True) -> dict[st
     """The fitted laws' loss for a larger shape (with intervals); with --train, the measured one."""
     fits = read_fits(cfg.out)
     rows = read_ladder(cfg.out)
-    vocab = Tokenizer.from_file(shared_tokenizer(cfg)).vocab_size
+    vocab = Tokenizer.from_file(shared_tokenizer(cfg.out, cfg.corpus, cfg.vocab_size)).vocab_size
     budget = rung_budget(cfg, shape(cfg, cfg.layers, cfg.width, vocab))
     by_compute = fits["L(C)"]
     point = {
