@@ -23,6 +23,7 @@ from lmforge.lab.pretraining import (
     first_reach,
     flops_per_token,
     pretrain_run,
+    reach_row,
     schedule,
     val_curve,
     vocab_of,
@@ -82,12 +83,7 @@ def run(out_dir: Path, quick: bool) -> Report:
 
 def write_report(out_dir: Path, curves: dict, setup: str) -> Report:
     target = curves["scratch"][1][-1]
-    rows = []
-    for name in ("scratch", "inherited"):
-        s, losses, flops = curves[name]
-        reach = first_reach(s, losses, target)
-        shown = f"{flops[s.index(reach)]:.3g}" if reach else "—"
-        rows.append([name, f"{losses[-1]:.4f}", reach or "never", shown])
+    rows = [reach_row(name, curves[name], target) for name in ("scratch", "inherited")]
     reached = first_reach(curves["inherited"][0], curves["inherited"][1], target)
     at_scratch = first_reach(curves["scratch"][0], curves["scratch"][1], target)
     fewer = 1 - reached / at_scratch if reached else None

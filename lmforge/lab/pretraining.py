@@ -107,3 +107,11 @@ def schedule(steps: int, quick: bool, evals: int = 30) -> dict[str, Any]:
         "eval_every": max(1, steps // (10 if quick else evals)),
         "eval_batches": 4 if quick else 20,
     }
+
+
+def reach_row(name: str, curve: tuple[list, list, list], target: float) -> list:
+    """[run, final loss, first update at or below target, FLOPs spent by then]."""
+    steps, losses, flops = curve
+    reach = first_reach(steps, losses, target)
+    spent = f"{flops[steps.index(reach)]:.3g}" if reach is not None else "—"
+    return [name, f"{losses[-1]:.4f}", reach if reach is not None else "never", spent]

@@ -24,6 +24,7 @@ from lmforge.lab.pretraining import (
     first_reach,
     flops_per_token,
     pretrain_run,
+    reach_row,
     schedule,
     val_curve,
     vocab_of,
@@ -97,18 +98,10 @@ def write_report(out_dir: Path, curves: dict, wall: dict, setup: str) -> Report:
     gain = saving(curves["scratch"], curves["stacked"], target)
     at = first_reach(curves["stacked"][0], curves["stacked"][1], target)
     rows = []
-    for name, (s, losses, flops) in curves.items():
-        reach = first_reach(s, losses, target)
-        index = s.index(reach) if reach is not None else None
-        rows.append(
-            [
-                name,
-                f"{losses[-1]:.4f}",
-                reach if reach else "never",
-                f"{flops[index]:.3g}" if index is not None else "—",
-                f"{wall[name][index]:.0f}" if index is not None else "—",
-            ]
-        )
+    for name, curve in curves.items():
+        reach = first_reach(curve[0], curve[1], target)
+        seconds = f"{wall[name][curve[0].index(reach)]:.0f}" if reach is not None else "—"
+        rows.append([*reach_row(name, curve, target), seconds])
     (out_dir / "results.json").write_text(
         json.dumps({"target": target, "saving": gain, "rows": rows})
     )

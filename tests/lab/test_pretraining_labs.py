@@ -4,7 +4,7 @@ import pytest
 
 from lmforge.lab import LABS, run_experiment
 from lmforge.lab.objectives import extra_head_flops
-from lmforge.lab.pretraining import first_reach
+from lmforge.lab.pretraining import first_reach, reach_row
 from lmforge.lab.stacking import cumulative_flops, saving
 
 HEADERS = {  # each report's main table
@@ -51,3 +51,9 @@ def test_a_pretraining_lab_quick_writes_its_report(tmp_path, name):
     assert all(p.stat().st_size > 1000 for p in (tmp_path / "lab").glob("*.png"))
     results = json.loads((tmp_path / "lab" / "results.json").read_text())
     assert results
+
+
+def test_a_report_row_reads_the_first_update_at_the_target():
+    curve = ([10, 20, 30], [3.0, 2.0, 1.5], [1e9, 2e9, 3e9])
+    assert reach_row("grown", curve, 2.5) == ["grown", "1.5000", 20, "2e+09"]
+    assert reach_row("grown", curve, 1.0) == ["grown", "1.5000", "never", "—"]
