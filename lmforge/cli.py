@@ -263,6 +263,14 @@ def _align() -> Group:
     return _actions(ACTIONS)
 
 
+@verb("scaling", "predictable scaling: `lmforge scaling run|fit|predict ...`")
+def _scaling() -> Group:
+    from lmforge.recipes.scaling import ACTIONS
+
+    actions = {name: ACTIONS.get(name) for name in ACTIONS}
+    return Group("", {n: Command(a.help, a.config, a.run) for n, a in actions.items()})
+
+
 @verb("export", "write a model or delta for transformers/vLLM, peft or llama.cpp/Ollama (gguf)")
 def _export() -> Command:
     from lmforge.recipes.export import ExportConfig, run_export

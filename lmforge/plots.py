@@ -97,3 +97,49 @@ def plot_bars(
     ax.set_xlabel(ylabel)
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_scaling(
+    points: dict[str, tuple[float, float]],
+    curve: tuple[Sequence[float], Sequence[float]],
+    path: str | Path,
+    prediction: tuple[float, float, float, float] | None = None,
+    measured: tuple[float, float] | None = None,
+    title: str = "",
+    xlabel: str = "training compute (FLOPs)",
+    ylabel: str = "validation loss",
+) -> Path:
+    """A scaling law on log–log axes: the fitted points (`name → (x, y)`), the fitted curve,
+    a predicted point `(x, y, low, high)` with its interval, and the measured point there."""
+    fig, ax = _figure()
+    ax.plot(list(curve[0]), list(curve[1]), color="tab:gray", label="fit")
+    ax.scatter([x for x, _ in points.values()], [y for _, y in points.values()], label="ladder")
+    for name, (x, y) in points.items():
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if prediction is not None:
+        x, y, low, high = prediction
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=[[y - low], [high - y]],
+            fmt="s",
+            color="tab:orange",
+            capsize=4,
+            label="prediction (95% interval)",
+        )
+    if measured is not None:
+        ax.scatter(
+            [measured[0]], [measured[1]], marker="*", s=140, color="tab:red", label="measured"
+        )
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())  # losses as 4.0, not 4×10⁰
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

@@ -18,6 +18,7 @@ from lmforge.recipes.generate import GenerateConfig
 from lmforge.recipes.moefy import MoefyConfig
 from lmforge.recipes.quickstart import QUICKSTART
 from lmforge.recipes.rag import ACTIONS as RAG_ACTIONS
+from lmforge.recipes.scaling import ACTIONS as SCALING_ACTIONS
 from lmforge.recipes.serve import ServeConfig
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -56,12 +57,18 @@ def check_align(path):
         assert cfg.rollout.steps_per_rollout(cfg.train.batch_size, cfg.train.grad_accum) >= 1
 
 
+def check_scaling(path):
+    action = SCALING_ACTIONS.get(path.stem.split("-")[1])  # scaling-ACTION-....yaml
+    load(action.config, path)
+
+
 KINDS = {"pretrain": check_pretrain, "quickstart": check_pretrain, "finetune": check_finetune}
 KINDS |= {"data": check_data, "eval": lambda p: load(EvalConfig, p)}
 KINDS |= {"generate": lambda p: load(GenerateConfig, p), "chat": lambda p: load(ChatConfig, p)}
 KINDS |= {"rag": check_rag, "moefy": lambda p: load(MoefyConfig, p).validate()}
 KINDS |= {"align": check_align}
 KINDS |= {"agent": lambda p: load(AgentConfig, p).validate()}
+KINDS |= {"scaling": check_scaling}
 KINDS |= {"serve": lambda p: load(ServeConfig, p), "export": lambda p: load(ExportConfig, p)}
 
 

@@ -29,9 +29,11 @@ TYPOS = {
     "moefy": (["moefy", "runs/x/model", "--expert", "4"], "did you mean --experts?"),
     "rag": (["rag", "ask", "--qustion", "x"], "unknown flag --qustion; `lmforge rag ask --help`"),
     "align": (["align", "dpo", "--dpo.bta", "0.1"], "did you mean --dpo.beta?"),
+    "scaling": (["scaling", "fit", "--bootstap", "9"], "did you mean --bootstrap?"),
     "export": (["export", "runs/ft", "--formt", "gguf"], "did you mean --format?"),
     "serve": (["serve", "--adaptr", "sql=runs/ft"], "did you mean --adapter?"),
 }
+GROUPS = ("data", "tokenizer", "rag", "align", "scaling")  # verbs whose errors name an action
 
 
 def test_every_verb_is_covered():
@@ -44,7 +46,7 @@ def test_an_unknown_flag_is_answered_with_the_closest_one(verb, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(
-        f"lmforge {' '.join(argv[:2]) if verb in ('data', 'tokenizer', 'rag', 'align') else verb}"
+        f"lmforge {' '.join(argv[:2]) if verb in GROUPS else verb}"
     )
     assert expected in err and "unrecognized arguments" not in err
 
@@ -100,8 +102,9 @@ def test_help_lists_the_registries_including_new_entries(monkeypatch, capsys):
     text = _help(capsys, "eval")
     assert "a task, a task file (.yaml/.jsonl) or list (registered: arithmetic," in text
     assert "bbc-news" in text and "toy-eval)" in text
-    labs = "alignment, instruct, knowledge, moe, moefication, peft-compare, prompting, qlora"
-    assert f"(registered: {labs}, retnet, tools, warmup)" in _help(capsys, "lab")
+    labs = "alignment, inheritance, instruct, knowledge, moe, moefication, objectives, "
+    labs += "peft-compare, prompting, qlora, retnet, scaling, stacking, tools, warmup"
+    assert f"(registered: {labs})" in _help(capsys, "lab")
     text = _help(capsys, "data")
     assert "formats: alpaca, openai, sharegpt; builders: bbc-news, flan, self-instruct" in text
     assert "--format STR one format for all (default: detect) (registered: alpaca" in (

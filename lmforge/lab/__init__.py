@@ -2,14 +2,18 @@
 
 from lmforge.lab import (  # noqa: F401
     alignment,
+    inheritance,
     instruct,
     knowledge,
     moe,
     moefication,
+    objectives,
     peft_compare,
     prompting,
     qlora,
     retnet,
+    scaling,
+    stacking,
     tools,
     warmup,
 )
