@@ -111,7 +111,7 @@ def plot_scaling(
 ) -> Path:
     """A scaling law on log–log axes: the fitted points (`name → (x, y)`), the fitted curve,
     a predicted point `(x, y, low, high)` with its interval, and the measured point there."""
-    fig, ax = _figure()
+    fig, (ax,) = _figure()
     ax.plot(list(curve[0]), list(curve[1]), color="tab:gray", label="fit")
     ax.scatter([x for x, _ in points.values()], [y for _, y in points.values()], label="ladder")
     for name, (x, y) in points.items():

@@ -45,9 +45,7 @@ def test_an_unknown_flag_is_answered_with_the_closest_one(verb, capsys):
     argv, expected = TYPOS[verb]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(
-        f"lmforge {' '.join(argv[:2]) if verb in GROUPS else verb}"
-    )
+    assert err.startswith(f"lmforge {' '.join(argv[:2]) if verb in GROUPS else verb}")
     assert expected in err and "unrecognized arguments" not in err
 
 
