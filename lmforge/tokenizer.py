@@ -8,7 +8,17 @@ alphabet covers all text and nothing is ever unknown:
     ids  ──vocab──► symbols ──ByteLevel⁻¹──► bytes ──UTF-8──► text   (exact inverse)
 
 There is no normalizer, so decode(encode(s)) == s for any string, Chinese and
-emoji included. `encode(text)` returns the text's ids only; `encode(text,
+emoji included.
+
+Whole characters. Chinese is written without spaces, so a pre-token is a whole clause
+and plain BPE may merge the last byte of one character with the first of the next
+(People's Daily, 8192 entries: 19 such tokens). Training therefore keeps only merges
+whose result is whole characters or a part of one character, and drops every merge built
+on a dropped one; it learns a few merges more than asked and keeps the earliest. A
+character is then split across tokens only when the vocabulary has no token for it:
+
+    中国 = e4 b8 ad | e5 9b bd      kept:    e4b8, e4b8ad, e4b8ade59bbd (中, 中国)
+                                   dropped: ade5 (end of 中 + start of 国) `encode(text)` returns the text's ids only; `encode(text,
 add_special_tokens=True)` adds what the checkpoint adds around a whole input (a BOS
 for Llama, Mistral or Gemma tokenizers, nothing for Qwen2 or SmolLM2): the
 post-processor of tokenizer.json decides, as in transformers ≥ 5, which reads
@@ -89,9 +99,16 @@ class Tokenizer:
         The result is smaller than `vocab_size` when the texts run out of pairs that
         occur `min_frequency` times.
         """
-        hf, trainer = _new_bpe(vocab_size, special_tokens, min_frequency, show_progress)
-        hf.train_from_iterator(texts, trainer)
-        return cls(hf)
+        texts = list(texts)
+        room = vocab_size + max(64, vocab_size // 8)  # merges dropped below are made up for
+        while True:
+            hf, trainer = _new_bpe(vocab_size, room, special_tokens, min_frequency, show_progress)
+            hf.train_from_iterator(texts, trainer)
+            kept = _whole_characters(hf, vocab_size)
+            short = vocab_size - kept.get_vocab_size()
+            if short <= 0 or hf.get_vocab_size() < room:  # full, or the texts ran out of pairs
+                return cls(kept)
+            room += 2 * short
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
@@ -223,7 +240,7 @@ class Tokenizer:
 
 
 def _new_bpe(
-    vocab_size: int, specials: Sequence[str], min_frequency: int, show_progress: bool
+    vocab_size: int, room: int, specials: Sequence[str], min_frequency: int, show_progress: bool
 ) -> tuple[HFTokenizer, trainers.BpeTrainer]:
     smallest = BYTE_ALPHABET_SIZE + len(specials)
     if vocab_size < smallest:
@@ -236,13 +253,57 @@ def _new_bpe(
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=room,
         min_frequency=min_frequency,
         special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
     return hf, trainer
+
+
+def _byte_of_symbol() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: printable symbol -> the byte it stands for."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [b for b in range(256) if b not in printable]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+    return dict(zip(symbols, printable + others, strict=True))
+
+
+def splits_a_character(data: bytes) -> bool:
+    """True when `data` holds part of a UTF-8 character beside anything else.
+
+    Whole characters pass, and so does a part of one character (it can still grow into
+    it); a byte that starts a character anywhere but first, inside bytes that do not
+    decode, means a character boundary falls inside a character piece.
+    """
+    try:
+        data.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return any(b & 0xC0 != 0x80 for b in data[1:])  # a lead byte after the start
+
+
+def _whole_characters(hf: HFTokenizer, vocab_size: int) -> HFTokenizer:
+    """Keep the earliest merges whose results split no character (see the module doc)."""
+    spec = json.loads(hf.to_str())
+    model, byte_of = spec["model"], _byte_of_symbol()
+    specials = {t["content"] for t in spec["added_tokens"]}
+    alive = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    alive = [t for t in alive if t in specials or len(t) == 1]
+    known, merges = set(alive), []
+    for left, right in model["merges"]:
+        if len(known) >= vocab_size:
+            break
+        joined = left + right
+        if left in known and right in known and joined not in known:
+            if not splits_a_character(bytes(byte_of[c] for c in joined)):
+                known.add(joined)
+                alive.append(joined)
+                merges.append([left, right])
+    model["vocab"] = {t: i for i, t in enumerate(alive)}
+    model["merges"] = merges
+    return HFTokenizer.from_str(json.dumps(spec))
 
 
 def _held(hf: HFTokenizer, token: str | None) -> bool:
