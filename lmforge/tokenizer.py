@@ -239,6 +239,26 @@ class Tokenizer:
         )
 
 
+def characters_per_token(tokenizer: Tokenizer, text: str) -> float:
+    """How many characters of `text` one token holds on average (higher: shorter inputs)."""
+    return len(text) / max(1, len(tokenizer.encode(text)))
+
+
+def split_characters(tokenizer: Tokenizer, text: str) -> float:
+    """The share of `text`'s characters whose bytes are spread over two tokens or more."""
+    if not text:
+        return 0.0
+    cover = [0] * (len(text) + 1)  # tokens starting minus tokens ending at each character
+    for start, end in tokenizer.hf.encode(text, add_special_tokens=False).offsets:
+        cover[start] += 1
+        cover[end] -= 1
+    split, depth = 0, 0
+    for c in range(len(text)):
+        depth += cover[c]
+        split += depth > 1
+    return split / len(text)
+
+
 def _new_bpe(
     vocab_size: int, room: int, specials: Sequence[str], min_frequency: int, show_progress: bool
 ) -> tuple[HFTokenizer, trainers.BpeTrainer]:
