@@ -8,7 +8,14 @@ alphabet covers all text and nothing is ever unknown:
     ids  ──vocab──► symbols ──ByteLevel⁻¹──► bytes ──UTF-8──► text   (exact inverse)
 
 There is no normalizer, so decode(encode(s)) == s for any string, Chinese and
-emoji included.
+emoji included. `encode(text)` returns the text's ids only; `encode(text,
+add_special_tokens=True)` adds what the checkpoint adds around a whole input (a BOS
+for Llama, Mistral or Gemma tokenizers, nothing for Qwen2 or SmolLM2): the
+post-processor of tokenizer.json decides, as in transformers ≥ 5, which reads
+`add_bos_token` / `add_eos_token` from tokenizer_config.json only for tokenizers that
+have no tokenizer.json (tests/test_tokenizer.py checks both agree).
+Special-token strings that appear literally in a text (e.g. "<|im_end|>") are matched
+as the special token, as transformers does, which is what chat templates rely on.
 
 Whole characters. Chinese is written without spaces, so a pre-token is a whole clause
 and plain BPE may merge the last byte of one character with the first of the next
@@ -18,14 +25,7 @@ on a dropped one; it learns a few merges more than asked and keeps the earliest.
 character is then split across tokens only when the vocabulary has no token for it:
 
     中国 = e4 b8 ad | e5 9b bd      kept:    e4b8, e4b8ad, e4b8ade59bbd (中, 中国)
-                                   dropped: ade5 (end of 中 + start of 国) `encode(text)` returns the text's ids only; `encode(text,
-add_special_tokens=True)` adds what the checkpoint adds around a whole input (a BOS
-for Llama, Mistral or Gemma tokenizers, nothing for Qwen2 or SmolLM2): the
-post-processor of tokenizer.json decides, as in transformers ≥ 5, which reads
-`add_bos_token` / `add_eos_token` from tokenizer_config.json only for tokenizers that
-have no tokenizer.json (tests/test_tokenizer.py checks both agree).
-Special-token strings that appear literally in a text (e.g. "<|im_end|>") are matched
-as the special token, as transformers does, which is what chat templates rely on.
+                                   dropped: ade5 (end of 中 + start of 国)
 
 Beside `tokenizer.json`, a `tokenizer_config.json` as `transformers` writes it
 names the special tokens (eos, pad, bos) and may hold the model's Jinja chat
@@ -316,11 +316,11 @@ def _whole_characters(hf: HFTokenizer, vocab_size: int) -> HFTokenizer:
         if len(known) >= vocab_size:
             break
         joined = left + right
-        if left in known and right in known and joined not in known:
-            if not splits_a_character(bytes(byte_of[c] for c in joined)):
-                known.add(joined)
-                alive.append(joined)
-                merges.append([left, right])
+        whole = not splits_a_character(bytes(byte_of[c] for c in joined))
+        if left in known and right in known and joined not in known and whole:
+            known.add(joined)
+            alive.append(joined)
+            merges.append([left, right])
     model["vocab"] = {t: i for i, t in enumerate(alive)}
     model["merges"] = merges
     return HFTokenizer.from_str(json.dumps(spec))

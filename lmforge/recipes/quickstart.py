@@ -4,9 +4,11 @@ It is `lmforge pretrain` with the settings below (mirrored in configs/quickstart
 followed by a sample and runs/quickstart/report.md. Its Chinese twin,
 `lmforge quickstart --corpus peoples-daily`, learns People's Daily with the same model and
 schedule, a vocabulary of 4096 (Chinese needs thousands of characters) and the prompt 中国
-(configs/quickstart-peoples-daily.yaml; report in runs/quickstart-peoples-daily). The yardstick is the corpus's
-unigram entropy: the loss of a model that knows token frequencies but ignores
-context. Validation loss well below it means the model learnt to use context.
+(configs/quickstart-peoples-daily.yaml; report in runs/quickstart-peoples-daily).
+
+The yardstick is the corpus's unigram entropy: the loss of a model that knows token
+frequencies but ignores context. Validation loss well below it means the model learnt to
+use context.
 """
 
 from __future__ import annotations
