@@ -3,8 +3,9 @@ whose answers are exact, read from People's Daily's own part-of-speech tags.
 
 Each example is one sentence (cut at 。！？) and one word of it of two characters or more,
 tagged n (noun) or v (verb) and occurring once in the sentence; labels alternate so the
-classes are balanced. The label words are Chinese (名词 noun, 动词 verb: both start with the
-byte e5, so a byte-level tokenizer's first label tokens are alike):
+classes are balanced, and a sentence the paper repeats is used once. The label words are
+Chinese (名词 noun, 动词 verb: both start with the byte e5, so a byte-level tokenizer's
+first label tokens are alike):
 
     句子：中共中央总书记、国家主席江泽民发表１９９８年新年讲话《迈向充满希望的新世纪》。
     词语：发表                                                            → verb (动词)
@@ -54,9 +55,13 @@ def pos_examples(limit: int = EXAMPLES) -> tuple[Example, ...]:
     """The first `limit` examples, alternating noun and verb."""
     path = asset_path("peoples-daily")
     examples: list[Example] = []
+    seen: set[str] = set()  # the paper repeats some sentences: each is asked about once
     for lineno, tagged in _tagged_sentences(read_utf8(path) or ""):
         want = "noun" if len(examples) % 2 == 0 else "verb"
         sentence = "".join(w for w, _ in tagged)
+        if sentence in seen:
+            continue
+        seen.add(sentence)
         words = [
             w
             for w, tag in tagged
