@@ -16,11 +16,11 @@ The first EXAMPLES sentences that qualify are used, then split like every labell
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from functools import cache
 
 from lmforge.assets import asset_path
+from lmforge.data.corpora import tagged_words
 from lmforge.data.labelled import DATASETS, Example, stratified_split
 from lmforge.data.text import read_utf8
 
@@ -30,20 +30,15 @@ CHINESE_WORDS = {"noun": "名词", "verb": "动词"}  # label → its Chinese la
 TEMPLATE = "{text}\n词性："  # "part of speech:"
 
 _ENDS = ("。", "！", "？")
-_DATE_ID = re.compile(r"\d{8}-\d{2}-\d{3}-\d{3}")  # some editions start a line with one
-_WORD_TAG = re.compile(r"\[?(.+?)/([A-Za-z]+)(?:\][A-Za-z]+)?")  # as data/corpora.py reads
 
 
 def _tagged_sentences(text: str) -> Iterator[tuple[int, list[tuple[str, str]]]]:
     """(line number, [(word, tag), ...]) per sentence of the tagged corpus."""
     for lineno, line in enumerate(text.split("\n"), start=1):
         sentence: list[tuple[str, str]] = []
-        for token in line.split():
-            m = _WORD_TAG.fullmatch(token)
-            if m is None or _DATE_ID.fullmatch(m.group(1)):
-                continue
-            sentence.append((m.group(1), m.group(2)))
-            if m.group(1) in _ENDS:
+        for word, tag in tagged_words(line):
+            sentence.append((word, tag))
+            if word in _ENDS:
                 yield lineno, sentence
                 sentence = []
         if sentence:
