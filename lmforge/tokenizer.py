@@ -94,7 +94,8 @@ class Tokenizer:
         min_frequency: int = 2,
         show_progress: bool = False,
     ) -> Tokenizer:
-        """Learn a byte-level BPE with at most `vocab_size` entries (specials included).
+        """Learn a byte-level BPE with at most `vocab_size` entries (specials included)
+        whose tokens split no character (see the module doc).
 
         The result is smaller than `vocab_size` when the texts run out of pairs that
         occur `min_frequency` times.
