@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import textwrap
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,11 +30,20 @@ from lmforge.errors import python_spelling
 BOOL_WORDS = {"true", "false", "yes", "no", "on", "off"}
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps help at spaces only, so a registered name (peoples-daily-pos) is never cut at
+    a hyphen into something that cannot be typed."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """An argparse parser that knows its config flags: to suggest them and to spell fixes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)  # a misspelt flag is suggested, never guessed
+        kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
         self.flags: dict[str, str] = {}  # field → its flag as --help shows it
         self.spellings: dict[str, str] = {}  # every accepted spelling → field

@@ -16,7 +16,7 @@ from lmforge.recipes.eval import EvalConfig
 from lmforge.recipes.export import ExportConfig
 from lmforge.recipes.generate import GenerateConfig
 from lmforge.recipes.moefy import MoefyConfig
-from lmforge.recipes.quickstart import QUICKSTART
+from lmforge.recipes.quickstart import QUICKSTART, TWINS, twin
 from lmforge.recipes.rag import ACTIONS as RAG_ACTIONS
 from lmforge.recipes.scaling import ACTIONS as SCALING_ACTIONS
 from lmforge.recipes.serve import ServeConfig
@@ -79,10 +79,14 @@ def test_config_loads_and_validates(path):
     KINDS[kind](path)
 
 
-def test_quickstart_yaml_mirrors_the_recipe():
-    data = yaml.safe_load((Path(__file__).parent.parent / "configs/quickstart.yaml").read_text())
-    assert data.pop("run_dir") == "runs/quickstart"
-    assert data == QUICKSTART
+@pytest.mark.parametrize("corpus", TWINS.names())
+def test_quickstart_yaml_mirrors_the_recipe(corpus):
+    suffix = "" if corpus == "shakespeare" else f"-{corpus}"
+    path = Path(__file__).parent.parent / f"configs/quickstart{suffix}.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert data.pop("run_dir") == f"runs/quickstart{suffix}"
+    assert data == twin(corpus)
+    assert twin("shakespeare") == QUICKSTART
 
 
 def test_top_level_api_is_lazy_and_complete():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
 from lmforge.assets import asset_path
 from lmforge.errors import ConfigError, DataError
-from lmforge.tokenizer import DEFAULT_SPECIALS, Tokenizer
+from lmforge.tokenizer import DEFAULT_SPECIALS, Tokenizer, _byte_of_symbol, splits_a_character
 
 ENGLISH = (
     "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
@@ -39,8 +40,10 @@ def test_round_trip_is_exact_for_any_text(tok: Tokenizer) -> None:
 
 
 def test_vocab_size_is_respected(tok: Tokenizer) -> None:
-    # 6 KB of repetitive text holds far more than 400 - 260 frequent pairs: exactly full.
-    assert tok.vocab_size == 400
+    # 6 KB of repetitive English holds far more than 400 - 260 frequent pairs: exactly full.
+    assert Tokenizer.train([ENGLISH * 16], vocab_size=300).vocab_size == 300
+    # The Chinese repeats run out of merges that keep characters whole a little earlier.
+    assert 360 < tok.vocab_size <= 400
     assert max(tok.encode(ENGLISH + CHINESE)) < 400
     small = Tokenizer.train(["ab ab ab"], vocab_size=1000)
     assert 256 + len(DEFAULT_SPECIALS) <= small.vocab_size < 1000  # merges ran out
@@ -119,3 +122,25 @@ def test_loads_a_real_hf_tokenizer_json() -> None:
     assert tok.decode(ids) == "hello world"
     assert tok.pad_id == tok.token_to_id("[PAD]") == 0
     assert tok.eos_id == tok.token_to_id("[SEP]") == 102
+
+
+def test_no_token_splits_a_character_the_vocabulary_holds() -> None:
+    assert not splits_a_character("中国".encode())  # whole characters
+    assert not splits_a_character("中".encode()[:2]) and not splits_a_character(b"\xb8\xad")
+    assert splits_a_character("中国".encode()[2:4])  # end of 中 + start of 国
+    assert splits_a_character(b"a" + "国".encode()[:1])
+    # Chinese run together without spaces, as it is written: 120 random words of 1-3 characters
+    rng = random.Random(0)
+    chars = sorted(set(CHINESE) - set("，。"))
+    words = ["".join(rng.choices(chars, k=rng.randint(1, 3))) for _ in range(120)]
+    text = "".join(rng.choice(words) + ("，" if rng.random() < 0.1 else "") for _ in range(6000))
+    tok = Tokenizer.train([text], vocab_size=600)
+    byte_of = _byte_of_symbol()
+    pieces = [t for t in tok.hf.get_vocab() if t not in DEFAULT_SPECIALS]
+    assert not any(splits_a_character(bytes(byte_of[c] for c in t)) for t in pieces)
+    assert any(len(tok.decode([i])) == 2 for i in tok.encode(text))  # words are still learnt
+    # every character of the training text is whole; "。" never occurs there, so only its
+    # bytes are in the vocabulary and it alone is split
+    broken = [i for i in tok.encode(CHINESE) if "\ufffd" in tok.decode([i])]
+    assert tok.decode(broken) == "。。"  # CHINESE holds two
+    assert tok.decode(tok.encode(CHINESE)) == CHINESE

@@ -72,16 +72,21 @@ def peoples_daily(skip_bad: bool = False) -> DocumentSet:
 _DATE_ID = re.compile(r"\d{8}-\d{2}-\d{3}-\d{3}/m")
 # word/TAG, optionally opening "[" a compound or closing it with "]TAG". The word is matched
 # lazily so that a bracket or slash that is itself the word ("[/w", "//w") survives.
-_TAGGED = re.compile(r"\[?(.+?)/[A-Za-z]+(?:\][A-Za-z]+)?")
+_TAGGED = re.compile(r"\[?(.+?)/([A-Za-z]+)(?:\][A-Za-z]+)?")
 
 
-def strip_pos_tags(line: str) -> str:
-    """'迈向/v  充满/v' -> '迈向充满'; untagged tokens are kept as they are."""
+def tagged_words(line: str) -> list[tuple[str, str]]:
+    """'迈向/v  充满/v' -> [('迈向', 'v'), ('充满', 'v')]; an untagged token gets the tag ''."""
     tokens = line.split()
     if tokens and _DATE_ID.fullmatch(tokens[0]):
         tokens = tokens[1:]
     words = []
     for tok in tokens:
         m = _TAGGED.fullmatch(tok)
-        words.append(m.group(1) if m else tok)
-    return "".join(words)
+        words.append((m.group(1), m.group(2)) if m else (tok, ""))
+    return words
+
+
+def strip_pos_tags(line: str) -> str:
+    """'迈向/v  充满/v' -> '迈向充满'; untagged tokens are kept as they are."""
+    return "".join(word for word, _ in tagged_words(line))

@@ -2,6 +2,9 @@
 
 bbc-news           choice      BBC News topics (the fixed split of data/labelled.py):
                                test = the 225 test articles, demonstrations = train
+peoples-daily-pos  choice      is the marked word of a People's Daily sentence a noun or a
+                               verb? (data/chinese_pos.py), label words 名词 / 动词: test = 200
+                               questions, demonstrations = train
 arithmetic-1/2/3   generate    word problems with 1, 2 or 3 operations: 100 test problems
 arithmetic                     per level (seed 0), 100 demonstrations per level (seed 1,
                                minus any test question); "arithmetic" mixes the levels
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from lmforge.data.chinese_pos import CHINESE_WORDS, TEMPLATE
 from lmforge.data.labelled import load_labelled
 from lmforge.eval.arithmetic import LEVELS, problem_samples
 from lmforge.eval.base import ChoiceTask, GenerationTask, PerplexityTask, register_task
@@ -31,10 +35,13 @@ ARITHMETIC_FORMAT = PromptFormat(Template("Question: {question}\nAnswer:"))
 PER_LEVEL = 100
 
 
+def _labelled(source: str, split: str) -> list[Sample]:
+    examples = load_labelled(source, split)
+    return [Sample({"text": e.text}, e.label, origin=e.origin) for e in examples]
+
+
 def _bbc(split: str) -> list[Sample]:
-    return [
-        Sample({"text": e.text}, e.label, origin=e.origin) for e in load_labelled("bbc-news", split)
-    ]
+    return _labelled("bbc-news", split)
 
 
 register_task(
@@ -48,6 +55,18 @@ register_task(
         metrics=("accuracy",),
         long_field="text",
         truncate=128,
+    )
+)
+
+register_task(
+    ChoiceTask(
+        name="peoples-daily-pos",
+        description="noun or verb? a word of a People's Daily sentence, Chinese label words",
+        test=lambda: _labelled("peoples-daily-pos", "test"),
+        pool=lambda: _labelled("peoples-daily-pos", "train"),
+        format=PromptFormat(Template(TEMPLATE), instruction="判断词语在句子中是名词还是动词。"),
+        verbalizer=Verbalizer({label: (word,) for label, word in CHINESE_WORDS.items()}),
+        metrics=("accuracy",),
     )
 )
 

@@ -1,9 +1,14 @@
 """`lmforge quickstart`: a small native model learns Shakespeare in a few minutes on 2 cores.
 
 It is `lmforge pretrain` with the settings below (mirrored in configs/quickstart.yaml),
-followed by a sample and runs/quickstart/report.md. The yardstick is the corpus's
-unigram entropy: the loss of a model that knows token frequencies but ignores
-context. Validation loss well below it means the model learnt to use context.
+followed by a sample and runs/quickstart/report.md. Its Chinese twin,
+`lmforge quickstart --corpus peoples-daily`, learns People's Daily with the same model and
+schedule, a vocabulary of 4096 (Chinese needs thousands of characters) and the prompt 中国
+(configs/quickstart-peoples-daily.yaml; report in runs/quickstart-peoples-daily).
+
+The yardstick is the corpus's unigram entropy: the loss of a model that knows token
+frequencies but ignores context. Validation loss well below it means the model learnt to
+use context.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from lmforge.config import apply_overrides
+from lmforge.config import apply_overrides, arg
 from lmforge.data import load_shards, unigram_entropy
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.recipes.pretrain import PretrainConfig, pretrain, resolve_config
+from lmforge.registry import Registry
 from lmforge.report import Report
 from lmforge.train import TrainResult
 
@@ -43,11 +49,36 @@ QUICKSTART = {
     "sample_tokens": 120,
 }
 
+# What each corpus changes in QUICKSTART, and the report's title.
+TWINS: Registry[dict] = Registry("quickstart corpus")
+TWINS.add("shakespeare", {"title": "a small decoder learns Shakespeare"})
+TWINS.add(
+    "peoples-daily",
+    {
+        "title": "a small decoder learns Chinese (People's Daily)",
+        "data": {"corpus": "peoples-daily"},
+        "tokenizer": {"vocab_size": 4096},
+        "sample_prompt": "中国",
+    },
+)
+
+
+def twin(corpus: str) -> dict:
+    """QUICKSTART with `corpus`'s changes (the settings a YAML mirror holds)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in QUICKSTART.items()}
+    for key, value in TWINS.get(corpus).items():
+        if isinstance(value, dict):
+            raw[key].update(value)
+        elif key != "title":
+            raw[key] = value
+    return raw
+
 
 @dataclass
 class QuickstartConfig:
-    out: str = "runs/quickstart"  # run directory
+    out: str | None = None  # run directory (None = runs/quickstart, or runs/quickstart-CORPUS)
     steps: int | None = None  # training steps (None = 600); the schedule keeps its shape
+    corpus: str = arg("shakespeare", choices=TWINS.names)  # peoples-daily: the Chinese twin
 
 
 def _sample(model_dir: Path, pre: PretrainConfig) -> tuple[nn.Module, str]:
@@ -61,7 +92,9 @@ def _sample(model_dir: Path, pre: PretrainConfig) -> tuple[nn.Module, str]:
 
 def quickstart(cfg: QuickstartConfig) -> Path:
     """Pretrain, sample, compare with the unigram entropy; returns report.md's path."""
-    overrides, steps = [f"run_dir={cfg.out}"], cfg.steps
+    raw = twin(cfg.corpus)
+    suffix = "" if cfg.corpus == "shakespeare" else f"-{cfg.corpus}"
+    overrides, steps = [f"run_dir={cfg.out or 'runs/quickstart' + suffix}"], cfg.steps
     if steps:  # a shorter run keeps the same shape of schedule
         overrides += [
             f"train.max_steps={steps}",
@@ -69,7 +102,6 @@ def quickstart(cfg: QuickstartConfig) -> Path:
             f"train.eval_every={steps}",
             f"train.save_every={steps}",
         ]
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in QUICKSTART.items()}
     pre = resolve_config(apply_overrides(raw, overrides, PretrainConfig))
     start = time.time()
     result, model_dir = pretrain(pre)
@@ -85,12 +117,14 @@ def quickstart(cfg: QuickstartConfig) -> Path:
         f"({verdict}); {minutes:.1f} min"
     )
 
-    path = _report(pre, result, model, sample, entropy, minutes, verdict, model_dir)
+    title = TWINS.get(cfg.corpus)["title"]
+    path = _report(title, pre, result, model, sample, entropy, minutes, verdict, model_dir)
     print(f"report: {path}")
     return path
 
 
 def _report(
+    title: str,
     pre: PretrainConfig,
     result: TrainResult,
     model: nn.Module,
@@ -101,7 +135,7 @@ def _report(
     model_dir: Path,
 ) -> Path:
     """report.md: the result table, the loss plot, the sample and how to reproduce it."""
-    report = Report("Quickstart: a small decoder learns Shakespeare", pre.run_dir)
+    report = Report(f"Quickstart: {title}", pre.run_dir)
     report.text(__doc__.split("\n\n", 1)[1])
     report.table(
         ["", "value"],
@@ -124,6 +158,6 @@ def _report(
     report.text("A sample (temperature 0.8, top-k 50, seed 0):\n\n```text\n" + sample + "\n```")
     report.text(
         f"Reproduce: `lmforge pretrain --config {pre.run_dir}/config.yaml`; continue "
-        f"the text: `lmforge generate --model {model_dir} --prompt 'ROMEO.'`"
+        f"the text: `lmforge generate --model {model_dir} --prompt {pre.sample_prompt.strip()!r}`"
     )
     return report.write()
