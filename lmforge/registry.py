@@ -32,7 +32,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._items[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: a name that is no string (a YAML mapping)
             known = ", ".join(sorted(self._items)) or "(none)"
             raise RegistryError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
@@ -40,7 +40,7 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
