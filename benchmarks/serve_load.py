@@ -124,7 +124,7 @@ def naive_server(port: int, model_name: str, threads: int) -> None:
     import torch
     import uvicorn
     from fastapi import FastAPI, Request
-    from sse_starlette.sse import EventSourceResponse
+    from starlette.responses import StreamingResponse
     from transformers import TextIteratorStreamer
 
     from lmforge.hub import load_model, resolve
@@ -165,10 +165,10 @@ def naive_server(port: int, model_name: str, threads: int) -> None:
                 piece = await asyncio.to_thread(next, iterator, None)
                 if piece is None:
                     break
-                yield {"data": json.dumps({"choices": [{"text": piece}]})}
-            yield {"data": "[DONE]"}
+                yield f"data: {json.dumps({'choices': [{'text': piece}]})}\n\n"
+            yield "data: [DONE]\n\n"
 
-        return EventSourceResponse(events())
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 

@@ -19,7 +19,6 @@ from tests.serve.helpers import LiveServer, alone, greedy, model, server_state, 
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
-pytest.importorskip("sse_starlette")
 
 
 @pytest.fixture(scope="module")
