@@ -28,6 +28,7 @@ from lmforge.serve import AdapterStore, Engine, EngineConfig, parse_adapters
 from lmforge.serve.app import create_app
 from lmforge.serve.limits import Limits
 from lmforge.serve.submit import ServerState
+from lmforge.serve.tool_calls import ToolCalls
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -93,6 +94,7 @@ def build_state(cfg: ServeConfig) -> ServerState:
     defaults = generation_defaults(cfg.model)
     eos = [i for i in dict.fromkeys([*defaults.eos_token_ids, tokenizer.eos_id]) if i is not None]
     embed = _embedder(cfg.embeddings) if cfg.embeddings else None
+    chat_eos = list(dict.fromkeys([*eos, *chat_stop_tokens(tokenizer)]))
     return ServerState(
         engine,
         tokenizer,
@@ -100,7 +102,8 @@ def build_state(cfg: ServeConfig) -> ServerState:
         cfg.limits,
         defaults.settings,
         eos,
-        list(dict.fromkeys([*eos, *chat_stop_tokens(tokenizer)])),
+        chat_eos,
+        extensions=ToolCalls(tokenizer, chat_eos),
         embed=embed,
         embedding_model=cfg.embeddings,
     )
