@@ -19,6 +19,7 @@ import json
 import platform
 import statistics
 import sys
+from importlib.metadata import version
 
 import torch
 
@@ -152,7 +153,8 @@ def main() -> None:
         f"replies, π_ref = the delta disabled; {args.steps} measured steps after {args.warmup} "
         f"warmup per child, {args.rounds} child processes per side alternating; peak RSS = "
         f"ru_maxrss of the child; {args.threads} threads, {platform.machine()}, torch "
-        f"{torch.__version__}; first losses {first['lmforge']:.6f} / {first['trl']:.6f}."
+        f"{torch.__version__}, trl {version('trl')}, peft {version('peft')}, transformers "
+        f"{version('transformers')}; first losses {first['lmforge']:.6f} / {first['trl']:.6f}."
     )
     body = "\n".join(lines) + "\n\n" + setup
     print(body)
