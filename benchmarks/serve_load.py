@@ -123,7 +123,7 @@ def naive_server(port: int, model_name: str, threads: int) -> None:
 
     import torch
     import uvicorn
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from starlette.responses import StreamingResponse
     from transformers import TextIteratorStreamer
 
@@ -141,8 +141,7 @@ def naive_server(port: int, model_name: str, threads: int) -> None:
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
+    async def completions(request):  # a plain Starlette endpoint: it is given the Request
         body = await request.json()
         ids = tokenizer(body["prompt"], return_tensors="pt")
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
@@ -169,6 +168,8 @@ def naive_server(port: int, model_name: str, threads: int) -> None:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    app.router.add_route("/v1/completions", completions, methods=["POST"])
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
