@@ -41,10 +41,14 @@ class PromptTemplate:
 class FlanTask:
     task: str  # name recorded in meta
     dataset: str  # a labelled dataset (lmforge.data.labelled) or a JSONL file of text/label
-    labels: list[str]  # every label, in the words the answers use
+    labels: list[str]  # every label of the dataset
     templates: list[PromptTemplate]  # the phrasings
     max_chars: int = 1000  # input text is cut to this many characters (at a word)
     description: str = ""  # one line for listings
+    words: dict[str, str] | None = None  # label → the word options and answers use (名词)
+
+    def word(self, label: str) -> str:
+        return (self.words or {}).get(label, label)
 
     def phrasings(self, which: str) -> list[PromptTemplate]:
         if which not in PHRASINGS:
@@ -54,10 +58,14 @@ class FlanTask:
 
 FLAN_TASKS: Registry[Path] = Registry("FLAN task")
 FLAN_TASKS.add("bbc-news", TEMPLATE_DIR / "bbc_news.yaml")
+FLAN_TASKS.add("peoples-daily-pos", TEMPLATE_DIR / "peoples_daily_pos.yaml")
 
 
 def _check_task(task: FlanTask, where: str) -> None:
     probe = {"text": "t", "options": "o", "options_or": "o", "options_lines": "o", "label": "l"}
+    stray = sorted(set(task.words or {}) - set(task.labels))
+    if stray:
+        raise ConfigError(f"{where}: words for {stray}, which are not among labels {task.labels}")
     ids = [t.id for t in task.templates]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{where}: template ids must be unique, got {ids}")
@@ -115,7 +123,7 @@ def flan_record(
     example: Example, template: PromptTemplate, task: FlanTask, rng: random.Random, meta: dict
 ) -> Conversation:
     """One example through one template; options listed in an order drawn from `rng`."""
-    options = rng.sample(task.labels, len(task.labels))
+    options = [task.word(label) for label in rng.sample(task.labels, len(task.labels))]
     fields = {
         "text": example.text,
         "options": ", ".join(options),
@@ -123,7 +131,7 @@ def flan_record(
         "options_lines": "\n".join(f"- {o}" for o in options),
     }
     prompt = template.prompt.format(**fields)
-    answer = template.answer.format(label=example.label)
+    answer = template.answer.format(label=task.word(example.label))
     return from_alpaca(prompt, answer, meta=meta)
 
 

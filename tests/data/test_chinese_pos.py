@@ -46,3 +46,18 @@ def test_eval_and_finetune_run_the_chinese_task(tiny_model_dir, tmp_path, capsys
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     words = {label: word for label, (word, _) in results["label_words"].items()}
     assert words == CHINESE_WORDS and 0.0 <= results["test_accuracy"] <= 1.0
+
+
+def test_data_build_writes_chinese_instructions(tmp_path):
+    out = tmp_path / "pos.jsonl"
+    args = ["data", "build", "peoples-daily-pos", "--out", str(out), "--max", "40"]
+    assert main([*args, "--phrasings", "heldout"]) == 0
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 40
+    test = {e.text: e.label for e in load_labelled("peoples-daily-pos", "train")}
+    for r in records:
+        user, reply = r["messages"][0]["content"], r["messages"][-1]["content"]
+        label = r["meta"]["label"]
+        assert r["meta"]["phrasing"] == "heldout" and reply.endswith(CHINESE_WORDS[label])
+        assert "名词" in user and "动词" in user and "noun" not in user + reply
+        assert sum(text in user and test[text] == label for text in test) == 1
