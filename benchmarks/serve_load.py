@@ -1,6 +1,6 @@
 """What benchmarks/serve.py runs against: servers as child processes and a streaming load.
 
-start(cmd) ─► a server on 127.0.0.1:PORT (waits for /health)
+start(cmd) ─► a server on 127.0.0.1:PORT (waits for /health or /v1/models)
 load(url, clients, requests) ─► every client streams its requests one after another;
                                 per request: time to first token, gaps between tokens, text
 naive server (`python benchmarks/serve_load.py naive PORT`): transformers' generate behind
@@ -41,6 +41,9 @@ class RequestTiming:
     text: str = ""
 
 
+READY = ("/health", "/v1/models")  # llama-cpp-python's server answers only the second
+
+
 @contextmanager
 def start(cmd: list[str], port: int, timeout: float = 600.0):
     """Run a server process until the block ends (SIGTERM, then kill)."""
@@ -55,7 +58,7 @@ def start(cmd: list[str], port: int, timeout: float = 600.0):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{cmd[:4]} did not start in {timeout:.0f} s")
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if any(httpx.get(url + path, timeout=2).status_code == 200 for path in READY):
                     break
             except httpx.TransportError:
                 pass

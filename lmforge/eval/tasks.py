@@ -5,6 +5,7 @@ bbc-news           choice      BBC News topics (the fixed split of data/labelled
 peoples-daily-pos  choice      is the marked word of a People's Daily sentence a noun or a
                                verb? (data/chinese_pos.py), label words 名词 / 动词: test = 200
                                questions, demonstrations = train
+peoples-daily-names  choice    is the marked name a person or a place? label words 人名 / 地名
 arithmetic-1/2/3   generate    word problems with 1, 2 or 3 operations: 100 test problems
 arithmetic                     per level (seed 0), 100 demonstrations per level (seed 1,
                                minus any test question); "arithmetic" mixes the levels
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from lmforge.data.chinese_pos import CHINESE_WORDS, TEMPLATE
+from lmforge.data.chinese_pos import QUESTIONS, WordQuestion
 from lmforge.data.labelled import load_labelled
 from lmforge.eval.arithmetic import LEVELS, problem_samples
 from lmforge.eval.base import ChoiceTask, GenerationTask, PerplexityTask, register_task
@@ -58,17 +59,22 @@ register_task(
     )
 )
 
-register_task(
-    ChoiceTask(
-        name="peoples-daily-pos",
-        description="noun or verb? a word of a People's Daily sentence, Chinese label words",
-        test=lambda: _labelled("peoples-daily-pos", "test"),
-        pool=lambda: _labelled("peoples-daily-pos", "train"),
-        format=PromptFormat(Template(TEMPLATE), instruction="判断词语在句子中是名词还是动词。"),
-        verbalizer=Verbalizer({label: (word,) for label, word in CHINESE_WORDS.items()}),
+
+def _chinese_task(name: str, question: WordQuestion) -> ChoiceTask:
+    pair = " or ".join(question.tags.values())
+    return ChoiceTask(
+        name=name,
+        description=f"{pair}? a word of a People's Daily sentence, Chinese label words",
+        test=lambda: _labelled(name, "test"),
+        pool=lambda: _labelled(name, "train"),
+        format=PromptFormat(Template(question.template), instruction=question.instruction),
+        verbalizer=Verbalizer({label: (word,) for label, word in question.words.items()}),
         metrics=("accuracy",),
     )
-)
+
+
+for _name, _question in QUESTIONS.items():
+    register_task(_chinese_task(_name, _question))
 
 
 @cache

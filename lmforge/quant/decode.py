@@ -1,19 +1,28 @@
-"""Weight-only integer linear layers for fast CPU decoding (int8 and 4-bit).
+"""Weight-only integer linear layers for fast CPU decoding (8-bit and 4-bit).
 
 Decoding reads every weight once per step for a handful of rows, so its speed is memory
-bandwidth: fp32 weights cost 4 bytes each, int8 one byte, 4-bit half a byte. The product runs
-in PyTorch's weight-only kernels, which widen the codes inside the matmul loop (the float
-weight is never written out):
+bandwidth: fp32 weights cost 4 bytes each, 8-bit one byte, 4-bit half a byte. Both formats
+keep a scale and a zero point per group of `group_size` inputs of each output row (min/max,
+asymmetric): one scale per whole row lets a single outlier weight coarsen its row, which in
+SmolLM2 (weights rounded, products in fp32) changed 64-token greedy replies on 7 of 8 prompts
+at 8 bits, where groups of 32 changed none.
 
-    int8  (Int8Linear):  w[n, k] = scale[n] · q[n, k],  q ∈ [-127, 127]      per output row
-    4-bit (Int4Linear):  w[n, k] = scale[g, n] · (q[n, k] − 8) + zero[g, n],  q ∈ [0, 15]
-                         per group g of `group_size` inputs (asymmetric min/max)
+    4-bit (Int4Linear):  w[n, k] = scale[g, n] · (q[n, k] − 8) + zero[g, n],     q ∈ [0, 15]
+    8-bit (Int8Linear):  w[n, k] = scale[g, n] · (q[n, k] − 136) + zero[g, n],   q ∈ [0, 255]
+                         q = 16·h + l, two 4-bit planes: w = 16·scale·(h − 8) + zero
+                                                             + scale·(l − 8)
 
-`torch._weight_int8pack_mm` and `torch._weight_int4pack_mm_for_cpu` are those kernels (the
-ones torchao and gpt-fast use). lmforge's NF4Linear is the training format (QLoRA): it
-rebuilds a float weight each call, which is right for backward and slower than fp32 for
-decoding, so it is not used here. `quantize_for_decoding(model, bits)` swaps every linear
-layer of a native model, the head included; the input embedding stays in float.
+The products run in PyTorch's weight-only CPU kernel `torch._weight_int4pack_mm_for_cpu`
+(the one torchao and gpt-fast use), which widens the codes inside the matmul loop and never
+writes a float weight out; 8-bit is two passes over its two planes, still one byte per weight
+read. The kernel's vectorised path takes bfloat16 activations (fp32 ones take a scalar loop
+10–20× slower than an fp32 matmul on this machine's AVX-512), so the product's input and
+output are rounded to bfloat16 and the result is returned in the input's dtype: that
+rounding, not the codes, is what parts the 8-bit model's greedy tokens from fp32's on near
+ties (BENCHMARKS.md, "Serving"). lmforge's NF4Linear is the training format (QLoRA): it
+rebuilds a float weight each call, right for backward and slower than fp32 for decoding.
+`quantize_for_decoding(model, kind)` swaps every linear layer of a native model, the head
+included; the input embedding stays in float.
 """
 
 from __future__ import annotations
@@ -27,57 +36,72 @@ from torch import Tensor, nn
 from lmforge.errors import ConfigError
 from lmforge.registry import Registry
 
+KERNEL_DTYPE = torch.bfloat16  # the kernel's vectorised path (see the module doc)
 
-class Int8Linear(nn.Module):
-    """nn.Linear with int8 weights and one scale per output row (symmetric)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+def group_codes(
+    weight: Tensor, group_size: int, levels: int, mid: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Min/max codes per group of inputs on the kernel's own grid: (q (N, K) int32 in
+    [0, levels), scale (N, G), zero (N, G)) with weight ≈ scale·(q − mid) + zero, where scale
+    and zero are bfloat16 values (the kernel reads them so), chosen before the codes are."""
+    N, K = weight.shape
+    if K % group_size:
+        raise ConfigError(f"integer layers need in_features divisible by {group_size}, got {K}")
+    groups = weight.detach().float().view(N, K // group_size, group_size)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scale = _bf16((high - low).clamp(min=1e-8) / (levels - 1))
+    zero = _bf16(low + mid * scale)
+    q = torch.round((groups - zero[..., None]) / scale[..., None]) + mid
+    return q.clamp(0, levels - 1).to(torch.int32).view(N, K), scale, zero
+
+
+def _bf16(t: Tensor) -> Tensor:
+    return t.to(KERNEL_DTYPE).float()
+
+
+class _Planes(nn.Module):
+    """4-bit planes of one weight, summed: y = Σ_p x·(scale_p·(q_p − 8) + zero_p)ᵀ (+ bias)."""
+
+    def __init__(self, planes: list[tuple[Tensor, Tensor, Tensor]], bias: Tensor | None) -> None:
         super().__init__()
-        self.out_features, self.in_features = weight.shape
-        w = weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # (N,)
-        self.register_buffer("qweight", torch.round(w / scale[:, None]).to(torch.int8))
-        self.register_buffer("scales", scale.to(weight.dtype))
+        q0, scale0, _ = planes[0]
+        self.out_features, self.in_features = q0.shape
+        self.group_size = self.in_features // scale0.shape[1]
+        for i, (q, scale, zero) in enumerate(planes):
+            self.register_buffer(f"packed{i}", torch._convert_weight_to_int4pack_for_cpu(q, 1))
+            sz = torch.stack([scale, zero], -1).transpose(0, 1).contiguous()  # (G, N, 2)
+            self.register_buffer(f"scales_zeros{i}", sz.to(KERNEL_DTYPE))
+        self.planes = len(planes)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
-    def dequantize(self) -> Tensor:
-        return self.qweight.float() * self.scales.float()[:, None]  # (N, K)
-
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, self.in_features)  # (M, K)
-        y = torch._weight_int8pack_mm(rows, self.qweight, self.scales)  # (M, N)
+        rows = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)  # (M, K)
+        y = None
+        for i in range(self.planes):
+            packed, sz = getattr(self, f"packed{i}"), getattr(self, f"scales_zeros{i}")
+            part = torch._weight_int4pack_mm_for_cpu(rows, packed, self.group_size, sz).float()
+            y = part if y is None else y + part
+        y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
 
 
-class Int4Linear(nn.Module):
-    """nn.Linear with 4-bit weights, an fp32 scale and zero point per group of inputs."""
+class Int4Linear(_Planes):
+    """nn.Linear with 4-bit weights, a scale and zero point per group of inputs."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, group_size: int = 32) -> None:
-        super().__init__()
-        N, K = weight.shape
-        if K % group_size:
-            raise ConfigError(f"4-bit layers need in_features divisible by {group_size}, got {K}")
-        self.out_features, self.in_features, self.group_size = N, K, group_size
-        groups = weight.detach().float().view(N, K // group_size, group_size)
-        low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, G)
-        scale = (high - low).clamp(min=1e-8) / 15
-        codes = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
-        codes = codes.to(torch.int32).view(N, K)
-        zero = low + 8 * scale  # w = scale·(q − 8) + zero
-        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(codes, 1))
-        self.register_buffer(
-            "scales_zeros", torch.stack([scale, zero], -1).transpose(0, 1).contiguous()
-        )
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        super().__init__([group_codes(weight, group_size, 16, 8)], bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, self.in_features)
-        y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_zeros)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)
+
+class Int8Linear(_Planes):
+    """nn.Linear with 8-bit weights per group of inputs, as two 4-bit planes (module doc)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, group_size: int = 32) -> None:
+        q, scale, zero = group_codes(weight, group_size, 256, 136)
+        high = (q // 16, 16 * scale, zero)  # 16·scale is exact in bfloat16 too
+        super().__init__([high, (q % 16, scale, torch.zeros_like(scale))], bias)
 
 
 @dataclass(frozen=True)
@@ -87,11 +111,15 @@ class DecodeFormat:
 
 
 DECODE_FORMATS: Registry[DecodeFormat] = Registry("decoding quantization")
-DECODE_FORMATS.add("int8", DecodeFormat(lambda w, b, g: Int8Linear(w, b), lambda w, g: True))
-DECODE_FORMATS.add(
-    "int4",  # the packing kernel takes rows in multiples of 16, inputs in whole groups
-    DecodeFormat(Int4Linear, lambda w, g: w.shape[0] % 16 == 0 and w.shape[1] % g == 0),
-)
+
+
+def _packable(weight: Tensor, group_size: int) -> bool:
+    """The packing kernel takes rows in multiples of 16 and inputs in whole groups."""
+    return weight.shape[0] % 16 == 0 and weight.shape[1] % group_size == 0
+
+
+DECODE_FORMATS.add("int8", DecodeFormat(Int8Linear, _packable))
+DECODE_FORMATS.add("int4", DecodeFormat(Int4Linear, _packable))
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ task runs through `lmforge eval` and `lmforge finetune --task classification`.""
 
 import json
 import re
+from collections import Counter
 
 import pytest
 
@@ -61,3 +62,18 @@ def test_data_build_writes_chinese_instructions(tmp_path):
         assert r["meta"]["phrasing"] == "heldout" and reply.endswith(CHINESE_WORDS[label])
         assert "名词" in user and "动词" in user and "noun" not in user + reply
         assert sum(text in user and test[text] == label for text in test) == 1
+
+
+def test_names_are_people_or_places_from_the_tags_each_asked_twice_at_most():
+    splits = {s: load_labelled("peoples-daily-names", s) for s in ("train", "validation", "test")}
+    assert {s: len(v) for s, v in splits.items()} == {"train": 1600, "validation": 200, "test": 200}
+    everything = [e for v in splits.values() for e in v]
+    names = [re.fullmatch(r"句子：(.*)\n词语：(.*)", e.text).groups() for e in everything]
+    assert max(Counter(name for _, name in names).values()) == 2
+    lines = asset_path("peoples-daily").read_text(encoding="utf-8").split("\n")
+    tag = {"person": "nr", "place": "ns"}
+    for e, (sentence, name) in list(zip(everything, names))[:100]:
+        parts = re.findall(rf"(\S+)/{tag[e.label]}", lines[int(e.origin.rsplit(":", 1)[1]) - 1])
+        # a place is one tagged word; a person's surname and given name are two in a row
+        assert name in parts or any(len(a) == 1 and a + b == name for a, b in zip(parts, parts[1:]))
+        assert sentence.count(name) == 1
