@@ -116,3 +116,30 @@ def alternating(sides: tuple[str, str], rounds: int, run: Callable[[str], dict])
         for side in sides if i % 2 == 0 else sides[::-1]:
             runs[side].append(run(side))
     return runs
+
+
+def step_table(runs: dict, tolerance: float, tokens: int = 0) -> tuple[str, dict[str, float]]:
+    """The table of two sides' child runs (`alternating`'s result, ours first, each run with
+    first_loss, times and rss_mb): median s/step, tokens/s when `tokens` per step is given,
+    speed and peak RSS against the second side. Refuses sides whose first losses differ by
+    more than `tolerance` (they would not be doing the same work). Returns (table, first
+    losses)."""
+    ours, ref = runs
+    first = {s: r[0]["first_loss"] for s, r in runs.items()}
+    if abs(first[ours] - first[ref]) > tolerance:
+        raise SystemExit(f"the two sides disagree: first losses {first}")
+    times = {s: [t for r in rs for t in r["times"]] for s, rs in runs.items()}
+    rss = {s: min(r["rss_mb"] for r in rs) for s, rs in runs.items()}
+    rate = " tokens/s |" if tokens else ""
+    lines = [
+        f"| side | s/step (median) |{rate} speed vs {ref} | peak RSS | RSS vs {ref} |",
+        "|---|---:|" + ("---:|" if tokens else "") + "---:|---:|---:|",
+    ]
+    for side in (ours, ref):
+        sec = statistics.median(times[side])
+        rate = f" {tokens / sec:,.0f} |" if tokens else ""
+        lines.append(
+            f"| {side} | {sec:.2f} |{rate} {pair_ratio(times[ref], times[side]):.2f}x | "
+            f"{rss[side]:,.0f} MB | {rss[side] / rss[ref]:.2f}x |"
+        )
+    return "\n".join(lines), first

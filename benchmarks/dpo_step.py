@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 from importlib.metadata import version
 
@@ -108,7 +107,7 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    from common import alternating, child_result, pair_ratio, update_section
+    from common import alternating, child_result, step_table, update_section
 
     flags = [
         "--steps",
@@ -131,21 +130,7 @@ def main() -> None:
         args.rounds,
         lambda side: child_result([sys.executable, __file__, "--child", side, *flags]),
     )
-    first = {s: r[0]["first_loss"] for s, r in runs.items()}
-    if abs(first["lmforge"] - first["trl"]) > 1e-4:
-        raise SystemExit(f"the two sides disagree: first losses {first}")
-    times = {s: [t for r in rs for t in r["times"]] for s, rs in runs.items()}
-    rss = {s: min(r["rss_mb"] for r in rs) for s, rs in runs.items()}
-    lines = [
-        "| side | s/step (median) | speed vs trl | peak RSS | RSS vs trl |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for side in ("lmforge", "trl"):
-        sec = statistics.median(times[side])
-        lines.append(
-            f"| {side} | {sec:.2f} | {pair_ratio(times['trl'], times[side]):.2f}x | "
-            f"{rss[side]:,.0f} MB | {rss[side] / rss['trl']:.2f}x |"
-        )
+    table, first = step_table(runs, 1e-4)
     setup = (
         f"SmolLM2-135M-Instruct fp32, LoRA r={args.rank} on q_proj and v_proj "
         f"({runs['lmforge'][0]['trainable']:,} trainable parameters), DPO (sigmoid, β=0.1), "
@@ -156,7 +141,7 @@ def main() -> None:
         f"{torch.__version__}, trl {version('trl')}, peft {version('peft')}, transformers "
         f"{version('transformers')}; first losses {first['lmforge']:.6f} / {first['trl']:.6f}."
     )
-    body = "\n".join(lines) + "\n\n" + setup
+    body = table + "\n\n" + setup
     print(body)
     if not args.no_write:
         update_section(SECTION, body + "\n\nRun: `python benchmarks/dpo_step.py`")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 
 import torch
@@ -101,26 +100,10 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    from common import alternating, pair_ratio, update_section
+    from common import alternating, step_table, update_section
 
     runs = alternating(("lmforge", "peft"), args.rounds, lambda side: run_child(side, args))
-    first = {s: r[0]["first_loss"] for s, r in runs.items()}
-    if abs(first["lmforge"] - first["peft"]) > 1e-3:
-        raise SystemExit(f"the two sides disagree: first losses {first}")
-    times = {s: [t for r in rs for t in r["times"]] for s, rs in runs.items()}
-    rss = {s: min(r["rss_mb"] for r in rs) for s, rs in runs.items()}
-    tokens = args.batch_size * args.seq_len
-    lines = [
-        "| side | s/step (median) | tokens/s | speed vs peft | peak RSS | RSS vs peft |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for side in ("lmforge", "peft"):
-        sec = statistics.median(times[side])
-        lines.append(
-            f"| {side} | {sec:.2f} | {tokens / sec:,.0f} | "
-            f"{pair_ratio(times['peft'], times[side]):.2f}x | {rss[side]:,.0f} MB | "
-            f"{rss[side] / rss['peft']:.2f}x |"
-        )
+    table, first = step_table(runs, 1e-3, tokens=args.batch_size * args.seq_len)
     setup = (
         f"SmolLM2-135M-Instruct fp32, LoRA r={args.rank} alpha={2 * args.rank} on q_proj and "
         f"v_proj ({runs['lmforge'][0]['trainable']:,} trainable parameters), batch "
@@ -130,7 +113,7 @@ def main() -> None:
         f"{platform.machine()}, torch {torch.__version__}; first losses "
         f"{first['lmforge']:.5f} / {first['peft']:.5f}."
     )
-    body = "\n".join(lines) + "\n\n" + setup
+    body = table + "\n\n" + setup
     print(body)
     if not args.no_write:
         update_section(SECTION, body + "\n\nRun: `python benchmarks/lora_step.py`")
