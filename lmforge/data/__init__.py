@@ -17,6 +17,7 @@ from lmforge.data.shards import (
     load_shards,
     source_fingerprint,
     split_point,
+    split_points,
     token_dtype,
     unigram_entropy,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "read_files",
     "source_fingerprint",
     "split_point",
+    "split_points",
     "strip_pos_tags",
     "token_dtype",
     "unigram_entropy",

@@ -19,6 +19,7 @@ from lmforge.data import (
     load_shards,
     read_documents,
     split_point,
+    split_points,
     strip_pos_tags,
     token_dtype,
     unigram_entropy,
@@ -305,3 +306,16 @@ def test_end_to_end_from_shards(tok: Tokenizer, tmp_path: Path) -> None:
     assert int(ids.max()) < info.vocab_size
     assert sum(b["input_ids"].numel() for b in ValidationBatches(val, 16, 2)) > 0
     assert 0 < unigram_entropy(train) < np.log(info.vocab_size)
+
+
+def test_short_documents_validate_whole_and_long_ones_by_tails() -> None:
+    # 5% of a 100-token document is 5 tokens (< MIN_TAIL): the short ones are assigned whole,
+    # one in twenty of them to validation; the 1,000-token one keeps its 50-token tail
+    lengths = [100] * 40 + [1000, 1]
+    points = split_points(lengths, 0.05)
+    assert [d for d, i in enumerate(points) if i == 0] == [19, 39]
+    assert all(i == 100 for d, i in enumerate(points[:40]) if d not in (19, 39))
+    assert points[40:] == [950, 1]
+    # a few tiny documents that would never validate whole keep their tails
+    assert split_points([10, 12], 0.05) == [9, 11]
+    assert split_points([100, 100], 0.0) == [100, 100]
