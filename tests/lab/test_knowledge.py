@@ -50,3 +50,4 @@ def test_knowledge_quick_writes_a_report(tmp_path):
         "GraphRAG (local)", "injected (LoRA r=16)", "knowledge module",
     ]  # fmt: skip
     assert results["n"] == 2 and (tmp_path / "lab" / "answers.png").stat().st_size > 1000
+    assert run_experiment("knowledge", tmp_path / "lab", quick=True).is_file()  # runs again
