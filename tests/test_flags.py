@@ -104,12 +104,14 @@ def test_help_lists_the_registries_including_new_entries(monkeypatch, capsys):
     labs += "peft-compare, prompting, qlora, retnet, scaling, stacking, tools, warmup"
     assert f"(registered: {labs})" in _help(capsys, "lab")
     text = _help(capsys, "data")
-    assert "formats: alpaca, openai, sharegpt; builders: bbc-news, flan, self-instruct" in text
+    builders = "builders: bbc-news, peoples-daily-pos, flan, self-instruct"
+    assert f"formats: alpaca, openai, sharegpt; {builders}" in text
     assert "--format STR one format for all (default: detect) (registered: alpaca" in (
         _help(capsys, "data", "stats")
     )
     text = _help(capsys, "data", "build")
-    assert "BUILDER bbc-news FLAN-style templates over bbc-news flan FLAN-style" in text
+    assert "BUILDER bbc-news FLAN-style templates over bbc-news peoples-daily-pos" in text
+    assert "FLAN-style templates over peoples-daily-pos flan FLAN-style" in text
     assert "self-instruct the model writes new tasks" in text
 
 
