@@ -143,3 +143,18 @@ def step_table(runs: dict, tolerance: float, tokens: int = 0) -> tuple[str, dict
             f"{rss[side]:,.0f} MB | {rss[side] / rss[ref]:.2f}x |"
         )
     return "\n".join(lines), first
+
+
+def child_bench_parser(doc: str, sides: list[str], steps: int, warmup: int):
+    """The flags every child-process step benchmark takes; the script adds its own."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--steps", type=int, default=steps, help="measured steps per child")
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--rounds", type=int, default=2, help="child processes per side")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--child", choices=sorted(sides), help=argparse.SUPPRESS)
+    return p

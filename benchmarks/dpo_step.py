@@ -107,7 +107,7 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    from common import alternating, child_result, step_table, update_section
+    from common import alternating, child_result, publish, step_table
 
     flags = [
         "--steps",
@@ -141,24 +141,16 @@ def main() -> None:
         f"{torch.__version__}, trl {version('trl')}, peft {version('peft')}, transformers "
         f"{version('transformers')}; first losses {first['lmforge']:.6f} / {first['trl']:.6f}."
     )
-    body = table + "\n\n" + setup
-    print(body)
-    if not args.no_write:
-        update_section(SECTION, body + "\n\nRun: `python benchmarks/dpo_step.py`")
+    publish(SECTION, table + "\n\n" + setup, "benchmarks/dpo_step.py", not args.no_write)
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=6, help="measured steps per child")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=2, help="child processes per side")
+    from common import child_bench_parser
+
+    p = child_bench_parser(__doc__, list(BUILDERS), steps=6, warmup=1)
     p.add_argument("--pairs", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=96)
     p.add_argument("--reply-len", type=int, default=32)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    p.add_argument("--child", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
     return p.parse_args()
 
 

@@ -100,7 +100,7 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    from common import alternating, step_table, update_section
+    from common import alternating, publish, step_table
 
     runs = alternating(("lmforge", "peft"), args.rounds, lambda side: run_child(side, args))
     table, first = step_table(runs, 1e-3, tokens=args.batch_size * args.seq_len)
@@ -113,23 +113,15 @@ def main() -> None:
         f"{platform.machine()}, torch {torch.__version__}; first losses "
         f"{first['lmforge']:.5f} / {first['peft']:.5f}."
     )
-    body = table + "\n\n" + setup
-    print(body)
-    if not args.no_write:
-        update_section(SECTION, body + "\n\nRun: `python benchmarks/lora_step.py`")
+    publish(SECTION, table + "\n\n" + setup, "benchmarks/lora_step.py", not args.no_write)
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=8, help="measured steps per child")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2, help="child processes per side")
+    from common import child_bench_parser
+
+    p = child_bench_parser(__doc__, list(BUILDERS), steps=8, warmup=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    p.add_argument("--child", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
     return p.parse_args()
 
 
