@@ -73,6 +73,7 @@ class _Planes(nn.Module):
             sz = torch.stack([scale, zero], -1).transpose(0, 1).contiguous()  # (G, N, 2)
             self.register_buffer(f"scales_zeros{i}", sz.to(KERNEL_DTYPE))
         self.planes = len(planes)
+        self.compute_dtype = torch.float32  # outputs in the input's dtype: bfloat16 is inside
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:

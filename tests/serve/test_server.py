@@ -14,8 +14,17 @@ from tokenizers import processors
 from lmforge import peft
 from lmforge.chat import chat_format, chat_stop_tokens
 from lmforge.serve import AdapterStore
+from lmforge.serve.engine import Engine, EngineConfig
 from lmforge.serve.limits import Limits
-from tests.serve.helpers import LiveServer, alone, greedy, model, server_state, tokenizer
+from tests.serve.helpers import (
+    LiveServer,
+    alone,
+    greedy,
+    model,
+    request,
+    server_state,
+    tokenizer,
+)
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -162,6 +171,24 @@ def test_adapters_in_one_batch_answer_as_their_tuned_models(served, tok, base):
         assert replies[i] == tok.decode(expected)
     with pytest.raises(openai.NotFoundError):
         c.completions.create(model="tiny:nope", prompt="x", max_tokens=2)
+
+
+def test_an_adapter_over_a_quantized_base_answers_as_that_lora_on_it(tmp_path, tok, base):
+    from lmforge.quant.decode import quantize_for_decoding
+
+    lora_delta(base, tmp_path / "a", 0)
+    quantized = copy.deepcopy(base)
+    quantize_for_decoding(quantized, "int4")
+    plain, reference = copy.deepcopy(quantized), copy.deepcopy(quantized)
+    peft.load_delta(tmp_path / "a", reference, force=True)  # LoRA wraps the integer layers
+    store = AdapterStore(quantized, {"a": str(tmp_path / "a")}, max_slots=1, force=True)
+    eng = Engine(quantized, tok, EngineConfig(block_size=4), store)
+    jobs = [request([5, 6, 7, 8], greedy(6), adapter=name) for name in ("a", "", "a")]
+    for req, _ in jobs:
+        eng.submit(req)
+    eng.run_until_idle()
+    for (req, sink), ref in zip(jobs, (reference, plain, reference), strict=True):
+        assert sink.tokens == alone(ref, req.prompt, req.sampling)
 
 
 def test_limits_answer_with_openai_error_bodies(tok, base):
