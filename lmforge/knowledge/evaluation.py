@@ -10,12 +10,15 @@ Retrieval, for a ranked list with relevance r_i ∈ {0, 1} (gold or not) and G g
 
 Answers: exact match and token F1 against the reference (eval/metrics.py), and
 faithfulness = the share of the answer's claims that the retrieved text supports,
-judged by the LM's entailment probability (verify.py).
+judged by the LM's entailment probability (verify.py). How far that judge can be trusted is
+measured by `judge_agreement`: sentences copied from a passage must be judged supported by
+it, sentences from another passage not; its AUC is 0.5 for a judge at chance.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -157,3 +160,34 @@ def evaluate_answers(
         rows.append(row)
     names = [n for n in rows[0] if isinstance(rows[0][n], float)] if rows else []
     return AnswerReport({n: statistics.fmean(r[n] for r in rows) for n in names}, rows)
+
+
+def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """P(a positive scores above a negative), ties counting half (0.5 = chance)."""
+    pairs = [(p > n) + 0.5 * (p == n) for p in positive for n in negative]
+    return sum(pairs) / len(pairs)
+
+
+def judge_agreement(
+    lm: LM, passages: Sequence[str], per_passage: int = 2, seed: int = 0
+) -> dict[str, float]:
+    """The entailment judge on claims whose answer is known: up to `per_passage` sentences of
+    each passage against it (supported: copied word for word) and as many of another passage
+    (unsupported). AUC of p(Yes), and the share of each it accepts at p(Yes) ≥ 0.5."""
+    if len(passages) < 2:
+        raise DataError("judge_agreement needs at least two passages to draw foreign claims from")
+    rng = random.Random(seed)
+    own: list[float] = []
+    foreign: list[float] = []
+    for i, passage in enumerate(passages):
+        other = passages[rng.choice([j for j in range(len(passages)) if j != i])]
+        own += support(lm, claims(passage)[:per_passage], [passage])
+        foreign += support(lm, claims(other)[:per_passage], [passage])
+    if not own or not foreign:
+        raise DataError("the passages hold no sentence of three words or more to judge")
+    return {
+        "auc": auc(own, foreign),
+        "accepts_supported": sum(p >= 0.5 for p in own) / len(own),
+        "accepts_unsupported": sum(p >= 0.5 for p in foreign) / len(foreign),
+        "claims": len(own) + len(foreign),
+    }

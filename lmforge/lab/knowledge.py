@@ -7,6 +7,7 @@ retriever alone, and knowledge trained into parameters or a module or read out o
 datastore at the output helps less per unit of compute.
 
     input          closed-book | RAG: dense (naive), hybrid (RRF), hybrid + LM rerank, GraphRAG
+                   | no reader: the top source's first words (the copying ceiling)
     parameters     LoRA continued pretraining on the FAQ pages, then closed-book
     architecture   a K-Adapter-style knowledge module trained on the same pages, closed-book
     output         kNN-LM over the FAQ pages: perplexity of a held-out FAQ page, before/after
@@ -17,6 +18,7 @@ FAQ pages with the question titles blanked out, so retrieval must match the answ
 
 from __future__ import annotations
 
+import random
 import resource
 import shutil
 import time
@@ -26,14 +28,14 @@ from typing import Any
 from lmforge.atomic import atomic_write_json
 from lmforge.eval.ppl import perplexity
 from lmforge.hub import load_model, load_tokenizer
-from lmforge.knowledge.evaluation import evaluate_answers, evaluate_retrieval
+from lmforge.knowledge.evaluation import evaluate_answers, evaluate_retrieval, judge_agreement
 from lmforge.knowledge.faq import QAItem, build_faq_set, load_qa, parse_faq, python_docs
 from lmforge.knowledge.graph import GraphRAG
 from lmforge.knowledge.index import IndexConfig, KnowledgeIndex
 from lmforge.knowledge.inject import InjectionConfig, inject_knowledge
 from lmforge.knowledge.knn_lm import KNNLM, build_datastore
 from lmforge.knowledge.lm import LM
-from lmforge.knowledge.rag import RAG, RAGConfig
+from lmforge.knowledge.rag import RAG, Answer, RAGConfig
 from lmforge.knowledge.retrieve import RetrievalConfig, Retriever
 from lmforge.lab.base import experiment
 from lmforge.lab.knowledge_report import build_report
@@ -68,10 +70,11 @@ def plan(quick: bool) -> dict[str, Any]:
     """Sizes: the full run fits about an hour on 2 CPU cores, the quick one a minute."""
     if quick:
         return dict(questions=2, max_new_tokens=12, k=3, inject_steps=2, seq_len=64, batch=2,
-                    knn_tokens=300, eval_tokens=120, summaries=1, knn=((50.0, 0.25),))  # fmt: skip
+                    knn_tokens=300, eval_tokens=120, summaries=1, knn=((50.0, 0.25),),
+                    judged=3)  # fmt: skip
     return dict(questions=0, max_new_tokens=48, k=4, inject_steps=40, seq_len=256, batch=4,
                 knn_tokens=30_000, eval_tokens=3_000, summaries=12,
-                knn=((1.0, 0.1), (50.0, 0.1), (50.0, 0.25)))  # fmt: skip
+                knn=((1.0, 0.1), (50.0, 0.1), (50.0, 0.25)), judged=30)  # fmt: skip
 
 
 def questions(out: Path, quick: bool) -> tuple[list[QAItem], Path, list[str], str]:
@@ -112,6 +115,27 @@ class _GraphAsker:
         return self.graph.ask(question, "local", self.max_new_tokens)
 
 
+class CopyTop:
+    """No reader: the top source's first `max_new_tokens` tokens, what a model that copies the
+    best-ranked source word for word within the answer budget would score."""
+
+    def __init__(self, retriever: Retriever, lm: LM, max_new_tokens: int) -> None:
+        self.retriever, self.lm, self.max_new_tokens = retriever, lm, max_new_tokens
+
+    def ask(self, question: str) -> Answer:
+        start = time.perf_counter()
+        top = self.retriever.retrieve(question)[0]
+        ids = self.lm.tokenizer.encode(top.chunk.text)[: self.max_new_tokens]
+        text = self.lm.tokenizer.decode(ids)
+        return Answer(question, text, [top], [1], seconds=time.perf_counter() - start)
+
+
+def judge_sample(index: KnowledgeIndex, n: int) -> list[str]:
+    """A seeded sample of `n` of the index's paragraphs for the faithfulness judge's agreement."""
+    paragraphs = [p for c in index.chunks for p in c.text.split("\n\n") if len(p.split()) >= 8]
+    return random.Random(0).sample(paragraphs, min(n, len(paragraphs)))
+
+
 def index_megabytes(index: KnowledgeIndex) -> float:
     version = index.root / f"v{index.version:06d}"
     return sum(f.stat().st_size for f in version.rglob("*") if f.is_file()) / 2**20
@@ -124,6 +148,8 @@ def answer_rows(
     size = index_megabytes(index)
     graph = GraphRAG.for_index(index, lm, extractor="rules", summaries=p["summaries"])
 
+    dense = RetrievalConfig(mode="dense", k=k)
+
     def rag(**fields: Any) -> RAG:
         return RAG(index, lm, RAGConfig(k=k, max_new_tokens=n, **fields))
 
@@ -133,6 +159,7 @@ def answer_rows(
         ("RAG hybrid", "input", rag(mode="hybrid"), size),
         ("RAG hybrid + rerank", "input", rag(mode="hybrid", rerank="loglik"), size),
         ("GraphRAG (local)", "input", _GraphAsker(graph, n), size),
+        ("copy top source (no LM)", "input", CopyTop(Retriever(index, dense), lm, n), size),
     ]
     rows = []
     for name, level, asker, megabytes in conditions:
@@ -203,6 +230,7 @@ def run(out_dir: Path, quick: bool) -> Report:
         "plan": p, "n": len(items), "chunks": len(index.chunks), "index_seconds": index_seconds,
         "retrieval": retrieval_rows(index, lm, items, p["k"]),
         "answers": answer_rows(index, lm, items, p),
+        "judge": judge_agreement(lm, judge_sample(index, p["judged"])),
         "knn": knn_rows(lm, texts, heldout, p),
     }  # fmt: skip
     results["answers"] += injected_rows(items, texts, out, p)

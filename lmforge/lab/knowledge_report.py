@@ -30,7 +30,20 @@ def answer_verdict(rows: list[dict[str, Any]]) -> str:
         f"Token F1 against the reference answers: closed-book {closed:.1f}, best RAG "
         f"({best}) {f1[best]:.1f} — {ratio:.1f}× closed-book; GraphRAG "
         f"{f1['GraphRAG (local)']:.1f}; LoRA-injected {f1['injected (LoRA r=16)']:.1f}; "
-        f"knowledge module {f1['knowledge module']:.1f}."
+        f"knowledge module {f1['knowledge module']:.1f}; copying the top source's first "
+        f"words, no model, {f1['copy top source (no LM)']:.1f} "
+        f"({f1['copy top source (no LM)'] / closed if closed else float('inf'):.1f}×: a "
+        "reader copying the best-ranked source word for word within the same answer budget)."
+    )
+
+
+def judge_verdict(judge: dict[str, float]) -> str:
+    return (
+        f"The faithfulness judge on {judge['claims']} sentences of the index whose answer is "
+        f"known: AUC {judge['auc']:.2f} (0.5 = chance); it accepts "
+        f"{100 * judge['accepts_supported']:.0f}% of sentences judged against the chunk they "
+        f"were copied from and {100 * judge['accepts_unsupported']:.0f}% of sentences from "
+        "another chunk."
     )
 
 
@@ -75,6 +88,7 @@ def _tables(report: Report, results: dict[str, Any]) -> None:
         "Answers (greedy; extra MB = the index, the delta or the datastore)",
     )  # fmt: skip
     report.text(answer_verdict(ans))
+    report.text(judge_verdict(results["judge"]))
     knn = results["knn"]
     report.table(["output level", "perplexity", "datastore MB"],
                  [[r["name"], f"{r['perplexity']:.2f}", f"{r['extra_mb']:.0f}"] for r in knn],

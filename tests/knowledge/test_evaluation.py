@@ -4,11 +4,14 @@ import math
 
 import pytest
 
+from lmforge.errors import DataError
 from lmforge.eval.loglik import Request, loglikelihoods
 from lmforge.knowledge.chunking import Chunk
 from lmforge.knowledge.evaluation import (
+    auc,
     context_precision,
     faithfulness,
+    judge_agreement,
     ndcg_at_k,
     recall_at_k,
     reciprocal_rank,
@@ -118,3 +121,15 @@ def test_yes_probability_is_the_two_word_softmax(tiny_lm):
                              [Request(context, "Yes"), Request(context, "No")])  # fmt: skip
     odds = math.exp(yes.logprob), math.exp(no.logprob)
     assert p == pytest.approx(odds[0] / (odds[0] + odds[1]))
+
+
+def test_judge_agreement_scores_copied_against_foreign_sentences(tiny_lm):
+    assert auc([0.9, 0.4], [0.5, 0.1]) == 0.75 and auc([0.5], [0.5]) == 0.5
+    judge = WordJudge(tiny_lm.model, tiny_lm.tokenizer)
+    passages = ["Alpha beta gamma delta. Beta gamma delta epsilon.", "One two three four."]
+    agreement = judge_agreement(judge, passages)
+    assert agreement == {
+        "auc": 1.0, "accepts_supported": 1.0, "accepts_unsupported": 0.0, "claims": 6
+    }  # fmt: skip
+    with pytest.raises(DataError, match="at least two passages"):
+        judge_agreement(judge, passages[:1])

@@ -7,7 +7,12 @@ import pytest
 
 from lmforge.lab import LABS, run_experiment
 from lmforge.lab.knowledge import plan
-from lmforge.lab.knowledge_report import answer_verdict, knn_verdict, retrieval_verdict
+from lmforge.lab.knowledge_report import (
+    answer_verdict,
+    judge_verdict,
+    knn_verdict,
+    retrieval_verdict,
+)
 
 
 def test_the_lab_is_registered_with_its_plans():
@@ -24,12 +29,20 @@ def test_verdicts_read_the_tables():
         "retriever), hybrid with LM reranking 65%."
     )
     names = ["closed-book", "RAG naive (dense)", "RAG hybrid", "GraphRAG (local)",
-             "injected (LoRA r=16)", "knowledge module"]  # fmt: skip
-    f1 = [0.05, 0.12, 0.15, 0.08, 0.06, 0.05]
+             "injected (LoRA r=16)", "knowledge module", "copy top source (no LM)"]  # fmt: skip
+    f1 = [0.05, 0.12, 0.15, 0.08, 0.06, 0.05, 0.2]
     text = answer_verdict([{"name": n, "token_f1": v} for n, v in zip(names, f1)])
     assert text == (
         "Token F1 against the reference answers: closed-book 5.0, best RAG (RAG hybrid) 15.0 — "
-        "3.0× closed-book; GraphRAG 8.0; LoRA-injected 6.0; knowledge module 5.0."
+        "3.0× closed-book; GraphRAG 8.0; LoRA-injected 6.0; knowledge module 5.0; copying the "
+        "top source's first words, no model, 20.0 (4.0×: a reader copying the best-ranked source "
+        "word for word within the same answer budget)."
+    )
+    judge = {"auc": 0.5, "accepts_supported": 0.08, "accepts_unsupported": 0.1, "claims": 98}
+    assert judge_verdict(judge) == (
+        "The faithfulness judge on 98 sentences of the index whose answer is known: AUC 0.50 "
+        "(0.5 = chance); it accepts 8% of sentences judged against the chunk they were copied "
+        "from and 10% of sentences from another chunk."
     )
     knn = [{"perplexity": 20.0, "lam": 0.0}, {"perplexity": 18.5, "lam": 0.25},
            {"perplexity": 19.0, "lam": 0.5}]  # fmt: skip
@@ -47,7 +60,9 @@ def test_knowledge_quick_writes_a_report(tmp_path):
     results = json.loads((tmp_path / "lab" / "results.json").read_text())
     assert [r["name"] for r in results["answers"]] == [
         "closed-book", "RAG naive (dense)", "RAG hybrid", "RAG hybrid + rerank",
-        "GraphRAG (local)", "injected (LoRA r=16)", "knowledge module",
+        "GraphRAG (local)", "copy top source (no LM)", "injected (LoRA r=16)",
+        "knowledge module",
     ]  # fmt: skip
+    assert 0 <= results["judge"]["auc"] <= 1 and results["judge"]["claims"] >= 2
     assert results["n"] == 2 and (tmp_path / "lab" / "answers.png").stat().st_size > 1000
     assert run_experiment("knowledge", tmp_path / "lab", quick=True).is_file()  # runs again
