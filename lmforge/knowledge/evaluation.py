@@ -10,7 +10,7 @@ Retrieval, for a ranked list with relevance r_i ∈ {0, 1} (gold or not) and G g
 
 Answers: exact match and token F1 against the reference (eval/metrics.py), and
 faithfulness = the share of the answer's claims that the retrieved text supports,
-judged by the LM's entailment probability (verify.py). How far that judge can be trusted is
+judged from the LM's likelihoods (verify.py's JUDGES). How far a judge can be trusted is
 measured by `judge_agreement`: sentences copied from a passage must be judged supported by
 it, sentences from another passage not; its AUC is 0.5 for a judge at chance.
 """
@@ -34,7 +34,7 @@ from lmforge.knowledge.index import KnowledgeIndex
 from lmforge.knowledge.lm import LM
 from lmforge.knowledge.rag import Answer, closed_book
 from lmforge.knowledge.retrieve import Retriever
-from lmforge.knowledge.verify import claims, support
+from lmforge.knowledge.verify import JUDGES, claims, support, supported
 
 
 def recall_at_k(relevant: Sequence[bool], n_gold: int, k: int) -> float:
@@ -108,10 +108,10 @@ class AnswerReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def faithfulness(lm: LM, answer: str, evidence: Sequence[str]) -> float:
+def faithfulness(lm: LM, answer: str, evidence: Sequence[str], judge: str = "pmi") -> float:
     """Share of the answer's claims the evidence supports (1.0 when it claims nothing)."""
     found = claims(answer)
-    return sum(p >= 0.5 for p in support(lm, found, evidence)) / len(found) if found else 1.0
+    return sum(supported(lm, found, evidence, judge)) / len(found) if found else 1.0
 
 
 class Asker(Protocol):
@@ -137,12 +137,12 @@ def evaluate_answers(
     items: Sequence[QAItem],
     rag: Asker | None = None,
     *,
-    judge: bool = True,
+    judge: str | None = "pmi",
     max_new_tokens: int = 96,
     progress: bool = False,
 ) -> AnswerReport:
     """Answer every question with RAG (closed-book when rag is None) and score it;
-    faithfulness is judged for RAG answers when `judge`."""
+    faithfulness is judged for RAG answers by `judge` (JUDGES; None: not judged)."""
     rows = []
     for item in tqdm(items, "answer", disable=not progress, unit="question"):
         text, evidence, cited, seconds = _answer(lm, item, rag, max_new_tokens)
@@ -156,7 +156,7 @@ def evaluate_answers(
             "seconds": seconds,
         }
         if rag is not None and judge:
-            row["faithfulness"] = faithfulness(lm, text, evidence)
+            row["faithfulness"] = faithfulness(lm, text, evidence, judge)
         rows.append(row)
     names = [n for n in rows[0] if isinstance(rows[0][n], float)] if rows else []
     return AnswerReport({n: statistics.fmean(r[n] for r in rows) for n in names}, rows)
@@ -169,11 +169,11 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
 
 
 def judge_agreement(
-    lm: LM, passages: Sequence[str], per_passage: int = 2, seed: int = 0
+    lm: LM, passages: Sequence[str], judge: str = "pmi", per_passage: int = 2, seed: int = 0
 ) -> dict[str, float]:
-    """The entailment judge on claims whose answer is known: up to `per_passage` sentences of
+    """A support judge on claims whose answer is known: up to `per_passage` sentences of
     each passage against it (supported: copied word for word) and as many of another passage
-    (unsupported). AUC of p(Yes), and the share of each it accepts at p(Yes) ≥ 0.5."""
+    (unsupported). AUC of the judge's scores, and the share of each it accepts."""
     if len(passages) < 2:
         raise DataError("judge_agreement needs at least two passages to draw foreign claims from")
     rng = random.Random(seed)
@@ -181,13 +181,14 @@ def judge_agreement(
     foreign: list[float] = []
     for i, passage in enumerate(passages):
         other = passages[rng.choice([j for j in range(len(passages)) if j != i])]
-        own += support(lm, claims(passage)[:per_passage], [passage])
-        foreign += support(lm, claims(other)[:per_passage], [passage])
+        own += support(lm, claims(passage)[:per_passage], [passage], judge)
+        foreign += support(lm, claims(other)[:per_passage], [passage], judge)
     if not own or not foreign:
         raise DataError("the passages hold no sentence of three words or more to judge")
+    threshold = JUDGES.get(judge).threshold
     return {
         "auc": auc(own, foreign),
-        "accepts_supported": sum(p >= 0.5 for p in own) / len(own),
-        "accepts_unsupported": sum(p >= 0.5 for p in foreign) / len(foreign),
+        "accepts_supported": sum(p >= threshold for p in own) / len(own),
+        "accepts_unsupported": sum(p >= threshold for p in foreign) / len(foreign),
         "claims": len(own) + len(foreign),
     }

@@ -37,6 +37,7 @@ from lmforge.knowledge.knn_lm import KNNLM, build_datastore
 from lmforge.knowledge.lm import LM
 from lmforge.knowledge.rag import RAG, Answer, RAGConfig
 from lmforge.knowledge.retrieve import RetrievalConfig, Retriever
+from lmforge.knowledge.verify import JUDGES
 from lmforge.lab.base import experiment
 from lmforge.lab.knowledge_report import build_report
 from lmforge.report import Report
@@ -230,7 +231,10 @@ def run(out_dir: Path, quick: bool) -> Report:
         "plan": p, "n": len(items), "chunks": len(index.chunks), "index_seconds": index_seconds,
         "retrieval": retrieval_rows(index, lm, items, p["k"]),
         "answers": answer_rows(index, lm, items, p),
-        "judge": judge_agreement(lm, judge_sample(index, p["judged"])),
+        "judges": {
+            name: judge_agreement(lm, judge_sample(index, p["judged"]), name)
+            for name in JUDGES.names()
+        },
         "knn": knn_rows(lm, texts, heldout, p),
     }  # fmt: skip
     results["answers"] += injected_rows(items, texts, out, p)

@@ -37,13 +37,17 @@ def answer_verdict(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def judge_verdict(judge: dict[str, float]) -> str:
+def judge_verdict(judges: dict[str, dict[str, float]]) -> str:
+    parts = [
+        f"{name} AUC {j['auc']:.2f}, accepting {100 * j['accepts_supported']:.0f}% of the "
+        f"copied and {100 * j['accepts_unsupported']:.0f}% of the foreign sentences"
+        for name, j in judges.items()
+    ]
+    claims = next(iter(judges.values()))["claims"]
     return (
-        f"The faithfulness judge on {judge['claims']} sentences of the index whose answer is "
-        f"known: AUC {judge['auc']:.2f} (0.5 = chance); it accepts "
-        f"{100 * judge['accepts_supported']:.0f}% of sentences judged against the chunk they "
-        f"were copied from and {100 * judge['accepts_unsupported']:.0f}% of sentences from "
-        "another chunk."
+        f"The faithfulness judges on {claims} sentences of the index whose answer is known "
+        "(judged against the chunk they were copied from, or against another chunk; AUC 0.5 "
+        f"= chance): {'; '.join(parts)}. The faithfulness column uses pmi."
     )
 
 
@@ -60,8 +64,9 @@ def knn_verdict(rows: list[dict[str, Any]]) -> str:
 HONEST = """\
 Reading these numbers. Token F1 rewards answers that reuse the reference's words, which
 retrieval makes easy (the sources hold them) and a closed-book 135M model cannot do; it
-does not judge correctness. Faithfulness is judged by the same 135M model (p(Yes) of an
-entailment prompt), a weak judge: read it as a relative signal between conditions. A few
+does not judge correctness. Faithfulness is judged by the same 135M model through the
+evidence's pointwise mutual information with each claim: it credits words the sources
+explain, so copying scores highest and a faithful paraphrase lower. A few
 dozen steps of injection on ~40k tokens teach style and vocabulary more than facts that can
 be recalled by a question phrased differently (Ovadia et al., 2024, find RAG beats
 fine-tuning for knowledge injection at any scale). The test split holds a few dozen
@@ -88,7 +93,7 @@ def _tables(report: Report, results: dict[str, Any]) -> None:
         "Answers (greedy; extra MB = the index, the delta or the datastore)",
     )  # fmt: skip
     report.text(answer_verdict(ans))
-    report.text(judge_verdict(results["judge"]))
+    report.text(judge_verdict(results["judges"]))
     knn = results["knn"]
     report.table(["output level", "perplexity", "datastore MB"],
                  [[r["name"], f"{r['perplexity']:.2f}", f"{r['extra_mb']:.0f}"] for r in knn],

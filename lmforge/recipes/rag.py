@@ -27,6 +27,7 @@ from lmforge.knowledge.graph import GRAPH_MODES, GraphRAG
 from lmforge.knowledge.lm import LM
 from lmforge.knowledge.rag import RAG, Answer, RAGConfig
 from lmforge.knowledge.retrieve import Retriever
+from lmforge.knowledge.verify import JUDGES
 from lmforge.recipes.action import Action
 from lmforge.recipes.source import ModelSource, load_source
 from lmforge.registry import Registry
@@ -52,6 +53,7 @@ class RagEvalConfig(RAGConfig, ModelSource):
     split: str = "test"  # dev | test | all
     limit: int = 0  # first N questions only (0 = all)
     answers: bool = True  # also answer with the LM (F1, faithfulness), not just retrieve
+    judge: str = arg("pmi", choices=JUDGES.names)  # how faithfulness is judged (verify.py)
     closed_book: bool = True  # also answer without retrieval, the baseline
     out: str = "runs/rag-eval"  # results.json and predictions.jsonl go here
 
@@ -119,7 +121,7 @@ def rag_eval(cfg: RagEvalConfig) -> dict[str, Any]:
                                "missing_gold": retrieval.missing_gold}  # fmt: skip
     rows = {r["id"]: dict(r) for r in retrieval.rows}
     if cfg.answers:
-        rag = evaluate_answers(lm, items, RAG(index, lm, cfg), progress=True)
+        rag = evaluate_answers(lm, items, RAG(index, lm, cfg), judge=cfg.judge, progress=True)
         results["rag"] = rag.metrics
         for r in rag.rows:
             rows.setdefault(r["id"], {}).update({f"rag_{k}": v for k, v in r.items()})

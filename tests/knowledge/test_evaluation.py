@@ -18,7 +18,7 @@ from lmforge.knowledge.evaluation import (
 )
 from lmforge.knowledge.faq import QAItem, load_qa, parse_faq, split_of
 from lmforge.knowledge.lm import LM
-from lmforge.knowledge.verify import ENTAILMENT_PROMPT, claims, verify_answer
+from lmforge.knowledge.verify import ENTAILMENT_PROMPT, claims, support, verify_answer
 
 RANKED = [False, True, False, True, False]  # gold at ranks 2 and 4; 3 gold chunks exist
 
@@ -104,13 +104,18 @@ class WordJudge(LM):
 def test_verification_accepts_flags_and_rejects(tiny_lm):
     judge = WordJudge(tiny_lm.model, tiny_lm.tokenizer)
     evidence = ["Python is a programming language. Guido created Python in 1991."]
-    ok = verify_answer(judge, "Python is a programming language [1].", evidence)
+    ok = verify_answer(judge, "Python is a programming language [1].", evidence, "entailment")
     assert ok.decision == "accept" and ok.supported == 1.0 and ok.support == [0.9]
-    half = verify_answer(judge, "Guido created Python. Python is made of cheese.", evidence)
+    half = verify_answer(
+        judge, "Guido created Python. Python is made of cheese.", evidence, "entailment"
+    )
     assert half.decision == "flag" and half.unsupported == ["Python is made of cheese."]
-    bad = verify_answer(judge, "Cheese is made of milk. The moon is cheese too.", evidence)
+    bad = verify_answer(
+        judge, "Cheese is made of milk. The moon is cheese too.", evidence, "entailment"
+    )
     assert bad.decision == "reject" and bad.supported == 0.0
-    assert faithfulness(judge, "Guido created Python. Python is made of cheese.", evidence) == 0.5
+    half_text = "Guido created Python. Python is made of cheese."
+    assert faithfulness(judge, half_text, evidence, "entailment") == 0.5
 
 
 def test_yes_probability_is_the_two_word_softmax(tiny_lm):
@@ -123,11 +128,21 @@ def test_yes_probability_is_the_two_word_softmax(tiny_lm):
     assert p == pytest.approx(odds[0] / (odds[0] + odds[1]))
 
 
+def test_pmi_is_the_per_token_gain_from_the_evidence(tiny_lm):
+    claim, evidence = "Sky is blue.", "The sky is blue today."
+    gain = support(tiny_lm, [claim], [evidence], "pmi")[0]
+    given, alone = loglikelihoods(tiny_lm.model, tiny_lm.tokenizer,
+                                  [Request(evidence + "\n\n", " " + claim),
+                                   Request("\n\n", " " + claim)])  # fmt: skip
+    assert gain == pytest.approx((given.logprob - alone.logprob) / given.tokens)
+    assert support(tiny_lm, [], [evidence]) == []
+
+
 def test_judge_agreement_scores_copied_against_foreign_sentences(tiny_lm):
     assert auc([0.9, 0.4], [0.5, 0.1]) == 0.75 and auc([0.5], [0.5]) == 0.5
     judge = WordJudge(tiny_lm.model, tiny_lm.tokenizer)
     passages = ["Alpha beta gamma delta. Beta gamma delta epsilon.", "One two three four."]
-    agreement = judge_agreement(judge, passages)
+    agreement = judge_agreement(judge, passages, "entailment")
     assert agreement == {
         "auc": 1.0, "accepts_supported": 1.0, "accepts_unsupported": 0.0, "claims": 6
     }  # fmt: skip

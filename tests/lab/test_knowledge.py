@@ -38,11 +38,16 @@ def test_verdicts_read_the_tables():
         "top source's first words, no model, 20.0 (4.0×: a reader copying the best-ranked source "
         "word for word within the same answer budget)."
     )
-    judge = {"auc": 0.5, "accepts_supported": 0.08, "accepts_unsupported": 0.1, "claims": 98}
-    assert judge_verdict(judge) == (
-        "The faithfulness judge on 98 sentences of the index whose answer is known: AUC 0.50 "
-        "(0.5 = chance); it accepts 8% of sentences judged against the chunk they were copied "
-        "from and 10% of sentences from another chunk."
+    judges = {
+        "pmi": {"auc": 0.99, "accepts_supported": 1.0, "accepts_unsupported": 0.05, "claims": 84},
+        "entailment": {"auc": 0.5, "accepts_supported": 0.0, "accepts_unsupported": 0.0},
+    }
+    assert judge_verdict(judges) == (
+        "The faithfulness judges on 84 sentences of the index whose answer is known (judged "
+        "against the chunk they were copied from, or against another chunk; AUC 0.5 = chance): "
+        "pmi AUC 0.99, accepting 100% of the copied and 5% of the foreign sentences; entailment "
+        "AUC 0.50, accepting 0% of the copied and 0% of the foreign sentences. The faithfulness "
+        "column uses pmi."
     )
     knn = [{"perplexity": 20.0, "lam": 0.0}, {"perplexity": 18.5, "lam": 0.25},
            {"perplexity": 19.0, "lam": 0.5}]  # fmt: skip
@@ -63,6 +68,6 @@ def test_knowledge_quick_writes_a_report(tmp_path):
         "GraphRAG (local)", "copy top source (no LM)", "injected (LoRA r=16)",
         "knowledge module",
     ]  # fmt: skip
-    assert 0 <= results["judge"]["auc"] <= 1 and results["judge"]["claims"] >= 2
+    assert sorted(results["judges"]) == ["entailment", "pmi"]
     assert results["n"] == 2 and (tmp_path / "lab" / "answers.png").stat().st_size > 1000
     assert run_experiment("knowledge", tmp_path / "lab", quick=True).is_file()  # runs again
