@@ -130,19 +130,29 @@ def decode_speed(tokenizer, n: int, rounds: int) -> tuple[dict, dict, dict]:
     return speeds, same, {"prompts": len(prompts)}
 
 
-def quality(tokenizer, max_tokens: int) -> dict[str, float]:
+def quality(tokenizer, max_tokens: int) -> dict[str, dict[str, float]]:
+    """Per weight format: perplexity on Shakespeare, and against fp32's logits on its first
+    512 tokens the mean |Δ logit| and the share of positions with the same top token."""
     from lmforge.data import load_corpus
 
     texts = [d.text for d in load_corpus("shakespeare")][:3]
-    result = {}
+    ids = torch.tensor([tokenizer.encode(texts[0])[:512]])
+    result, reference = {}, None
     for kind in ("fp32", "int8", "int4"):
         model = load_model(MODEL)
         if kind != "fp32":
             quantize_for_decoding(model, kind)
-        result[kind] = perplexity(
-            model, tokenizer, texts, max_length=512, max_tokens=max_tokens, batch_size=4
-        ).perplexity
-        print(f"perplexity {kind}: {result[kind]:.3f}", flush=True)
+        ppl = perplexity(model, tokenizer, texts, max_length=512, max_tokens=max_tokens,
+                         batch_size=4).perplexity  # fmt: skip
+        with torch.no_grad():
+            logits = model(ids).logits[0]
+        reference = logits if reference is None else reference
+        result[kind] = {
+            "perplexity": ppl,
+            "logit_error": (logits - reference).abs().mean().item(),
+            "top1": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+        }
+        print(f"{kind}: {result[kind]}", flush=True)
     return result
 
 
@@ -319,11 +329,19 @@ def main() -> None:
             f"|---|---:|\n{decode_rows}"
         )
     if "quality" in args.parts:
-        ppl = quality(tokenizer, args.ppl_tokens)
-        rows = "\n".join(f"| {k} | {v:.3f} | {v / ppl['fp32'] - 1:+.2%} |" for k, v in ppl.items())
+        q = quality(tokenizer, args.ppl_tokens)
+        base = q["fp32"]["perplexity"]
+        rows = "\n".join(
+            f"| {k} | {v['perplexity']:.3f} | {v['perplexity'] / base - 1:+.2%} | "
+            f"{v['logit_error']:.4f} | {100 * v['top1']:.1f}% |"
+            for k, v in q.items()
+        )
         parts.append(
-            f"Perplexity on Shakespeare (first {args.ppl_tokens:,} tokens, windows of 512):\n\n"
-            f"| weights | perplexity | vs fp32 |\n|---|---:|---:|\n{rows}"
+            f"Quality on Shakespeare: perplexity over the first {args.ppl_tokens:,} tokens "
+            "(windows of 512); against fp32's logits on the first 512 tokens, the mean |Δ logit| "
+            "and the positions whose top token is fp32's:\n\n"
+            "| weights | perplexity | vs fp32 | mean abs Δ logit | same top-1 |\n"
+            f"|---|---:|---:|---:|---:|\n{rows}"
         )
     parts.append(
         f"SmolLM2-135M-Instruct on {args.threads} threads; {args.requests} streaming completions "

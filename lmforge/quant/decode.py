@@ -5,24 +5,28 @@ bandwidth: fp32 weights cost 4 bytes each, 8-bit one byte, 4-bit half a byte. Bo
 keep a scale and a zero point per group of `group_size` inputs of each output row (min/max,
 asymmetric): one scale per whole row lets a single outlier weight coarsen its row, which in
 SmolLM2 (weights rounded, products in fp32) changed 64-token greedy replies on 7 of 8 prompts
-at 8 bits, where groups of 32 changed none.
+at 8 bits.
 
-    4-bit (Int4Linear):  w[n, k] = scale[g, n] · (q[n, k] − 8) + zero[g, n],     q ∈ [0, 15]
-    8-bit (Int8Linear):  w[n, k] = scale[g, n] · (q[n, k] − 136) + zero[g, n],   q ∈ [0, 255]
-                         q = 16·h + l, two 4-bit planes: w = 16·scale·(h − 8) + zero
-                                                             + scale·(l − 8)
+    4-bit (Int4Linear):  w[n, k] ≈ w₁ = scale[g, n] · (q[n, k] − 8) + zero[g, n],   q ∈ [0, 15]
+    8-bit (Int8Linear):  w[n, k] ≈ w₁ + w₂,  w₂ the same 4-bit code of the residual w − w₁
 
 The products run in PyTorch's weight-only CPU kernel `torch._weight_int4pack_mm_for_cpu`
 (the one torchao and gpt-fast use), which widens the codes inside the matmul loop and never
-writes a float weight out; 8-bit is two passes over its two planes, still one byte per weight
-read. The kernel's vectorised path takes bfloat16 activations (fp32 ones take a scalar loop
-10–20× slower than an fp32 matmul on this machine's AVX-512), so the product's input and
-output are rounded to bfloat16 and the result is returned in the input's dtype: that
-rounding, not the codes, is what parts the 8-bit model's greedy tokens from fp32's on near
-ties (BENCHMARKS.md, "Serving"). lmforge's NF4Linear is the training format (QLoRA): it
-rebuilds a float weight each call, right for backward and slower than fp32 for decoding.
-`quantize_for_decoding(model, kind)` swaps every linear layer of a native model, the head
-included; the input embedding stays in float.
+writes a float weight out; 8-bit is two passes, one per 4-bit plane, still one byte per
+weight read. The kernel takes scales and zero points in bfloat16. A uniform 8-bit grid
+with bfloat16 scales loses what makes min/max grids good: with an fp32 scale a group's
+smallest and largest weights (its outliers) sit exactly on the grid, with a bfloat16 one
+they are off by up to half a step; SmolLM2's logits then moved 3.6× further from fp32's
+(mean |Δ| 0.090 against 0.025). The residual plane has no such cost, because its own grid
+is 15× finer than the first plane's and its rounding errors are that much smaller
+(0.030). The kernel's vectorised path takes bfloat16 activations (fp32 ones take a scalar
+loop 10–20× slower than an fp32 matmul on this machine's AVX-512), so each product's input
+and output are rounded to bfloat16 and the result is returned in the input's dtype; each
+rounding adds about as much logit error as the codes (docs/serving.md).
+lmforge's NF4Linear is the training format (QLoRA): it rebuilds a float weight each call,
+right for backward and slower than fp32 for decoding. `quantize_for_decoding(model, kind)`
+swaps every linear layer of a native model, the head included; the input embedding stays
+in float.
 """
 
 from __future__ import annotations
@@ -97,12 +101,20 @@ class Int4Linear(_Planes):
 
 
 class Int8Linear(_Planes):
-    """nn.Linear with 8-bit weights per group of inputs, as two 4-bit planes (module doc)."""
+    """nn.Linear with 8-bit weights per group of inputs: a 4-bit code and a 4-bit code of
+    what it leaves (module doc)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, group_size: int = 32) -> None:
-        q, scale, zero = group_codes(weight, group_size, 256, 136)
-        high = (q // 16, 16 * scale, zero)  # 16·scale is exact in bfloat16 too
-        super().__init__([high, (q % 16, scale, torch.zeros_like(scale))], bias)
+        first = group_codes(weight, group_size, 16, 8)
+        rest = group_codes(weight.detach().float() - dequantize(*first), group_size, 16, 8)
+        super().__init__([first, rest], bias)
+
+
+def dequantize(q: Tensor, scale: Tensor, zero: Tensor, mid: int = 8) -> Tensor:
+    """The weight (N, K) that group codes stand for: scale·(q − mid) + zero per group."""
+    N, K = q.shape
+    groups = q.view(N, scale.shape[1], -1).float()
+    return ((groups - mid) * scale[..., None] + zero[..., None]).view(N, K)
 
 
 @dataclass(frozen=True)

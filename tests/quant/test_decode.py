@@ -13,22 +13,26 @@ from lmforge.model import CausalLM, preset
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.quant.decode import Int4Linear, Int8Linear, group_codes, quantize_for_decoding
 
-MID = {8: 136, 4: 8}  # the code whose weight is the group's zero point
-
 
 def bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).float()
 
 
-def rounded(w: torch.Tensor, bits: int, group: int = 32) -> torch.Tensor:
-    """The weight each format stores, by its formula: 2**bits levels per group of inputs from
-    its minimum to its maximum, the step and zero point rounded to bfloat16 first."""
+def rounded4(w: torch.Tensor, group: int = 32) -> torch.Tensor:
+    """The 4-bit weight by its formula: 16 levels per group of inputs from its minimum to its
+    maximum, the step and the zero point (code 8) rounded to bfloat16 first."""
     g = w.view(w.shape[0], -1, group)
     low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    step = bf16((high - low) / (2**bits - 1))
-    zero = bf16(low + MID[bits] * step)
-    q = (torch.round((g - zero) / step) + MID[bits]).clamp(0, 2**bits - 1)
-    return ((q - MID[bits]) * step + zero).view(w.shape)
+    step = bf16((high - low) / 15)
+    zero = bf16(low + 8 * step)
+    q = (torch.round((g - zero) / step) + 8).clamp(0, 15)
+    return ((q - 8) * step + zero).view(w.shape)
+
+
+def rounded(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """What each format stores: 4 bits; 8 bits = 4 bits plus 4 bits of the residual."""
+    first = rounded4(w)
+    return first if bits == 4 else first + rounded4(w - first)
 
 
 def kernel_product(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
@@ -56,8 +60,8 @@ def test_each_layer_computes_its_rounded_weight(layer, bits):
     # the kernel returns bfloat16: 8 significant bits of each output
     assert torch.allclose(out, expected, rtol=2**-7, atol=2e-2)
     error = (rounded(w, bits) - w).abs().max()
-    step = (w.view(96, 4, 32).amax(-1) - w.view(96, 4, 32).amin(-1)).max() / (2**bits - 1)
-    assert error <= step  # half a step, and the ends of a bfloat16 grid
+    step = (w.view(96, 4, 32).amax(-1) - w.view(96, 4, 32).amin(-1)).max() / 15
+    assert error <= step / (2 if bits == 4 else 15)  # half a step; the residual's half step
 
 
 def test_eight_bits_are_closer_to_the_float_layer_than_four():
