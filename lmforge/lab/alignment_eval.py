@@ -50,23 +50,21 @@ def kl_to(model: nn.Module, sft: nn.Module, tokenizer: Tokenizer, prompts, new: 
     return total / max(1, len(sampled))
 
 
+def tax_tasks(s: dict[str, Any]) -> dict[str, tuple[str, EvalSettings, str]]:
+    """The tax's measures: name → (task, settings, metric)."""
+    ppl = EvalSettings.from_fields(max_tokens=s["ppl_tokens"])
+    return {
+        "bbc_accuracy": ("bbc-news", EvalSettings(limit=s["bbc"]), "accuracy"),
+        "arithmetic": ("arithmetic-1", EvalSettings(shots=3, limit=s["arithmetic"]), "accuracy"),
+        "ppl_shakespeare": ("ppl-shakespeare", ppl, "perplexity"),
+        "ppl_peoples_daily": ("ppl-peoples-daily", ppl, "perplexity"),
+    }
+
+
 def tax(model: nn.Module, tokenizer: Tokenizer, s: dict[str, Any]) -> dict[str, float]:
     """General ability: BBC topics (zero-shot, label likelihood), 3-shot arithmetic and the
     perplexity of the first tokens of two corpora."""
-    runs = {
-        "bbc_accuracy": ("bbc-news", EvalSettings(limit=s["bbc"]), "accuracy"),
-        "arithmetic": ("arithmetic-1", EvalSettings(shots=3, limit=s["arithmetic"]), "accuracy"),
-        "ppl_shakespeare": (
-            "ppl-shakespeare",
-            EvalSettings(max_tokens=s["ppl_tokens"]),
-            "perplexity",
-        ),
-        "ppl_peoples_daily": (
-            "ppl-peoples-daily",
-            EvalSettings(max_tokens=s["ppl_tokens"]),
-            "perplexity",
-        ),
-    }
+    runs = tax_tasks(s)
     return {
         name: evaluate(model, tokenizer, task, settings).metrics[metric]
         for name, (task, settings, metric) in runs.items()

@@ -6,8 +6,10 @@ import json
 import pytest
 
 from lmforge import peft
+from lmforge.eval.base import TASKS
 from lmforge.lab import LABS, run_experiment
 from lmforge.lab.alignment import settings, stage_configs
+from lmforge.lab.alignment_eval import tax_tasks
 from lmforge.recipes.align import ACTIONS
 
 
@@ -44,3 +46,12 @@ def test_alignment_quick_on_smollm2(tmp_path):
     assert evaluation["SFT"]["win_rate"] == 0.5 and evaluation["SFT"]["kl"] == 0.0
     assert all(r["ppl_shakespeare"] > 1 for r in evaluation.values())
     assert results["stages"]["preferences"]["pairs"] >= 1
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_tax_measures_are_registered_tasks_with_their_limits(quick):
+    s = settings(quick)
+    tasks = tax_tasks(s)
+    assert all(task in TASKS for task, _, _ in tasks.values())
+    assert tasks["bbc_accuracy"][1].limit == s["bbc"]
+    assert tasks["ppl_shakespeare"][1].perplexity.max_tokens == s["ppl_tokens"]

@@ -117,7 +117,10 @@ def test_moe_quick_writes_a_report(tmp_path):
     import json
 
     text = run_experiment("moe", tmp_path / "lab", quick=True).read_text()
-    assert "| run | parameters | per token | steps |" in text and "Expert use, busiest over idlest" in text
+    assert (
+        "| run | parameters | per token | steps |" in text
+        and "Expert use, busiest over idlest" in text
+    )
     results = json.loads((tmp_path / "lab" / "results.json").read_text())
     assert set(results) == {"dense", "moe", "switch top-1", "dense, equal time"}
     assert results["moe"]["parameters"] > 2 * results["dense"]["parameters"]
