@@ -32,7 +32,7 @@ from lmforge.eval.ppl import perplexity, token_stream
 from lmforge.hub import load_model, load_tokenizer
 from lmforge.lab.base import experiment
 from lmforge.lab.runs import corpus, train_run
-from lmforge.model.moefy import moefy, set_top_k
+from lmforge.model.moefy import expert_coverage, ffn_inputs, moefy, set_top_k
 from lmforge.plots import plot_curves
 from lmforge.prompting import SentenceEncoder
 from lmforge.recipes.moefy import SMOLLM2, batches_of, split_texts
@@ -74,12 +74,17 @@ def zero_share(model: nn.Module, ids: torch.Tensor) -> float:
 
 def sweep(
     model: nn.Module, tokenizer: Tokenizer, texts: list[str], p: dict, bbc: dict | None = None
-) -> list[dict[str, Any]]:
+) -> dict[str, Any]:
     """Dense, then MoEfied with the top k of E experts for each k: held-out perplexity (and
-    BBC accuracy with `bbc`: its settings and embedder)."""
+    BBC accuracy with `bbc`: its settings and embedder); and at a quarter of the experts the
+    activation mass the router's and an oracle's choices hold, averaged over layers."""
     fit, held = split_texts(texts)
     stream = token_stream(tokenizer, fit, p["tokens"])[: p["tokens"]]
     moe = moefy(model, batches_of(stream, p["seq"]), p["experts"], p["ks"][-1], progress=False)
+    set_top_k(moe, max(1, p["experts"] // 4))
+    inputs = ffn_inputs(model, batches_of(token_stream(tokenizer, held, 4096)[:4096], p["seq"]))
+    layers = [expert_coverage(b.mlp, x) for b, x in zip(moe.model.layers, inputs, strict=True)]
+    coverage = {key: sum(c[key] for c in layers) / len(layers) for key in ("router", "oracle")}
 
     def score(m: nn.Module) -> dict[str, Any]:
         ppl = perplexity(m, tokenizer, held, max_length=p["seq"], max_tokens=p["eval_tokens"])
@@ -95,7 +100,7 @@ def sweep(
         rows.append({"k": k, "share": k / p["experts"], **score(moe)})
     for row in rows:
         row["ratio"] = row["ppl"] / rows[0]["ppl"]
-    return rows
+    return {"rows": rows, "coverage": coverage}
 
 
 def native(out_dir: Path, quick: bool, p: dict, texts: list[str]) -> dict[str, Any]:
@@ -109,7 +114,7 @@ def native(out_dir: Path, quick: bool, p: dict, texts: list[str]) -> dict[str, A
         ids = torch.tensor([token_stream(tokenizer, texts[-1:], p["seq"])[: p["seq"]]])
         results[f"native {activation}"] = {
             "zeros": zero_share(model, ids),
-            "rows": sweep(model, tokenizer, texts, p),
+            **sweep(model, tokenizer, texts, p),
         }
     return results
 
@@ -120,8 +125,8 @@ def smollm2(p: dict, texts: list[str]) -> dict[str, Any]:
     model, tokenizer = load_model(SMOLLM2).eval(), load_tokenizer(SMOLLM2)
     bbc = EvalSettings(shots=4, selection="nearest", limit=s["bbc_limit"], truncate=60, pool=250)
     ids = torch.tensor([token_stream(tokenizer, texts[-1:], s["seq"])[: s["seq"]]])
-    rows = sweep(model, tokenizer, texts, s, {"settings": bbc, "embed": SentenceEncoder()})
-    return {"zeros": zero_share(model, ids), "rows": rows}
+    swept = sweep(model, tokenizer, texts, s, {"settings": bbc, "embed": SentenceEncoder()})
+    return {"zeros": zero_share(model, ids), **swept}
 
 
 def best_share(rows: list[dict[str, Any]], limit: float = 1.05) -> float | None:
@@ -140,6 +145,12 @@ def verdict(results: dict[str, Any]) -> str:
         text += "; within 5% of dense from " + (
             f"{100 * best:.0f}% of the FFN" if best is not None else "no share below 100%"
         )
+        if "coverage" in r:
+            c = r["coverage"]
+            text += (
+                f"; a quarter of the experts held {100 * c['router']:.0f}% of the activation "
+                f"mass as routed, {100 * c['oracle']:.0f}% at best"
+            )
         parts.append(text + ".")
     natives = {n: r for n, r in results.items() if n.startswith("native")}
     quarter = {n: quarter_ratio(r["rows"]) for n, r in natives.items()}

@@ -192,6 +192,24 @@ def moefy(
     return moe.eval()
 
 
+@torch.no_grad()
+def expert_coverage(layer: MoE, inputs: Tensor) -> dict[str, float]:
+    """How much of a MoEfied FFN's activation mass Σ|act(gate)·up| (over all its experts) the
+    top_k experts hold, on FFN inputs (N, d): those its router picks, and the best top_k
+    (an oracle). Their gap is the router's error; the oracle's shortfall from 1 is what no
+    router can recover at this k."""
+    e = layer.experts
+    gate = torch.einsum("nd,efd->enf", inputs, e.gate_proj)
+    mass = e.act(gate, torch.einsum("nd,efd->enf", inputs, e.up_proj)).abs().sum(-1).t()  # (N, E)
+    total = mass.sum(-1).clamp(min=1e-12)
+    picked = layer.route(inputs)[1]  # (N, k)
+    best = mass.topk(layer.top_k, dim=-1).values.sum(-1)
+    return {
+        "router": float((mass.gather(1, picked).sum(-1) / total).mean()),
+        "oracle": float((best / total).mean()),
+    }
+
+
 def set_top_k(model: nn.Module, top_k: int) -> None:
     """Run `top_k` experts per token in every MoE layer of `model` (and say so in its config)."""
     layers = [m for m in model.modules() if isinstance(m, MoE)]

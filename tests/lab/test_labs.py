@@ -150,11 +150,16 @@ def test_moefication_verdict_reads_the_rows():
     ]
     text = verdict(
         {
-            "native relu": {"zeros": 0.6, "rows": rows(1.04, 1.01)},
+            "native relu": {
+                "zeros": 0.6,
+                "rows": rows(1.04, 1.01),
+                "coverage": {"router": 0.655, "oracle": 0.69},
+            },
             "native silu": {"zeros": 0.0, "rows": rows(1.2, 1.06)},
         }
     )
     assert "native relu (60% of FFN activations exactly zero): perplexity ratio 1.040" in text
     assert "native silu (0% of FFN activations exactly zero)" in text
     assert "within 5% of dense from no share below 100%" in text
+    assert "a quarter of the experts held 66% of the activation mass as routed, 69% at best" in text
     assert "): met." in text and "the ReLU model lost less than the SiLU model" in text

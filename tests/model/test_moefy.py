@@ -10,7 +10,7 @@ from lmforge.errors import ConfigError
 from lmforge.model import CausalLM, preset
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.model.hf import load_hf_dir, save_hf_dir
-from lmforge.model.moefy import balanced_kmeans, ffn_inputs, moefy, set_top_k
+from lmforge.model.moefy import balanced_kmeans, expert_coverage, ffn_inputs, moefy, set_top_k
 
 V = 97
 
@@ -69,6 +69,24 @@ def test_trained_routers_find_the_experts_that_fire():
     hit = overlap_with_the_best_experts(trained, model, x)
     chance = overlap_with_the_best_experts(untrained, model, x)
     assert hit > 0.5 and hit > 2 * chance  # chance is about k / E = 0.25
+
+
+def test_expert_coverage_is_the_activation_mass_in_the_picked_experts():
+    model = dense()
+    moe = moefy(model, batches(8), experts=8, top_k=2, router_steps=100, progress=False)
+    h = ffn_inputs(model, batches(1, seed=7))[0]
+    layer = moe.model.layers[0].mlp
+    w = layer.experts
+    gate, up = (torch.einsum("nd,efd->nef", h, p) for p in (w.gate_proj, w.up_proj))
+    mass = w.act(gate, up).abs().sum(-1)  # (N, E)
+    share = mass / mass.sum(-1, keepdim=True)
+    routed = layer.gate(h).topk(2, -1).indices
+    coverage = expert_coverage(layer, h)
+    assert coverage["router"] == pytest.approx(share.gather(1, routed).sum(-1).mean().item())
+    assert coverage["oracle"] == pytest.approx(share.topk(2, -1).values.sum(-1).mean().item())
+    assert coverage["router"] <= coverage["oracle"] < 1
+    set_top_k(moe, 8)
+    assert expert_coverage(layer, h) == pytest.approx({"router": 1.0, "oracle": 1.0})
 
 
 def test_set_top_k_moves_between_sparse_and_dense():
