@@ -168,7 +168,7 @@ class ValidationBatches:
                 f"too little validation data: {len(tokens):,} tokens exist, one window of "
                 f"seq_len {seq_len} needs {seq_len}; raise data.val_fraction or lower seq_len"
             )
-        if max_batches is not None:
+        if max_batches:  # None or 0: every window (train.eval_batches=0 means all of them)
             windows = min(windows, max_batches * batch_size)
         self.num_windows = windows
 

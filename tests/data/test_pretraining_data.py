@@ -294,6 +294,8 @@ def test_validation_batches_sequential_and_reiterable() -> None:
     assert all(torch.equal(x, y["input_ids"]) for x, y in zip(first, val))  # restarts
     capped = ValidationBatches(tokens, seq_len=4, batch_size=3, max_batches=2)
     assert len(list(capped)) == 2 and capped.num_tokens == 24
+    everything = ValidationBatches(tokens, seq_len=4, batch_size=3, max_batches=0)  # 0 = all
+    assert len(everything) == 4 and everything.num_tokens == 40
     with pytest.raises(DataError, match="3 tokens exist.*needs 4"):
         ValidationBatches(tokens[:3], seq_len=4, batch_size=1)
 
