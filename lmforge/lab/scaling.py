@@ -27,12 +27,8 @@ from lmforge.report import Report
 
 LADDER = {  # (layers, widths, predicted run (layers, width), tokens per parameter)
     "quick": ([1, 2, 1, 2, 1, 2], [16, 16, 32, 32, 48, 48], (2, 64), 0.5),
-    "full": ([1, 2, 1, 2, 1, 2], [16, 16, 32, 32, 48, 48], (2, 96), 12.0),
+    "full": ([1, 2, 1, 2, 1, 2], [16, 16, 32, 32, 48, 48], (2, 96), 20.0),
 }
-# 12 tokens per parameter, not Chinchilla's 20: at 20 the predicted run (250k parameters)
-# needs 5.0M tokens, 1.41 passes over Shakespeare's 3.55M training tokens, and repeated
-# tokens teach less than the ladder's fresh ones (its loss came out 4.9% above the fit);
-# at 12 every run, the predicted one included, sees each token at most once.
 
 
 @experiment(
