@@ -38,7 +38,7 @@ from lmforge.report import Report
     "inheritance",
     "A student distilled from a smaller trained model reaches its from-scratch loss in ≥ 25% "
     "fewer updates.",
-    minutes=40,
+    minutes=15,
 )
 def run(out_dir: Path, quick: bool) -> Report:
     seq, steps, width = 64, (60 if quick else 1200), (64 if quick else 128)

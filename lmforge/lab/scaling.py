@@ -34,7 +34,7 @@ LADDER = {  # (layers, widths, predicted run (layers, width), tokens per paramet
 @experiment(
     "scaling",
     "A power law fitted to small runs predicts the loss of a 10× larger run within 3%.",
-    minutes=45,
+    minutes=10,
 )
 def run(out_dir: Path, quick: bool) -> Report:
     layers, widths, (big_layers, big_width), ratio = LADDER["quick" if quick else "full"]

@@ -61,7 +61,7 @@ def saving(
 @experiment(
     "stacking",
     "A shallow model grown into a deep one reaches its loss with ≥ 25% less compute.",
-    minutes=40,
+    minutes=15,
 )
 def run(out_dir: Path, quick: bool) -> Report:
     depth, width = (2, 64) if quick else (6, 128)
