@@ -66,7 +66,7 @@ def corpus_runs(out_dir: Path, corpus: str, quick: bool) -> dict[str, tuple]:
 @experiment(
     "objectives",
     "At equal compute, denoising and multi-token objectives against next-token prediction.",
-    minutes=55,
+    minutes=20,
 )
 def run(out_dir: Path, quick: bool) -> Report:
     corpora = ["shakespeare"] if quick else ["shakespeare", "peoples-daily"]
