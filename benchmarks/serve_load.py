@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -46,31 +47,38 @@ READY = ("/health", "/v1/models")  # llama-cpp-python's server answers only the 
 
 @contextmanager
 def start(cmd: list[str], port: int, timeout: float = 600.0):
-    """Run a server process until the block ends (SIGTERM, then kill)."""
+    """Run a server process until the block ends (SIGTERM, then kill). Its log goes to a
+    file, not a pipe: an unread pipe fills (llama.cpp's server logs every request) and
+    blocks the server."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[:4]} did not start in {timeout:.0f} s")
-            try:
-                if any(httpx.get(url + path, timeout=2).status_code == 200 for path in READY):
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield wait_ready(proc, log, cmd, f"http://127.0.0.1:{port}", timeout)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_ready(proc: subprocess.Popen, log, cmd: list[str], url: str, timeout: float) -> str:
+    """Poll READY until one answers 200; the server's log tail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"{cmd[:4]} exited: {log.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{cmd[:4]} did not start in {timeout:.0f} s")
+        try:
+            if any(httpx.get(url + path, timeout=2).status_code == 200 for path in READY):
+                return url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
 
 
 async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming:
