@@ -122,7 +122,8 @@ def verify_answer(
     unsupported claims, reject one where fewer than `reject_below` of them are supported."""
     found = claims(answer)
     scores = support(lm, found, evidence, judge)
-    ok = [s >= JUDGES.get(judge).threshold for s in scores]
+    threshold = JUDGES.get(judge).threshold
+    ok = [s >= threshold for s in scores]
     share = sum(ok) / len(ok) if ok else 1.0
     decision = "accept" if share == 1.0 else ("flag" if share >= reject_below else "reject")
     unsupported = [c for c, good in zip(found, ok) if not good]

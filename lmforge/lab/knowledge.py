@@ -37,7 +37,7 @@ from lmforge.knowledge.knn_lm import KNNLM, build_datastore
 from lmforge.knowledge.lm import LM
 from lmforge.knowledge.rag import RAG, Answer, RAGConfig
 from lmforge.knowledge.retrieve import RetrievalConfig, Retriever
-from lmforge.knowledge.verify import JUDGES
+from lmforge.knowledge.verify import JUDGES, claims
 from lmforge.lab.base import experiment
 from lmforge.lab.knowledge_report import build_report
 from lmforge.report import Report
@@ -133,7 +133,7 @@ class CopyTop:
 
 def judge_sample(index: KnowledgeIndex, n: int) -> list[str]:
     """A seeded sample of `n` of the index's paragraphs for the faithfulness judge's agreement."""
-    paragraphs = [p for c in index.chunks for p in c.text.split("\n\n") if len(p.split()) >= 8]
+    paragraphs = [p for c in index.chunks for p in c.text.split("\n\n") if claims(p)]
     return random.Random(0).sample(paragraphs, min(n, len(paragraphs)))
 
 

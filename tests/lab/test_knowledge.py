@@ -71,3 +71,12 @@ def test_knowledge_quick_writes_a_report(tmp_path):
     assert sorted(results["judges"]) == ["entailment", "pmi"]
     assert results["n"] == 2 and (tmp_path / "lab" / "answers.png").stat().st_size > 1000
     assert run_experiment("knowledge", tmp_path / "lab", quick=True).is_file()  # runs again
+
+
+def test_the_judge_samples_chinese_paragraphs_too():
+    from types import SimpleNamespace
+
+    from lmforge.lab.knowledge import judge_sample
+
+    chunks = [SimpleNamespace(text="长城位于中国北方，是古代的防御工程。\n\nok")]
+    assert judge_sample(SimpleNamespace(chunks=chunks), 5) == ["长城位于中国北方，是古代的防御工程。"]
