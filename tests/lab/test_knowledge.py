@@ -78,5 +78,6 @@ def test_the_judge_samples_chinese_paragraphs_too():
 
     from lmforge.lab.knowledge import judge_sample
 
-    chunks = [SimpleNamespace(text="长城位于中国北方，是古代的防御工程。\n\nok")]
-    assert judge_sample(SimpleNamespace(chunks=chunks), 5) == ["长城位于中国北方，是古代的防御工程。"]
+    sentence = "长城位于中国北方，是古代的防御工程。"
+    chunks = [SimpleNamespace(text=sentence + "\n\nok")]
+    assert judge_sample(SimpleNamespace(chunks=chunks), 5) == [sentence]
