@@ -139,11 +139,12 @@ def _prepare_data(
     texts = list(corpus.texts())
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(cfg, texts, run_dir, resumes)
-    tokenizer.add_special_tokens(objective_tokens(cfg.train))  # sentinels, mode tokens
+    shards_dir = Path(cfg.data.shards_dir) if cfg.data.shards_dir else run_dir / "data"
+    # The objective's tokens (sentinels, mode tokens) come after the shards, which hold the
+    # text as the plain tokenizer reads it: runs of every objective share one set of shards.
     cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
     cfg.model.validate()
     stage_shapes(cfg.model, cfg.grow, cfg.train.max_steps)  # a growth that cannot work: now
-    shards_dir = Path(cfg.data.shards_dir) if cfg.data.shards_dir else run_dir / "data"
     build_shards(
         corpus,
         tokenizer,
@@ -152,6 +153,8 @@ def _prepare_data(
         progress=progress,
         must_reuse=resumes,
     )
+    tokenizer.add_special_tokens(objective_tokens(cfg.train))
+    cfg.model = cfg.model.replace(vocab_size=tokenizer.vocab_size)
     return tokenizer, shards_dir
 
 

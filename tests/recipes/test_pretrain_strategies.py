@@ -33,6 +33,17 @@ def test_pretrain_with_an_objective(corpus, tmp_path, objective, options):
         assert ("<|mode_X|>" in names) == (objective == "ul2")
 
 
+def test_runs_of_every_objective_share_one_set_of_shards_and_resume(corpus, tmp_path):
+    shared = [f"--data.shards_dir={tmp_path / 'shards'}"]
+    plain = [*tiny_args(corpus, tmp_path / "causal", steps=3), *shared]
+    ul2 = [*tiny_args(corpus, tmp_path / "ul2", steps=3), *shared, "--train.objective=ul2",
+           f"--tokenizer.path={tmp_path / 'causal' / 'model'}"]  # fmt: skip
+    for args in (plain, ul2, plain, ul2):  # the second pair resumes the finished runs
+        assert main(args) == 0
+    meta = json.loads((tmp_path / "shards" / "meta.json").read_text())
+    assert meta["vocab_size"] == 300  # the plain tokenizer's: the sentinels come after
+
+
 def test_pretrain_inherits_from_a_native_teacher(corpus, tmp_path, tiny_model_dir):
     run = tmp_path / "student"
     args = tiny_args(corpus, run, steps=4)
