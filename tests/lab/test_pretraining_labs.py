@@ -1,19 +1,22 @@
 import json
+from pathlib import Path
 
 import pytest
 
+from lmforge.data.labelled import load_labelled
 from lmforge.lab import LABS, run_experiment
-from lmforge.lab.objectives import extra_head_flops
+from lmforge.lab.objectives import extra_head_flops, pos_task
 from lmforge.lab.pretraining import first_reach, reach_row
 from lmforge.lab.stacking import cumulative_flops, saving
 
 HEADERS = {  # each report's main table
-    "objectives": "| objective | next-token val loss | training FLOPs |",
+    "objectives": "| objective | next-token val loss | training FLOPs | tuned accuracy |",
     "stacking": "| run | final val loss | update reaching scratch's final loss |",
     "inheritance": "| student | final val loss | update reaching scratch's final loss |",
     "scaling": "| rung | N | D (tokens) | C (FLOPs) | val loss | L(C) fit |",
 }
 PRETRAINING_LABS = tuple(HEADERS)
+PD = "peoples-daily-pos"
 
 
 def test_the_pretraining_labs_are_registered():
@@ -38,6 +41,19 @@ def test_the_saving_is_read_where_each_curve_first_reaches_the_target():
 def test_multi_token_heads_are_charged_their_unembeddings():
     assert extra_head_flops("multi-token", 64, 300) == 6.0 * 64 * 300 * 3
     assert extra_head_flops("ul2", 64, 300) == 0.0
+
+
+@pytest.mark.assets
+def test_the_chinese_tuning_task_puts_the_word_before_its_sentence(tmp_path):
+    data = pos_task(tmp_path)
+    assert data["words"] == {"noun": "名词", "verb": "动词"}
+    original = [e for s in ("train", "validation", "test") for e in load_labelled(PD, s)]
+    moved = [e for s in ("train", "validation", "test") for e in load_labelled(data["source"], s)]
+    assert len(moved) == len(original)
+    sentence, word = original[0].text.split("\n")
+    first = json.loads(Path(data["source"]).read_text(encoding="utf-8").splitlines()[0])
+    assert first == {"text": f"{word}\n{sentence}", "label": original[0].label}
+    assert all(e.text.startswith("词语：") for e in moved)
 
 
 @pytest.mark.slow
