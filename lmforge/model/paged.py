@@ -54,6 +54,16 @@ class PagedKV:
             c.n_layer, num_blocks, block_size, c.n_kv_head, c.head_dim, weight.dtype, weight.device
         )
 
+    def write(self, table: list[int], start: int, keys: list[Tensor], values: list[Tensor]) -> None:
+        """Set positions start, start+1, ... of the sequence with block table `table` to the
+        given keys and values, per layer (n, n_kv, hd) (a virtual-token adapter's columns)."""
+        bs, n = self.block_size, keys[0].shape[0]
+        slots = [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+        index = torch.tensor(slots, dtype=torch.long, device=self.keys[0].device)
+        for store, given in ((self.keys, keys), (self.values, values)):
+            for pool, rows in zip(store, given):
+                pool.view(-1, *pool.shape[2:]).index_copy_(0, index, rows.to(pool.dtype))
+
     @staticmethod
     def bytes_per_block(model: CausalLM, block_size: int) -> int:
         c = model.config

@@ -1,6 +1,6 @@
 """`lmforge serve MODEL [--adapter NAME=PATH ...]`: an OpenAI-compatible server on 127.0.0.1.
 
-    load_model(native) ─► [AdapterStore: LoRA adapters in batched slots] ─► Engine (thread)
+    load_model(native) ─► [AdapterStore: LoRA slots, virtual-token prefixes] ─► Engine (thread)
                        ─► create_app (FastAPI) ─► uvicorn (SIGTERM: drain, then exit)
 
 lmforge serve smollm2-135m-instruct
@@ -36,7 +36,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class ServeConfig:
     model: str = arg("smollm2-135m-instruct", positional=True)  # embedded name or model directory
-    adapters: list[str] = arg(factory=list, aliases=("--adapter",))  # LoRA NAME=PATH → MODEL:NAME
+    adapters: list[str] = arg(factory=list, aliases=("--adapter",))  # NAME=PATH → MODEL:NAME
     name: str = ""  # the model id clients send; "" = the model's name (a path's last part)
     host: str = "127.0.0.1"  # address to bind; anything but loopback is reachable by others
     port: int = 8000  # TCP port

@@ -113,10 +113,13 @@ class Engine:
     def submit(self, request: Request) -> Request:
         """Queue a request (any thread); its `emit` is called after every step it runs in."""
         context = self.model.config.max_seq_len
-        if len(request.prompt) + request.sampling.max_new_tokens > context:
+        virtual = self._virtual(request.adapter)
+        if virtual + len(request.prompt) + request.sampling.max_new_tokens > context:
+            columns = f" + {virtual} virtual tokens of its adapter" if virtual else ""
             raise ConfigError(
                 f"{len(request.prompt)} prompt tokens + max_tokens "
-                f"{request.sampling.max_new_tokens} exceed the model's context of {context}"
+                f"{request.sampling.max_new_tokens}{columns} exceed the model's context of "
+                f"{context}"
             )
         with self._lock:
             self._inbox.append(request)
@@ -128,6 +131,11 @@ class Engine:
         request.cancelled = True
         with self._lock:
             self._lock.notify()
+
+    def _virtual(self, adapter: str) -> int:
+        """Virtual columns the adapter puts before every prompt (0: none)."""
+        prefix = self.adapters.prefix(adapter) if self.adapters is not None else None
+        return prefix.length if prefix is not None else 0
 
     def busy(self) -> bool:
         return bool(self.waiting or self.running or self._inbox)
@@ -163,7 +171,7 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> None:
         with self._lock:
-            self.waiting.extend(Sequence(r) for r in self._inbox)
+            self.waiting.extend(Sequence(r, self._virtual(r.adapter)) for r in self._inbox)
             self._inbox.clear()
         self._drop_cancelled()
         self._admit()
@@ -211,10 +219,23 @@ class Engine:
             seq.slot, seq.table, seq.computed = slot, hits, len(hits) * bs
             seq.registered = len(hits)
             if not seq.row.tokens:  # first admission (not a re-admission after preemption)
-                seq.cached_tokens = len(hits) * bs
-                self.blocks.stats.queried_tokens += len(seq.tokens)
-                self.blocks.stats.hit_tokens += len(hits) * bs
+                seq.cached_tokens = max(seq.computed - seq.virtual, 0)
+                self.blocks.stats.queried_tokens += len(seq.request.prompt)
+                self.blocks.stats.hit_tokens += seq.cached_tokens
+            if seq.computed < seq.virtual:
+                self._write_virtual(seq)
             self.running.append(seq)
+
+    def _write_virtual(self, seq: Sequence) -> None:
+        """Put the adapter's virtual columns the prefix cache did not hold into seq's blocks
+        (admission has checked that the blocks are free)."""
+        bs, prefix = self.config.block_size, self.adapters.prefix(seq.request.adapter)
+        while len(seq.table) * bs < seq.virtual:
+            seq.table.append(self.blocks.allocate())
+        start = seq.computed
+        self.kv.write(seq.table, start, [k[start:] for k in prefix.keys],
+                      [v[start:] for v in prefix.values])  # fmt: skip
+        seq.computed = seq.virtual
 
     def _plan(self) -> list[tuple[Sequence, int]]:
         """(sequence, tokens to run) for this step: every decode, then prefill chunks."""
@@ -275,7 +296,7 @@ class Engine:
 
     def _offer_prefix(self, seq: Sequence) -> None:
         """Register the full prompt blocks now computed, for later prompts to reuse."""
-        bs, prompt = self.config.block_size, len(seq.request.prompt)
+        bs, prompt = self.config.block_size, seq.virtual + len(seq.request.prompt)
         full = min(seq.computed, prompt) // bs
         for i in range(seq.registered, min(full, len(seq.hashes))):
             self.blocks.register(seq.table[i], seq.hashes[i])

@@ -14,7 +14,8 @@ padded rows and columns add zeros), with its scaling folded into B; slot 0 stays
 
 `AdapterStore` keeps the registered adapters (name → directory) and loads them into slots on
 demand, evicting the least recently used idle one when the slots are full; the number of
-slots follows from a memory budget.
+slots follows from a memory budget. Virtual-token adapters need no slot: each is the KV-cache
+prefix of serve/virtual.py, computed when the store is made.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lmforge.peft import build
 from lmforge.peft.base import CONFIG_FILE, check_base, read_delta
 from lmforge.peft.interop import read_peft_lora
 from lmforge.peft.lora import LoraConfig
+from lmforge.serve.virtual import KVPrefix, is_virtual, kv_prefix
 
 
 class SlotIndex:
@@ -109,7 +111,8 @@ def lora_pairs(state: dict[str, Tensor], path: str) -> dict[str, tuple[Tensor, T
 
 
 class AdapterStore:
-    """Registered LoRA adapters, loaded into slots of batched layers on demand (LRU)."""
+    """Registered adapters: LoRA ones loaded into slots of batched layers on demand (LRU),
+    virtual-token ones as the KV-cache prefix they put before every prompt (serve/virtual.py)."""
 
     def __init__(
         self,
@@ -121,7 +124,9 @@ class AdapterStore:
     ) -> None:
         self.model, self.paths = model, dict(paths)
         self.shared = SlotIndex()
-        read = {name: read_lora(path) for name, path in self.paths.items()}
+        virtual = [name for name, path in self.paths.items() if is_virtual(path)]
+        self.prefixes = {name: kv_prefix(model, self.paths[name], force) for name in virtual}
+        read = {n: read_lora(p) for n, p in self.paths.items() if n not in self.prefixes}
         for name, (_, _, base) in read.items():
             if not force:
                 check_base(base, model, str(Path(self.paths[name])))
@@ -144,13 +149,20 @@ class AdapterStore:
     def names(self) -> list[str]:
         return sorted(self.paths)
 
+    def prefix(self, name: str) -> KVPrefix | None:
+        """The virtual columns adapter `name` puts before every prompt (None: it has none)."""
+        return self.prefixes.get(name)
+
     def acquire(self, name: str) -> int | None:
-        """The slot of adapter `name` for a request (loading it if needed); 0 for the base;
-        None when every slot is held by running requests."""
+        """The slot of adapter `name` for a request (loading it if needed); 0 for the base
+        and for virtual-token adapters; None when every slot is held by running requests."""
         if not name:
             return 0
         if name not in self.paths:
             raise ConfigError(f"unknown adapter {name!r}; served: {', '.join(self.names())}")
+        if name in self.prefixes:
+            self.users[name] = self.users.get(name, 0) + 1
+            return 0
         if name not in self.loaded:
             slot = self._free_slot()
             if slot is None:

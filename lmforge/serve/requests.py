@@ -57,9 +57,12 @@ class Request:
 class Sequence:
     """A request while it runs: its tokens, its blocks and its decoding state."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, virtual: int = 0) -> None:
         self.request = request
-        self.tokens = list(request.prompt)  # prompt + generated (what the cache must hold)
+        self.virtual = virtual  # the adapter's virtual columns ahead of the prompt (0: none)
+        # placeholders for the virtual columns (written into the cache, never run), prompt,
+        # generated tokens: what the cache must hold
+        self.tokens = [0] * virtual + list(request.prompt)
         self.computed = 0  # tokens whose keys/values are in the cache
         self.table: list[int] = []  # block ids
         self.hashes: list[bytes] = []  # prefix hashes of the full blocks of `tokens`

@@ -44,7 +44,7 @@ def choose(logits: Tensor, seqs: list[Sequence]) -> list[int]:
         config = s.request.sampling
         if config.repetition_penalty != 1.0 and s.seen is None:
             s.seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool)
-            s.seen[0, torch.tensor(s.tokens)] = True
+            s.seen[0, torch.tensor(s.tokens[s.virtual :])] = True
         tokens[i] = int(choose_tokens(logits[i : i + 1], s.seen, config, s.generator)[0])
         if s.seen is not None:
             s.seen[0, tokens[i]] = True

@@ -60,6 +60,6 @@ def test_help_says_each_field_and_the_registered_quantizations(capsys):
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "MODEL embedded name or model directory" in text
-    assert "--adapters STR, --adapter STR LoRA NAME=PATH → MODEL:NAME (repeat the flag" in text
+    assert "--adapters STR, --adapter STR NAME=PATH → MODEL:NAME (repeat the flag" in text
     assert "--quantize STR integer weights (empty: floats) (registered: int4, int8)" in text
     assert "--engine.block_size INT tokens per KV-cache block" in text

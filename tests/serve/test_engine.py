@@ -9,17 +9,12 @@ import torch
 from lmforge.errors import ConfigError
 from lmforge.model import CausalLM, preset
 from lmforge.model.generate import SamplingConfig
-from tests.serve.helpers import alone, engine, greedy, model, request, tokenizer
+from tests.serve.helpers import alone, engine, greedy, model, request
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tokenizer()
-
-
-@pytest.fixture(scope="module")
-def lm(tok):
-    return model(tok.vocab_size)
+def lm(base):
+    return base
 
 
 def prompts(n: int, seed: int = 0) -> list[list[int]]:

@@ -20,7 +20,6 @@ from tests.serve.helpers import (
     LiveServer,
     alone,
     greedy,
-    model,
     request,
     server_state,
     tokenizer,
@@ -28,16 +27,6 @@ from tests.serve.helpers import (
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer()
-
-
-@pytest.fixture(scope="module")
-def base(tok):
-    return model(tok.vocab_size)
 
 
 def lora_delta(base, directory, seed: int):
