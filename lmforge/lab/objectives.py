@@ -14,7 +14,8 @@ The downstream task fits each corpus: BBC News topics (5 classes, the article's 
 for the Shakespeare models, and for People's Daily noun or verb of a marked word (2 classes,
 the word put before its sentence so that the 64-token window keeps it). Every model, and one
 of the same shape that was never pretrained, gets the same tune: all weights, 200 updates of
-16 examples at lr 1e-3, scored by the likelihood of each class's label word.
+16 examples at lr 1e-3, scored by the likelihood of each class's label word; the UL2 model
+reads its S-denoiser's mode token before each example, as UL2 is fine-tuned.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from lmforge.recipes.finetune import FinetuneConfig, finetune
 from lmforge.recipes.scaling import shared_tokenizer
 from lmforge.report import Report
 from lmforge.tokenizer import Tokenizer
+from lmforge.train.objectives.denoise import MODE_TOKEN
 
 OBJECTIVES = {
     "causal-lm": {},
@@ -53,6 +55,9 @@ OBJECTIVES = {
     "ul2": {},
     "multi-token": {"n_future": 4},
 }
+
+
+TUNE_PREFIX = {"ul2": MODE_TOKEN.format("S")}  # UL2 is tuned in its S (prefix-LM) mode
 
 
 def extra_head_flops(name: str, width: int, vocab: int) -> float:
@@ -89,9 +94,11 @@ DOWNSTREAM = {  # corpus → (its tuning task, what `lmforge finetune` reads of 
 def tune_accuracy(out_dir: Path, corpus: str, name: str, model_dir: Path, quick: bool) -> float:
     """Test accuracy of the model in `model_dir` after the lab's short tune (all weights)."""
     steps = 4 if quick else 200
+    task = DOWNSTREAM[corpus][1](out_dir)
+    task["template"] = TUNE_PREFIX.get(name, "") + task["template"]
     cfg = from_dict(FinetuneConfig, {
         "run_dir": str(out_dir / "tunes" / name), "model": str(model_dir), "method": "full",
-        "data": {**DOWNSTREAM[corpus][1](out_dir), "max_length": 64,
+        "data": {**task, "max_length": 64,
                  "max_train": 32 if quick else 0, "max_eval": 12 if quick else 0},
         "train": {"max_steps": steps, "batch_size": 16, "lr": 1e-3, "eval_every": steps,
                   "warmup_steps": max(1, steps // 10), "eval_batches": 4, "save_every": 0},
