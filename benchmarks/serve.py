@@ -287,6 +287,19 @@ def verdicts(agg: dict, speeds: dict, same: dict, n_prompts: int, clients: int =
     return "\n".join(lines)
 
 
+def versions() -> str:
+    """The anchors' versions: transformers (the naive server) and llama-cpp-python."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("transformers", "llama-cpp-python"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return ", ".join(found)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -346,7 +359,7 @@ def main() -> None:
     parts.append(
         f"SmolLM2-135M-Instruct on {args.threads} threads; {args.requests} streaming completions "
         f"of up to {args.max_tokens} tokens per client (greedy), prompts cycled; one warmup "
-        f"request per server and level; torch {torch.__version__}.\n\n"
+        f"request per server and level; torch {torch.__version__}, {versions()}.\n\n"
         "Run: `python benchmarks/serve.py`"
     )
     body = "\n\n".join(parts)
