@@ -4,8 +4,8 @@ it took to reach the validation loss of the same full-depth model trained from s
 The claim (Gong et al. 2019, StackingBERT: ~25% less time; Chen et al. 2022, bert2BERT:
 −45% compute on BERT-base): a shallow model learns the easy, local structure cheaply, and
 copying its layers gives the deep model a start that is much better than random. Here the
-target is a decoder of depth L; two grown runs train depth L/2 for the first third or the
-first two thirds of the updates, grow by stacking (function-preserving: the copies start as
+target is a decoder of depth L; three grown runs train depth L/2 for the first third, half
+or two thirds of the updates, grow by stacking (function-preserving: the copies start as
 identity blocks, so the loss does not jump; AdamW moments reset), and train on at full depth
 with the same schedule.
 Compute is matmul FLOPs per token × tokens, summed over the stages.
@@ -76,7 +76,7 @@ def run(out_dir: Path, quick: bool) -> Report:
         flops_per_token({**model, "n_layer": depth // 2}, vocab_of(out_dir), seq) * tokens_per_step
     )
     plans = {"scratch": ({}, [(steps, full)])}
-    for share, at in (("1/3", steps // 3), ("2/3", 2 * steps // 3)):
+    for share, at in (("1/3", steps // 3), ("1/2", steps // 2), ("2/3", 2 * steps // 3)):
         grow = {"layers": [depth // 2], "at": [at]}
         plans[f"stacked at {share}"] = (grow, [(at, half), (steps, full)])
     curves, wall = {}, {}
@@ -87,8 +87,8 @@ def run(out_dir: Path, quick: bool) -> Report:
         curves[name] = (s, losses, cumulative_flops(s, per_step))
         wall[name] = seconds
     setup = (
-        f"Setup: {depth} layers × {width} (the stacked runs: {depth // 2} layers until a third "
-        f"or two thirds of the updates), {steps} updates of 16×{seq} tokens of "
+        f"Setup: {depth} layers × {width} (the stacked runs: {depth // 2} layers until a third, "
+        f"half or two thirds of the updates), {steps} updates of 16×{seq} tokens of "
         f"{'a slice of ' if quick else ''}Shakespeare, AdamW, cosine schedule over the whole run."
     )
     return write_report(out_dir, curves, wall, setup)
