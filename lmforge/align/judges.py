@@ -4,6 +4,8 @@ A judge is `(prompts, replies) → scores`, one float per reply. It is named by 
 
     exact                    1 when the reply is the record's "answer" (case, spaces and final
                              punctuation aside), ½ when it names the answer among other words
+                             but none of the record's other "choices" (naming every option
+                             earns nothing)
     first-number             1 when the first number in the reply equals the "answer"
     python:PKG.MODULE:FN     your function FN(prompt: PromptRecord, reply: str) -> float
     reward:RUN_DIR           a reward model trained by `lmforge align --method reward`
@@ -50,12 +52,20 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().split()).strip(" .!?,;:\"'")
 
 
+def _names(word: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(word.lower())}(?!\w)", text) is not None
+
+
 @RULES.register("exact")
 def exact(prompt: PromptRecord, reply: str) -> float:
     answer = _normal(_answer(prompt))
     if _normal(reply) == answer:
         return 1.0
-    return 0.5 if re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", reply.lower()) else 0.0
+    text = reply.lower()
+    others = [c for c in prompt.meta.get("choices", []) if _normal(str(c)) != answer]
+    if any(_names(str(c), text) for c in others):
+        return 0.0
+    return 0.5 if _names(answer, text) else 0.0
 
 
 @RULES.register("first-number")

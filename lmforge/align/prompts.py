@@ -27,6 +27,7 @@ TOPIC_QUESTION = (
     "business, entertainment, politics, sport or tech."
 )
 ARITHMETIC_QUESTION = "Answer with the number only."
+TOPICS = ["business", "entertainment", "politics", "sport", "tech"]  # the question's options
 
 
 def clip(text: str, chars: int) -> str:
@@ -36,11 +37,12 @@ def clip(text: str, chars: int) -> str:
 
 
 def topic_prompts(split: str, chars: int = 300) -> list[PromptRecord]:
-    """BBC News articles asking for their topic in one word (answer and reference: the label)."""
+    """BBC News articles asking for their topic in one word (answer and reference: the label;
+    choices: the five topics, so that a reply naming several earns nothing)."""
     return [
         PromptRecord(
             [{"role": "user", "content": f"{clip(e.text, chars)}\n\n{TOPIC_QUESTION}"}],
-            {"answer": e.label, "reference": e.label, "origin": e.origin},
+            {"answer": e.label, "reference": e.label, "origin": e.origin, "choices": TOPICS},
         )
         for e in load_labelled("bbc-news", split)
     ]

@@ -7,7 +7,8 @@ PPO-ptx reduces by keeping the pretraining loss in the objective. At our scale, 
 behaviour a program can judge so that no human rater is needed:
 
     helpful   asked for the topic of a BBC News article "with one word", the reply is
-              exactly the right topic (1), names it among other words (½), or misses (0)
+              exactly the right topic (1), names it among other words but no other topic
+              (½), or misses or names several topics (0)
 
     SFT model   SmolLM2-135M-Instruct as released (instruction-tuned by its authors)
     preferences 4 sampled replies per training article and the label as a demonstration, judged;

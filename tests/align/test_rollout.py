@@ -111,6 +111,12 @@ def test_rules_and_python_judges():
         0.0,
         0.0,
     ]
+    options = PromptRecord(record.messages, {"answer": "sport", "choices": ["tech", "sport"]})
+    assert judge([options] * 3, ["sport", "It is sport, I think", "sport or tech"]) == [
+        1.0,
+        0.5,
+        0.0,
+    ]
     number = make_judge("first-number", chat_tokenizer())
     sums = PromptRecord([{"role": "user", "content": "2+2"}], {"answer": 4})
     assert number([sums] * 3, ["It is 4.", "4.0", "5, not 4"]) == [1.0, 1.0, 0.0]
