@@ -55,7 +55,8 @@ SIZES = {  # name: (quick, full)
     "chars": (120, 300),  # characters of each article in the prompt
     "k": (2, 4),  # replies sampled per prompt (build-preferences, GRPO)
     "new": (4, 24),  # longest reply, in tokens
-    "steps": (1, 24),  # updates of the reward model and of DPO
+    "steps": (1, 24),  # updates of the reward model
+    "dpo_steps": (1, 72),  # DPO updates (three passes over the pairs)
     "grpo_steps": (1, 16),  # GRPO updates (one rollout each)
     "ppo_steps": (2, 24),  # PPO updates (two per rollout)
     "pairs_batch": (1, 4),  # preference pairs per batch
@@ -142,7 +143,12 @@ def stage_configs(
     stages = {
         "preferences": {"method": "build-preferences", "data": prompts, "rollout": {"prompts": 8}},
         "reward": {"method": "reward", "data": {"preferences": prefs}},
-        "dpo": {"method": "dpo", "data": {"preferences": prefs}, "dpo": {"beta": 0.1}},
+        "dpo": {
+            "method": "dpo",
+            "data": {"preferences": prefs},
+            "dpo": {"beta": 0.1},
+            "train": {"max_steps": s["dpo_steps"]},
+        },
         "grpo": {
             "method": "grpo",
             "data": prompts,
