@@ -30,8 +30,8 @@ from lmforge.errors import CheckpointError, ConfigError
 from lmforge.model.host import float_placement
 from lmforge.model.targets import replace_module
 from lmforge.peft import build
-from lmforge.peft.base import CONFIG_FILE, check_base, read_delta
-from lmforge.peft.interop import read_peft_lora
+from lmforge.peft.base import check_base, read_delta
+from lmforge.peft.interop import adapter_kind, read_peft_lora
 from lmforge.peft.lora import LoraConfig
 from lmforge.serve.virtual import KVPrefix, is_virtual, kv_prefix
 
@@ -80,21 +80,18 @@ class BatchedLoraLinear(nn.Module):
 def read_lora(path: str | Path) -> tuple[LoraConfig, dict[str, Tensor], dict | None]:
     """A LoRA delta's config, tensors by parameter name and recorded base (None: not recorded)
     from an lmforge delta, a finetune run directory or a peft adapter."""
-    directory = Path(path)
-    if (directory / "delta" / CONFIG_FILE).is_file():
-        directory = directory / "delta"
-    if (directory / CONFIG_FILE).is_file():
-        meta, state = read_delta(directory)
-        if meta.get("method") != "lora":
-            raise ConfigError(
-                f"{directory}: a {meta.get('method')} delta; the server batches LoRA adapters "
-                "only (merge others into the base with lmforge export --format merged)"
-            )
-        return build("lora", meta["config"]).config, state, meta.get("base")
-    if (directory / "adapter_config.json").is_file():
+    directory, kind = adapter_kind(path)
+    if kind not in ("lora", "LORA"):
+        raise ConfigError(
+            f"{directory}: a {kind} adapter; the server batches LoRA adapters and serves "
+            "virtual-token ones as cache prefixes (merge others into the base with "
+            "lmforge export --format merged)"
+        )
+    if kind == "LORA":
         config, state = read_peft_lora(directory)
         return config, state, None
-    raise CheckpointError(f"{directory} holds no LoRA adapter (delta_config.json or peft)")
+    meta, state = read_delta(directory)
+    return build("lora", meta["config"]).config, state, meta.get("base")
 
 
 def lora_pairs(state: dict[str, Tensor], path: str) -> dict[str, tuple[Tensor, Tensor]]:

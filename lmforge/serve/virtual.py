@@ -17,18 +17,16 @@ place, have no such prefix: the server refuses them and says how to serve them i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import ConfigError
 from lmforge.model.host import float_placement
 from lmforge.peft import METHODS
-from lmforge.peft.base import CONFIG_FILE
-from lmforge.peft.interop import load_adapter
+from lmforge.peft.interop import adapter_kind, load_adapter
 from lmforge.peft.virtual import InsertTokens, PrefixCache, VirtualTokenMethod
 
 PEFT_VIRTUAL = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")  # peft's virtual-token types
@@ -49,18 +47,10 @@ class KVPrefix:
 def is_virtual(path: str | Path) -> bool:
     """Whether the adapter saved at `path` (an lmforge delta, a finetune run or a peft
     directory) is a virtual-token method."""
-    directory = Path(path)
-    for config in (directory / CONFIG_FILE, directory / "delta" / CONFIG_FILE):
-        if config.is_file():
-            method = json.loads(config.read_text(encoding="utf-8")).get("method", "")
-            return method in METHODS and issubclass(METHODS.get(method), VirtualTokenMethod)
-    peft = directory / "adapter_config.json"
-    if peft.is_file():
-        return json.loads(peft.read_text(encoding="utf-8")).get("peft_type") in PEFT_VIRTUAL
-    raise CheckpointError(
-        f"{directory} holds no adapter: expected {CONFIG_FILE} (a saved delta), "
-        f"delta/{CONFIG_FILE} (a finetune run directory) or adapter_config.json (peft)"
-    )
+    _, kind = adapter_kind(path)
+    if kind in METHODS:
+        return issubclass(METHODS.get(kind), VirtualTokenMethod)
+    return kind in PEFT_VIRTUAL
 
 
 def kv_prefix(model: nn.Module, path: str | Path, force: bool = False) -> KVPrefix:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
+from lmforge import peft
 from lmforge.model import CausalLM, preset
 from lmforge.model.generate import SamplingConfig, generate
 from lmforge.serve import Engine, EngineConfig, Output, Request
@@ -22,6 +25,17 @@ def model(vocab: int, seed: int = 0, context: int = 128) -> CausalLM:
     torch.manual_seed(seed)
     config = preset("tiny", vocab_size=vocab, tie_embeddings=False, init_std=0.3)
     return CausalLM(config.replace(max_seq_len=context)).eval()
+
+
+def saved_delta(base, directory, method: str, config: dict, seed: int, std: float = 0.5):
+    """`method` on a copy of `base` with visibly non-zero tensors, saved at `directory`; the
+    tuned model."""
+    delta = peft.apply(copy.deepcopy(base), method, config, seed=seed)
+    with torch.no_grad():
+        for p in delta.trainable_parameters().values():
+            p.normal_(0, std, generator=torch.Generator().manual_seed(seed + p.numel()))
+    delta.save(directory)
+    return delta.model
 
 
 def greedy(n: int, **kw) -> SamplingConfig:

@@ -21,6 +21,7 @@ from tests.serve.helpers import (
     alone,
     greedy,
     request,
+    saved_delta,
     server_state,
     tokenizer,
 )
@@ -31,17 +32,8 @@ pytest.importorskip("fastapi")
 
 def lora_delta(base, directory, seed: int):
     """A LoRA delta with non-zero weights saved at `directory`; the tuned model (a copy)."""
-    delta = peft.apply(
-        copy.deepcopy(base),
-        "lora",
-        {"r": 2 + seed, "targets": ["q_proj", "v_proj", "down_proj"]},
-        seed=seed,
-    )
-    with torch.no_grad():
-        for p in delta.trainable_parameters().values():
-            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + p.numel()))
-    delta.save(directory)
-    return delta.model
+    targets = {"r": 2 + seed, "targets": ["q_proj", "v_proj", "down_proj"]}
+    return saved_delta(base, directory, "lora", targets, seed, std=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,10 @@ import json
 import pytest
 import torch
 
-from lmforge import peft
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.serve import AdapterStore, Engine, EngineConfig
 from lmforge.serve.virtual import is_virtual
-from tests.serve.helpers import alone, greedy, request
+from tests.serve.helpers import alone, greedy, request, saved_delta
 
 METHODS = {  # adapter name → (method, config): one per way virtual tokens reach the cache
     "prompt": ("prompt", {"num_virtual_tokens": 5}),
@@ -24,21 +23,11 @@ METHODS = {  # adapter name → (method, config): one per way virtual tokens rea
 }
 
 
-def saved(base, directory, method: str, config: dict, seed: int):
-    """The method with visibly non-zero tensors, saved at `directory`; the tuned model."""
-    delta = peft.apply(copy.deepcopy(base), method, config, seed=seed)
-    with torch.no_grad():
-        for p in delta.trainable_parameters().values():
-            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed + p.numel()))
-    delta.save(directory)
-    return delta.model
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, base):
     root = tmp_path_factory.mktemp("virtual")
     tuned = {
-        name: saved(base, root / name, method, config, seed)
+        name: saved_delta(base, root / name, method, config, seed)
         for seed, (name, (method, config)) in enumerate(METHODS.items())
     }
     lm = copy.deepcopy(base)
@@ -98,7 +87,7 @@ def test_the_context_counts_the_virtual_columns(served, tok):
 
 
 def test_virtual_tokens_inside_the_prompt_are_refused_with_the_way_to_serve_them(tmp_path, base):
-    saved(base, tmp_path / "infix", "prefix",
+    saved_delta(base, tmp_path / "infix", "prefix",
           {"num_virtual_tokens": 2, "embedding_only": True, "placement": "infix"}, 0)  # fmt: skip
     with pytest.raises(ConfigError, match="inside the prompt") as e:
         AdapterStore(copy.deepcopy(base), {"infix": str(tmp_path / "infix")})
@@ -112,3 +101,12 @@ def test_the_method_of_a_peft_directory_is_read_from_its_config(tmp_path):
         assert is_virtual(tmp_path / kind) is virtual
     with pytest.raises(CheckpointError, match="holds no adapter"):
         is_virtual(tmp_path)
+
+
+def test_a_method_neither_lora_nor_virtual_is_refused_with_the_way_to_serve_it(tmp_path, base):
+    saved_delta(base, tmp_path / "bitfit", "bitfit", {}, 0)
+    with pytest.raises(ConfigError, match="a bitfit adapter") as e:
+        AdapterStore(copy.deepcopy(base), {"b": str(tmp_path / "bitfit")})
+    assert "lmforge export --format merged" in str(e.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        AdapterStore(copy.deepcopy(base), {"b": str(tmp_path / "nowhere")})
