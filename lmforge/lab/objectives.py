@@ -107,7 +107,8 @@ def tune_accuracy(out_dir: Path, corpus: str, name: str, model_dir: Path, quick:
 
 
 def untrained(out_dir: Path, like: Path) -> Path:
-    """A model of the same shape and tokenizer as the one in `like`, never trained (seed 0)."""
+    """A model of the same shape and tokenizer as the plain one in `like` (no extra heads or
+    tokens), never trained (seed 0)."""
     path = out_dir / "runs" / "untrained" / "model"
     if not (path / "model.safetensors").exists():
         torch.manual_seed(0)
@@ -133,7 +134,7 @@ def corpus_runs(out_dir: Path, corpus: str, quick: bool) -> tuple[dict[str, tupl
         s, losses, _ = val_curve(run_dir)
         curves[name] = (s, losses, [step * 16 * seq * per_token for step in s])
         scores[name] = tune_accuracy(out_dir, corpus, name, run_dir / "model", quick)
-    scratch = untrained(out_dir, run_dir / "model")
+    scratch = untrained(out_dir, out_dir / "runs" / "causal-lm" / "model")
     scores["not pretrained"] = tune_accuracy(out_dir, corpus, "untrained", scratch, quick)
     return curves, scores
 
