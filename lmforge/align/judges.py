@@ -62,7 +62,11 @@ def exact(prompt: PromptRecord, reply: str) -> float:
     if _normal(reply) == answer:
         return 1.0
     text = reply.lower()
-    others = [c for c in prompt.meta.get("choices", []) if _normal(str(c)) != answer]
+    choices = prompt.meta.get("choices", [])
+    if not isinstance(choices, list):
+        where = prompt.meta.get("origin", "a prompt record")
+        raise DataError(f"{where}: 'choices' must be a list of the options, got {choices!r}")
+    others = [c for c in choices if _normal(str(c)) != answer]
     if any(_names(str(c), text) for c in others):
         return 0.0
     return 0.5 if _names(answer, text) else 0.0

@@ -126,6 +126,9 @@ def test_rules_and_python_judges():
         make_judge("python:tests.align.test_rollout:nope", chat_tokenizer())
     with pytest.raises(ConfigError, match="exact, first-number"):
         make_judge("vibes", chat_tokenizer())
+    odd = PromptRecord(record.messages, {"answer": "sport", "choices": "sport", "origin": "p:3"})
+    with pytest.raises(DataError, match="p:3: 'choices' must be a list"):
+        RULES.get("exact")(odd, "sport, I think")
     with pytest.raises(DataError, match="'answer' field"):
         RULES.get("exact")(PromptRecord(record.messages, {}), "x")
 
