@@ -15,6 +15,9 @@ behaviour a program can judge so that no human rater is needed:
                 best vs worst (build-preferences: the demonstration is never the worse side)
     reward      LoRA + a score head, Bradley–Terry on those pairs
     DPO         LoRA, on the same pairs
+    DPO-2       a second round (iterative DPO): 4 replies per training article sampled from
+                the DPO model and judged, best vs worst, DPO continued on them (π_ref: the
+                DPO model)
     GRPO        LoRA, 4 samples per prompt, the judge as a verifiable reward
     PPO         LoRA + value head, the reward model's score, per-token KL to the SFT model
     PPO-ptx     the same with a pretraining loss on held-apart Shakespeare and People's Daily
@@ -46,7 +49,7 @@ from lmforge.recipes.align import AlignConfig
 from lmforge.report import Report
 
 MODEL = "smollm2-135m-instruct"
-METHODS = ("dpo", "grpo", "ppo", "ppo-ptx")
+METHODS = ("dpo", "dpo-2", "grpo", "ppo", "ppo-ptx")
 
 
 SIZES = {  # name: (quick, full)
@@ -57,6 +60,7 @@ SIZES = {  # name: (quick, full)
     "new": (4, 24),  # longest reply, in tokens
     "steps": (1, 24),  # updates of the reward model
     "dpo_steps": (1, 72),  # DPO updates (three passes over the pairs)
+    "dpo2_steps": (1, 48),  # DPO-2 updates (two passes over its on-policy pairs)
     "grpo_steps": (1, 16),  # GRPO updates (one rollout each)
     "ppo_steps": (2, 24),  # PPO updates (two per rollout)
     "pairs_batch": (1, 4),  # preference pairs per batch
@@ -132,6 +136,7 @@ def stage_configs(
 ) -> dict[str, AlignConfig]:
     """Every stage's AlignConfig, in the order they run."""
     prefs = str(out_dir / "preferences" / "preferences.jsonl")
+    dpo_model = str(out_dir / "dpo")  # where the second DPO round samples and starts
     prompts, n = {"prompts": str(train_prompts)}, s["rollout_prompts"]
     ppo = {
         "method": "ppo",
@@ -148,6 +153,19 @@ def stage_configs(
             "data": {"preferences": prefs},
             "dpo": {"beta": 0.1},
             "train": {"max_steps": s["dpo_steps"]},
+        },
+        "preferences-2": {
+            "method": "build-preferences",
+            "adapter": dpo_model,
+            "data": prompts,
+            "rollout": {"prompts": 8},
+        },
+        "dpo-2": {
+            "method": "dpo",
+            "adapter": dpo_model,
+            "data": {"preferences": str(out_dir / "preferences-2" / "preferences.jsonl")},
+            "dpo": {"beta": 0.1},
+            "train": {"max_steps": s["dpo2_steps"]},
         },
         "grpo": {
             "method": "grpo",

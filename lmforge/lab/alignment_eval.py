@@ -199,7 +199,8 @@ def report_results(
     report.text(
         f"Settings: {s['train']} training and {s['test']} test articles cut to {s['chars']} "
         f"characters; {s['k']} samples per prompt; replies of at most {s['new']} tokens; "
-        f"updates: reward model {s['steps']}, DPO {s['dpo_steps']}, GRPO {s['grpo_steps']}, "
+        f"updates: reward model {s['steps']}, DPO {s['dpo_steps']}, DPO-2 {s['dpo2_steps']}, "
+        f"GRPO {s['grpo_steps']}, "
         f"PPO {s['ppo_steps']}; LoRA r=8 on every linear layer at lr {s['lr']:g}. "
         f"build-preferences made {prefs['pairs']} pairs from {prefs['prompts']} prompts "
         f"(mean judged score of the samples {prefs['mean_score']:.3f})."

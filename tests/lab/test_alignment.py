@@ -23,7 +23,16 @@ def test_the_lab_is_registered_with_its_sizes():
 def test_alignment_stages_are_valid_configs(tmp_path, quick):
     s = settings(quick)
     configs = stage_configs(tmp_path, s, tmp_path / "prompts.jsonl", tmp_path / "ptx")
-    assert list(configs) == ["preferences", "reward", "dpo", "grpo", "ppo", "ppo-ptx"]
+    assert list(configs) == [
+        "preferences",
+        "reward",
+        "dpo",
+        "preferences-2",
+        "dpo-2",
+        "grpo",
+        "ppo",
+        "ppo-ptx",
+    ]
     for name, cfg in configs.items():
         assert cfg.method in ACTIONS, name  # the stage runs `lmforge align METHOD`
         cfg.validate()
@@ -33,6 +42,9 @@ def test_alignment_stages_are_valid_configs(tmp_path, quick):
             assert steps >= 1 and cfg.rollout.prompts <= s["train"], name
     assert configs["ppo-ptx"].ppo.ptx_coef > 0 == configs["ppo"].ppo.ptx_coef
     assert configs["ppo"].judge == f"reward:{tmp_path / 'reward'}"
+    # the second DPO round samples its pairs from the first round's model and continues it
+    assert configs["preferences-2"].adapter == configs["dpo-2"].adapter == str(tmp_path / "dpo")
+    assert configs["dpo-2"].data.preferences.startswith(configs["preferences-2"].run_dir)
 
 
 @pytest.mark.slow
@@ -42,7 +54,7 @@ def test_alignment_quick_on_smollm2(tmp_path):
     assert "| SFT |" in text and "| PPO-PTX |" in text and "win rate" in text
     results = json.loads((tmp_path / "lab" / "results.json").read_text())
     evaluation = results["evaluation"]
-    assert set(evaluation) == {"SFT", "DPO", "GRPO", "PPO", "PPO-PTX"}
+    assert set(evaluation) == {"SFT", "DPO", "DPO-2", "GRPO", "PPO", "PPO-PTX"}
     assert evaluation["SFT"]["win_rate"] == 0.5 and evaluation["SFT"]["kl"] == 0.0
     assert all(r["ppl_shakespeare"] > 1 for r in evaluation.values())
     assert results["stages"]["preferences"]["pairs"] >= 1

@@ -129,6 +129,28 @@ def test_build_preferences_then_dpo_on_them(tiny_model_dir, data, tmp_path):
     assert run("dpo", tiny_model_dir, tmp_path / "dpo", flags + " --train.batch_size=1") == 0
 
 
+def test_a_second_dpo_round_samples_and_continues_the_first(tiny_model_dir, data, tmp_path):
+    first, built, second = tmp_path / "first", tmp_path / "built", tmp_path / "second"
+    flags = f"--data.preferences={data / 'pairs.jsonl'} --data.holdout=0 --delta.r=4"
+    flags += " --train.batch_size=3 --dpo.beta=0.5 --train.max_steps="
+    assert run("dpo", tiny_model_dir, first, flags + "3 --train.lr=1e-2") == 0
+    assert metrics(first)[-1]["margin"] > 0.1  # against the base: the first round moved
+    sample = f"--data.prompts={data / 'prompts.jsonl'} {JUDGE} --rollout.samples=3"
+    sample += f" --rollout.max_new_tokens=8 --adapter={first}"
+    assert run("build-preferences", tiny_model_dir, built, sample) == 0
+    pairs = (built / "preferences.jsonl").read_text()
+    flags = flags.replace(str(data / "pairs.jsonl"), str(built / "preferences.jsonl"))
+    assert run("dpo", tiny_model_dir, second, f"{flags}1 --train.lr=1e-9 --adapter={first}") == 0
+    assert metrics(second)[0]["margin"] == pytest.approx(0.0, abs=1e-5)  # π_ref = round one
+    a = load_file(first / "delta" / "delta_model.safetensors")
+    b = load_file(second / "delta" / "delta_model.safetensors")
+    assert a.keys() == b.keys() and any(v.abs().max() > 0 for v in a.values())
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # it starts from round one
+    base = tmp_path / "base"  # the same sampling from the base model gives other pairs
+    assert run("build-preferences", tiny_model_dir, base, sample.split(" --adapter")[0]) == 0
+    assert pairs and pairs != (base / "preferences.jsonl").read_text()
+
+
 def test_config_errors_name_the_flag(tiny_model_dir, tmp_path, capsys):
     assert main(["align", "dpo", f"--model={tiny_model_dir}"]) == 2
     assert "give a file: --data.preferences=FILE" in capsys.readouterr().err
