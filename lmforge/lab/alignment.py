@@ -19,6 +19,7 @@ behaviour a program can judge so that no human rater is needed:
                 the DPO model and judged, best vs worst, DPO continued on them (π_ref: the
                 DPO model)
     GRPO        LoRA, 4 samples per prompt, the judge as a verifiable reward
+    DPO-GRPO    the same GRPO run started from the DPO model instead (π_ref: the DPO model)
     PPO         LoRA + value head, the reward model's score, per-token KL to the SFT model
     PPO-ptx     the same with a pretraining loss on held-apart Shakespeare and People's Daily
 
@@ -49,7 +50,7 @@ from lmforge.recipes.align import AlignConfig
 from lmforge.report import Report
 
 MODEL = "smollm2-135m-instruct"
-METHODS = ("dpo", "dpo-2", "grpo", "ppo", "ppo-ptx")
+METHODS = ("dpo", "dpo-2", "grpo", "dpo-grpo", "ppo", "ppo-ptx")
 
 
 SIZES = {  # name: (quick, full)
@@ -145,6 +146,13 @@ def stage_configs(
         "rollout": {"prompts": 2 * n, "samples": 1, "epochs": 2},
         "train": {"batch_size": 2 * n, "max_steps": s["ppo_steps"]},
     }
+    grpo = {
+        "method": "grpo",
+        "data": prompts,
+        "rollout": {"prompts": n},
+        "grpo": {"beta": 0.04},
+        "train": {"batch_size": n * s["k"] // 2, "grad_accum": 2, "max_steps": s["grpo_steps"]},
+    }
     stages = {
         "preferences": {"method": "build-preferences", "data": prompts, "rollout": {"prompts": 8}},
         "reward": {"method": "reward", "data": {"preferences": prefs}},
@@ -167,13 +175,8 @@ def stage_configs(
             "dpo": {"beta": 0.1},
             "train": {"max_steps": s["dpo2_steps"]},
         },
-        "grpo": {
-            "method": "grpo",
-            "data": prompts,
-            "rollout": {"prompts": n},
-            "grpo": {"beta": 0.04},
-            "train": {"batch_size": n * s["k"] // 2, "grad_accum": 2, "max_steps": s["grpo_steps"]},
-        },
+        "grpo": grpo,
+        "dpo-grpo": {**grpo, "adapter": dpo_model},
         "ppo": ppo,
         "ppo-ptx": {
             **ppo,

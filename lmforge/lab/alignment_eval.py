@@ -221,7 +221,7 @@ def report_results(
         reference=80,
         reference_label="target",
     )
-    curves = _curves(report.out_dir, ["grpo", "ppo", "ppo-ptx"])
+    curves = _curves(report.out_dir, ["grpo", "dpo-grpo", "ppo", "ppo-ptx"])
     if curves:
         plot_curves(
             curves,

@@ -30,6 +30,7 @@ def test_alignment_stages_are_valid_configs(tmp_path, quick):
         "preferences-2",
         "dpo-2",
         "grpo",
+        "dpo-grpo",
         "ppo",
         "ppo-ptx",
     ]
@@ -45,6 +46,7 @@ def test_alignment_stages_are_valid_configs(tmp_path, quick):
     # the second DPO round samples its pairs from the first round's model and continues it
     assert configs["preferences-2"].adapter == configs["dpo-2"].adapter == str(tmp_path / "dpo")
     assert configs["dpo-2"].data.preferences.startswith(configs["preferences-2"].run_dir)
+    assert configs["dpo-grpo"].adapter == str(tmp_path / "dpo") and not configs["grpo"].adapter
 
 
 @pytest.mark.slow
@@ -54,7 +56,7 @@ def test_alignment_quick_on_smollm2(tmp_path):
     assert "| SFT |" in text and "| PPO-PTX |" in text and "win rate" in text
     results = json.loads((tmp_path / "lab" / "results.json").read_text())
     evaluation = results["evaluation"]
-    assert set(evaluation) == {"SFT", "DPO", "DPO-2", "GRPO", "PPO", "PPO-PTX"}
+    assert set(evaluation) == {"SFT", "DPO", "DPO-2", "GRPO", "DPO-GRPO", "PPO", "PPO-PTX"}
     assert evaluation["SFT"]["win_rate"] == 0.5 and evaluation["SFT"]["kl"] == 0.0
     assert all(r["ppl_shakespeare"] > 1 for r in evaluation.values())
     assert results["stages"]["preferences"]["pairs"] >= 1
