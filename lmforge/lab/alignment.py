@@ -187,6 +187,14 @@ def stage_configs(
     return {name: _config(out_dir, name, s, fields) for name, fields in stages.items()}
 
 
+def inputs(cfg: AlignConfig) -> list[Path]:
+    """The results of the earlier stages a stage reads — the model it starts from, its
+    preference pairs, its reward-model judge — so that it runs again when one of them does."""
+    judge = cfg.judge.removeprefix("reward:") if cfg.judge.startswith("reward:") else ""
+    pairs = str(Path(cfg.data.preferences).parent) if cfg.data.preferences else ""
+    return [Path(run) / "results.json" for run in (cfg.adapter, pairs, judge) if run]
+
+
 @experiment(
     "alignment",
     "Reward modelling, DPO, GRPO and PPO raise a judged behaviour; PPO-ptx lowers the tax.",
@@ -201,7 +209,7 @@ def run(out_dir: Path, quick: bool) -> Report:
     configs = stage_configs(out_dir, s, train_prompts, write_ptx(out_dir, s))
     stages: dict[str, dict[str, Any]] = {}
     for name, cfg in tqdm(configs.items(), desc="alignment", unit="stage"):
-        stages[name] = verb_child(["align", cfg.method], cfg, Path(cfg.run_dir))
+        stages[name] = verb_child(["align", cfg.method], cfg, Path(cfg.run_dir), inputs(cfg))
         if "error" in stages[name]:
             raise RuntimeError(f"stage {name} failed: {stages[name]['error']} (see its log.txt)")
     adapters = {"SFT": None, **{m.upper(): out_dir / m for m in METHODS}}

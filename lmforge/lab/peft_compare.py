@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,16 +168,26 @@ def finetune_child(cfg: Any, run_dir: Path) -> dict[str, Any]:
     return verb_child(["finetune"], cfg, run_dir)
 
 
-def verb_child(command: list[str], cfg: Any, run_dir: Path) -> dict[str, Any]:
+def verb_child(
+    command: list[str], cfg: Any, run_dir: Path, inputs: Sequence[Path] = ()
+) -> dict[str, Any]:
     """`lmforge COMMAND... --config` with config dataclass `cfg` in a child process (so its
     peak memory is its own); its results.json, or {"error": last line of its log}. A run
-    directory that already holds the results of the same config is reused, so a stopped lab
-    resumes."""
+    directory that already holds the results of the same config, written after every file in
+    `inputs` (what earlier stages made and this one reads), is reused, so a stopped lab
+    resumes. One whose config or inputs changed since is moved aside (RUN_DIR.old-N, kept)
+    and run again: resuming its checkpoints would mix the old run with the new."""
     config, results = run_dir / "lab-config.yaml", run_dir / "results.json"
-    if results.exists() and config.exists():
-        done = to_dict(from_dict(type(cfg), read_yaml(config)))  # fields added later: defaults
-        if done == to_dict(cfg):
+    if config.exists():
+        same = to_dict(from_dict(type(cfg), read_yaml(config))) == to_dict(
+            cfg
+        )  # new fields: defaults
+        since = (results if results.exists() else config).stat().st_mtime
+        if not (same and all(_mtime(p) <= since for p in inputs)):
+            _set_aside(run_dir)
+        elif results.exists():
             return json.loads(results.read_text())
+        # else: the same stage was stopped, and resumes from its checkpoint
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, config)
     with open(run_dir / "log.txt", "w") as log:
@@ -189,6 +200,19 @@ def verb_child(command: list[str], cfg: Any, run_dir: Path) -> dict[str, Any]:
         tail = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
         return {"error": tail[0] if tail else f"exit {done.returncode}"}
     return json.loads((run_dir / "results.json").read_text())
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def _set_aside(run_dir: Path) -> None:
+    """Rename a run directory to RUN_DIR.old-N (the first free N), saying so."""
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.old-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    tqdm.write(f"{run_dir}: its config or inputs changed; the earlier run is kept in {aside}")
 
 
 def init_material() -> tuple[list[int], list[list[int]], list[int]]:
