@@ -179,9 +179,8 @@ def verb_child(
     and run again: resuming its checkpoints would mix the old run with the new."""
     config, results = run_dir / "lab-config.yaml", run_dir / "results.json"
     if config.exists():
-        same = to_dict(from_dict(type(cfg), read_yaml(config))) == to_dict(
-            cfg
-        )  # new fields: defaults
+        done = to_dict(from_dict(type(cfg), read_yaml(config)))  # fields added later: defaults
+        same = done == to_dict(cfg)
         since = (results if results.exists() else config).stat().st_mtime
         if not (same and all(_mtime(p) <= since for p in inputs)):
             _set_aside(run_dir)
