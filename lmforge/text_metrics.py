@@ -18,6 +18,9 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+# Scripts written without spaces between words (kana, CJK ideographs, Hangul): a character
+# class body, for patterns that must not look for word boundaries inside them.
+CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 

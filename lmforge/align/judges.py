@@ -5,7 +5,7 @@ A judge is `(prompts, replies) → scores`, one float per reply. It is named by 
     exact                    1 when the reply is the record's "answer" (case, spaces and final
                              punctuation aside), ½ when it names the answer among other words
                              but none of the record's other "choices" (naming every option
-                             earns nothing)
+                             earns nothing); Chinese words count without spaces around them
     first-number             1 when the first number in the reply equals the "answer"
     python:PKG.MODULE:FN     your function FN(prompt: PromptRecord, reply: str) -> float
     reward:RUN_DIR           a reward model trained by `lmforge align --method reward`
@@ -30,6 +30,7 @@ from lmforge.data.preferences import PromptRecord
 from lmforge.data.sft import EncodedExample, collate_padded
 from lmforge.errors import ConfigError, DataError
 from lmforge.registry import Registry
+from lmforge.text_metrics import CJK
 from lmforge.tokenizer import Tokenizer
 
 Rule = Callable[[PromptRecord, str], float]
@@ -49,11 +50,16 @@ def _answer(prompt: PromptRecord) -> str:
 
 
 def _normal(text: str) -> str:
-    return " ".join(text.lower().split()).strip(" .!?,;:\"'")
+    return " ".join(text.lower().split()).strip(" .!?,;:\"'。！？，；：、“”")
 
 
 def _names(word: str, text: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(word.lower())}(?!\w)", text) is not None
+    """Whether `text` holds `word` as a word: not inside a longer word of a spaced script
+    ("sport" is not in "sports"); Chinese and Japanese words have no spaces around them, so
+    a CJK neighbour is no part of the word ("体育" is in "属于体育版")."""
+    letter = rf"[^\W{CJK}]"  # a word character of a spaced script
+    pattern = rf"(?<!{letter}){re.escape(word.lower())}(?!{letter})"
+    return re.search(pattern, text) is not None
 
 
 @RULES.register("exact")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from lmforge.errors import ConfigError
 from lmforge.knowledge.documents import HEADINGS, Document
 from lmforge.registry import Registry
+from lmforge.text_metrics import CJK
 
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 UNIT = re.compile(rf"[{CJK}]|[^\W{CJK}]+|[^\s\w]", re.UNICODE)
 
 

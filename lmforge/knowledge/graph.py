@@ -28,13 +28,14 @@ from typing import Any
 
 from lmforge.atomic import atomic_write_json
 from lmforge.errors import ConfigError
-from lmforge.knowledge.chunking import CJK, Chunk
+from lmforge.knowledge.chunking import Chunk
 from lmforge.knowledge.index import KnowledgeIndex
 from lmforge.knowledge.lexical import BM25, STOP_WORDS
 from lmforge.knowledge.lm import LM
 from lmforge.knowledge.rag import RAG, Answer, RAGConfig
 from lmforge.knowledge.retrieve import Hit
 from lmforge.registry import Registry
+from lmforge.text_metrics import CJK
 
 Triple = tuple[str, str, str]
 _NAME = re.compile(r"\b[A-Z][\w]*(?:[ \t]+[A-Z][\w]*)*|[《「“]([^》」”]{1,20})[》」”]")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.knowledge.chunking import CJK
+from lmforge.text_metrics import CJK
 
 _STOP = "a an and are as at be but by for if in into is it no not of on or such that the their \
 then there these they this to was will with i you he she we do does what how why when which who can"

@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lmforge.eval.loglik import Request, loglikelihoods
-from lmforge.knowledge.chunking import CJK
 from lmforge.knowledge.lm import LM
 from lmforge.registry import Registry
+from lmforge.text_metrics import CJK
 
 ENTAILMENT_PROMPT = (
     "Evidence:\n{evidence}\n\nClaim: {claim}\n\n"

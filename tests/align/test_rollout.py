@@ -117,6 +117,10 @@ def test_rules_and_python_judges():
         0.5,
         0.0,
     ]
+    zh = PromptRecord(record.messages, {"answer": "体育", "choices": ["体育", "财经"]})
+    replies = ["体育。", "这篇文章属于体育版", "属于财经和体育", "财经"]
+    assert judge([zh] * 4, replies) == [1.0, 0.5, 0.0, 0.0]  # no spaces around Chinese words
+    assert judge([options], ["这是sport新闻"]) == [0.5]
     number = make_judge("first-number", chat_tokenizer())
     sums = PromptRecord([{"role": "user", "content": "2+2"}], {"answer": 4})
     assert number([sums] * 3, ["It is 4.", "4.0", "5, not 4"]) == [1.0, 1.0, 0.0]
